@@ -1,0 +1,37 @@
+"""The `bertctl` command line: thin wrappers over the layers below.
+
+Each command group lives in its own module and registers itself on ``app``; ``main`` turns
+every expected error into one line (or one line per manifest problem) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from orchestrator.cli.common import app, console_err, exit_with
+from orchestrator.errors import BertctlError
+
+# Importing the command modules registers their commands on `app`.
+from orchestrator.cli import spec_cmds  # noqa: E402,F401
+
+for _optional in ("data_cmds", "train_cmds", "jobs_cmds", "k8s_cmds"):
+    try:
+        __import__(f"orchestrator.cli.{_optional}")
+    except ModuleNotFoundError as exc:  # a group not built yet, or its extras not installed
+        if exc.name != f"orchestrator.cli.{_optional}":
+            raise
+
+
+def main() -> None:
+    try:
+        app()
+    except BertctlError as exc:
+        exit_with(exc)
+    except KeyboardInterrupt:
+        console_err.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "main", "typer"]

@@ -1,0 +1,289 @@
+"""The PretrainJob manifest: its schema, its defaults and every consistency rule.
+
+A leaf module (imports only ``errors``): the manager, the trainer and the CLI all read
+manifests through it. Structural problems come from pydantic; cross-field problems from
+``consistency_problems``. Both are reported together as (field path, what to do) pairs so
+``bertctl validate`` can print every problem at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from orchestrator.errors import ManifestError
+
+API_VERSION = "bertctl/v1"
+KIND = "PretrainJob"
+
+# Preset sizes (layers, hidden, heads) follow the compact BERT family of Turc et al. (2019)
+# and the original BERT-base/large. Values are BertConfig fields.
+PRESETS: dict[str, dict[str, int]] = {
+    "bert-tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2},
+    "bert-mini": {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4},
+    "bert-small": {"num_hidden_layers": 4, "hidden_size": 512, "num_attention_heads": 8},
+    "bert-medium": {"num_hidden_layers": 8, "hidden_size": 512, "num_attention_heads": 8},
+    "bert-base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12},
+    "bert-large": {"num_hidden_layers": 24, "hidden_size": 1024, "num_attention_heads": 16},
+}
+OVERRIDABLE = {
+    "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+    "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
+    "hidden_act", "type_vocab_size", "layer_norm_eps", "initializer_range",
+}
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+# Values that look like credentials are refused anywhere in a manifest: secrets go by reference.
+_CREDENTIAL_RES = [
+    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
+    re.compile(r"://[^/\s:@]+:[^/\s@]+@"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Metadata(_Strict):
+    name: str = Field(description="Job name: RFC 1123 label (lowercase, digits, '-'), at most 63 chars.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
+
+    @field_validator("name")
+    @classmethod
+    def _rfc1123(cls, v: str) -> str:
+        if len(v) > 63 or not _NAME_RE.match(v):
+            raise ValueError("must be an RFC 1123 label: at most 63 lowercase letters, digits or '-', "
+                             "starting and ending with a letter or digit (e.g. 'bert-tiny-run1')")
+        return v
+
+
+class ModelSpec(_Strict):
+    preset: Literal["bert-tiny", "bert-mini", "bert-small", "bert-medium", "bert-base", "bert-large"] = "bert-tiny"
+    overrides: dict[str, Any] = Field(default_factory=dict, description="BertConfig fields that replace the preset's.")
+
+    @field_validator("overrides")
+    @classmethod
+    def _known(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - OVERRIDABLE)
+        if unknown:
+            raise ValueError(f"unknown override(s) {unknown}; valid: {sorted(OVERRIDABLE)}")
+        return v
+
+    def bert_config(self, vocab_size: int) -> dict[str, Any]:
+        """The resolved BertConfig fields: preset, derived sizes, then overrides."""
+        cfg: dict[str, Any] = dict(PRESETS[self.preset])
+        cfg.update({"intermediate_size": 4 * cfg["hidden_size"], "max_position_embeddings": 512})
+        cfg.update(self.overrides)
+        cfg["vocab_size"] = vocab_size
+        return cfg
+
+
+class TokenizerSpec(_Strict):
+    vocab: str | None = Field(None, description="A WordPiece vocab.txt (local or s3://) to use as is.")
+    vocab_size: int | None = Field(None, ge=100, le=1_000_000, description="Train a vocabulary of this size.")
+    lowercase: bool = True
+
+
+class PrepareSpec(_Strict):
+    inputs: list[str] = Field(min_length=1, description="Text, JSONL or Parquet files or directories (local or s3://).")
+    text_column: str = Field("text", description="Field holding the text in JSONL / Parquet inputs.")
+    shard_bytes: int = Field(128 * 2**20, ge=2**16, description="Target shard size in bytes.")
+
+
+class DataSpec(_Strict):
+    shards: str = Field(description="URI of the prepared shards (the directory holding index.json).")
+    seq_len: int = Field(128, ge=8, le=8192)
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    whole_word_masking: bool = False
+    nsp: bool = True
+    seed: int = Field(1234, ge=0)
+    shuffle_window: int = Field(10_000, ge=1, description="Rows shuffled together after the shard order.")
+    prefetch_bytes: int = Field(256 * 2**20, ge=2**20, description="Upper bound of bytes read ahead.")
+    prepare: PrepareSpec | None = Field(None, description="Prepare the shards first when index.json is missing.")
+
+
+class TrainingSpec(_Strict):
+    max_steps: int = Field(ge=1)
+    global_batch_size: int = Field(ge=1, description="Sequences per optimizer step, constant across world sizes.")
+    micro_batch_size: int = Field(ge=1, description="Sequences per forward pass on one worker.")
+    optimizer: Literal["adamw", "lamb"] = "adamw"
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-6, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_clipping: float = Field(1.0, ge=0.0, description="Max global grad norm; 0 disables.")
+    log_every_steps: int = Field(1, ge=1)
+
+
+class DeepSpeedSpec(_Strict):
+    zero_stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    offload_param: Literal["none", "cpu"] = "none"
+    config: dict[str, Any] = Field(default_factory=dict, description="Raw DeepSpeed config merged last.")
+
+
+class WorkerRange(_Strict):
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+
+class ResourcesSpec(_Strict):
+    workers: Union[int, WorkerRange] = Field(1, description="A count, or {min, max} for an elastic run.")
+    gpus_per_worker: int = Field(0, ge=0, le=16)
+    cpus_per_worker: float = Field(1, gt=0)
+    memory_per_worker: str = Field("4Gi", description="Kubernetes quantity, e.g. 16Gi.")
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, v: Union[int, WorkerRange]) -> Union[int, WorkerRange]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1 (or {min, max} for an elastic run)")
+        return v
+
+    @field_validator("memory_per_worker")
+    @classmethod
+    def _quantity(cls, v: str) -> str:
+        if not _QUANTITY_RE.match(v):
+            raise ValueError("must be a Kubernetes quantity such as '16Gi' or '512Mi'")
+        return v
+
+    def worker_counts(self) -> range:
+        if isinstance(self.workers, int):
+            return range(self.workers, self.workers + 1)
+        return range(self.workers.min, self.workers.max + 1)
+
+
+class CheckpointSpec(_Strict):
+    uri: str = Field(description="Where checkpoints go (local path or s3://).")
+    every_steps: Union[int, Literal["auto"]] = Field(100, description="Interval in steps, or 'auto' (Young-Daly).")
+    keep_last: int = Field(3, ge=1, description="Committed checkpoints kept; the newest is never deleted.")
+    preemption_deadline_s: float = Field(25.0, gt=0, le=3600)
+    async_upload: bool = False
+
+    @field_validator("every_steps")
+    @classmethod
+    def _positive(cls, v: Union[int, str]) -> Union[int, str]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1, or 'auto'")
+        return v
+
+
+class RecoverySpec(_Strict):
+    max_restarts: int = Field(10, ge=0)
+    backoff_s: float = Field(5.0, ge=0)
+    max_backoff_s: float = Field(300.0, ge=0)
+    heartbeat_timeout_s: float = Field(300.0, gt=0, description="An attempt silent this long is killed and retried.")
+
+
+class Toleration(_Strict):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KubernetesSpec(_Strict):
+    image: str = Field("bertctl/trainer:latest", description="Trainer image (bertctl + torch + DeepSpeed).")
+    namespace: str = "bertctl"
+    service_account: str | None = Field(None, description="For IRSA / Workload Identity object-store access.")
+    credentials_secret: str | None = Field(None, description="Secret whose keys become env vars (by reference).")
+    head_node_selector: dict[str, str] = Field(default_factory=dict)
+    worker_node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    spot: bool = Field(True, description="Schedule workers on spot / preemptible nodes.")
+    priority_class: str | None = None
+    queue: str | None = Field(None, description="Kueue LocalQueue name.")
+    ttl_seconds_after_finished: int = Field(600, ge=0)
+
+
+class JobSpec(_Strict):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    tokenizer: TokenizerSpec = Field(default_factory=lambda: TokenizerSpec(vocab_size=8000))
+    data: DataSpec
+    training: TrainingSpec
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    checkpoint: CheckpointSpec
+    recovery: RecoverySpec = Field(default_factory=RecoverySpec)
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+
+
+class PretrainJob(_Strict):
+    api_version: Literal["bertctl/v1"] = Field(alias="apiVersion")
+    kind: Literal["PretrainJob"]
+    metadata: Metadata
+    spec: JobSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+from orchestrator.spec_rules import consistency_problems  # noqa: E402  (rules read the models above)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(("function-", "int", "WorkerRange", "literal["))]
+    return ".".join(parts) or "<root>"
+
+
+def _fix(err: dict[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown field; remove it or check its spelling"
+    if kind == "missing":
+        return "required field is missing; add it"
+    return msg.removeprefix("Value error, ")
+
+
+def parse_manifest(data: Any) -> PretrainJob:
+    """Validate a manifest (already loaded into Python objects); raise ManifestError listing all problems."""
+    if not isinstance(data, dict):
+        raise ManifestError([("<root>", "a manifest is a mapping with apiVersion, kind, metadata and spec")])
+    problems = _credential_problems(data, "")
+    try:
+        job = PretrainJob.model_validate(data)
+    except ValidationError as exc:
+        problems += _dedupe([(_path(e["loc"]), _fix(e)) for e in exc.errors()])
+        raise ManifestError(problems) from None
+    problems += consistency_problems(job)
+    if problems:
+        raise ManifestError(problems)
+    return job
+
+
+def _dedupe(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(items))
+
+
+def _credential_problems(node: Any, path: str) -> list[tuple[str, str]]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _credential_problems(v, f"{path}.{k}".lstrip("."))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _credential_problems(v, f"{path}.{i}")]
+    if isinstance(node, str) and any(r.search(node) for r in _CREDENTIAL_RES):
+        return [(path, "looks like a credential; never put secrets in a manifest - use "
+                       "spec.kubernetes.credentials_secret or the environment / AWS profile chain")]
+    return []
+
+
+def load_manifest_text(text: str, source: str = "<manifest>") -> PretrainJob:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError([(source, f"not valid YAML ({exc}); fix the syntax")]) from None
+    return parse_manifest(data)
+
+
+def load_manifest(path: str | Path) -> PretrainJob:
+    p = Path(path)
+    if not p.is_file():
+        raise ManifestError([(str(p), "file not found; pass the path of a PretrainJob YAML file")])
+    return load_manifest_text(p.read_text(), str(p))

@@ -1,0 +1,134 @@
+"""Cross-field rules of a PretrainJob: values that are each valid but do not fit together.
+
+Each rule returns (field path, what to do) pairs; ``consistency_problems`` runs them all so a
+user sees every problem in one go.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from orchestrator.spec import PretrainJob
+
+Problems = list[tuple[str, str]]
+MIN_NSP_SEQ_LEN = 16
+
+
+def valid_worker_counts(global_batch: int, micro_batch: int, candidates: range) -> list[int]:
+    """Worker counts that keep the global batch: global = micro x workers x grad_accum."""
+    return [w for w in candidates if global_batch % (micro_batch * w) == 0]
+
+
+def _batch(job: "PretrainJob") -> Problems:
+    t, r = job.spec.training, job.spec.resources
+    counts = r.worker_counts()
+    good = valid_worker_counts(t.global_batch_size, t.micro_batch_size, counts)
+    if len(good) == len(counts):
+        return []
+    bad = [w for w in counts if w not in good]
+    hint = f"worker counts that work: {good}" if good else "no worker count in the range works"
+    return [("spec.training.global_batch_size",
+             f"{t.global_batch_size} is not divisible by micro_batch_size ({t.micro_batch_size}) x workers "
+             f"for workers={bad}; {hint}; change global_batch_size, micro_batch_size or resources.workers")]
+
+
+def _workers_range(job: "PretrainJob") -> Problems:
+    w = job.spec.resources.workers
+    if not isinstance(w, int) and w.min > w.max:
+        return [("spec.resources.workers", f"min ({w.min}) is above max ({w.max}); swap them")]
+    return []
+
+
+def _precision(job: "PretrainJob") -> Problems:
+    t, r = job.spec.training, job.spec.resources
+    if t.precision != "fp32" and r.gpus_per_worker == 0:
+        return [("spec.training.precision", f"{t.precision} needs GPUs; set resources.gpus_per_worker >= 1 "
+                                            "or use precision: fp32 on CPU")]
+    return []
+
+
+def _optimizer(job: "PretrainJob") -> Problems:
+    if job.spec.training.optimizer == "lamb" and job.spec.resources.gpus_per_worker == 0:
+        return [("spec.training.optimizer", "lamb is DeepSpeed's fused CUDA optimizer and needs GPUs; "
+                                            "use adamw on CPU or set resources.gpus_per_worker >= 1")]
+    return []
+
+
+def _positions(job: "PretrainJob") -> Problems:
+    cfg = job.spec.model.bert_config(vocab_size=1)
+    seq_len, positions = job.spec.data.seq_len, cfg["max_position_embeddings"]
+    if seq_len > positions:
+        return [("spec.data.seq_len", f"{seq_len} exceeds the model's max_position_embeddings ({positions}); "
+                                      "lower seq_len or raise model.overrides.max_position_embeddings")]
+    return []
+
+
+def _heads(job: "PretrainJob") -> Problems:
+    cfg = job.spec.model.bert_config(vocab_size=1)
+    if cfg["hidden_size"] % cfg["num_attention_heads"]:
+        return [("spec.model.overrides", f"hidden_size ({cfg['hidden_size']}) must be divisible by "
+                                         f"num_attention_heads ({cfg['num_attention_heads']})")]
+    return []
+
+
+def _nsp(job: "PretrainJob") -> Problems:
+    d = job.spec.data
+    if d.nsp and d.seq_len < MIN_NSP_SEQ_LEN:
+        return [("spec.data.seq_len", f"NSP pairs need seq_len >= {MIN_NSP_SEQ_LEN}; raise it or set data.nsp: false")]
+    return []
+
+
+def _tokenizer(job: "PretrainJob") -> Problems:
+    t = job.spec.tokenizer
+    if (t.vocab is None) == (t.vocab_size is None):
+        return [("spec.tokenizer", "give exactly one of vocab (a vocab.txt to use) or vocab_size (train one)")]
+    return []
+
+
+def _warmup(job: "PretrainJob") -> Problems:
+    t = job.spec.training
+    if t.warmup_steps > t.max_steps:
+        return [("spec.training.warmup_steps", f"{t.warmup_steps} exceeds max_steps ({t.max_steps}); lower it")]
+    return []
+
+
+def _offload(job: "PretrainJob") -> Problems:
+    ds = job.spec.deepspeed
+    out = []
+    if ds.offload_param != "none" and ds.zero_stage != 3:
+        out.append(("spec.deepspeed.offload_param", "parameter offload needs zero_stage: 3"))
+    if ds.offload_optimizer != "none" and ds.zero_stage == 0:
+        out.append(("spec.deepspeed.offload_optimizer", "optimizer offload needs zero_stage >= 1"))
+    return out
+
+
+def _deepspeed_overrides(job: "PretrainJob") -> Problems:
+    # These keys are derived from the manifest; letting the raw config set them would break
+    # the constant-global-batch invariant on resume.
+    owned = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
+    clash = sorted(owned & set(job.spec.deepspeed.config))
+    if clash:
+        return [("spec.deepspeed.config", f"{clash} are derived from spec.training; set them there instead")]
+    return []
+
+
+def _deadline(job: "PretrainJob") -> Problems:
+    c = job.spec.checkpoint
+    if c.preemption_deadline_s >= job.spec.recovery.heartbeat_timeout_s:
+        return [("spec.checkpoint.preemption_deadline_s",
+                 "must be below recovery.heartbeat_timeout_s, or a preempted attempt looks stalled")]
+    return []
+
+
+RULES: list[Callable[["PretrainJob"], Problems]] = [
+    _workers_range, _batch, _precision, _optimizer, _positions, _heads, _nsp, _tokenizer, _warmup,
+    _offload, _deepspeed_overrides, _deadline,
+]
+
+
+def consistency_problems(job: "PretrainJob") -> Problems:
+    problems: Problems = []
+    for rule in RULES:
+        problems += rule(job)
+    return problems
