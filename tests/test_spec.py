@@ -1,0 +1,156 @@
+"""The manifest: a table of bad manifests, each naming its field; good ones parse; the CLI exits 2."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.errors import ManifestError
+from orchestrator.spec import PRESETS, load_manifest, parse_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+GOOD = {
+    "apiVersion": "bertctl/v1",
+    "kind": "PretrainJob",
+    "metadata": {"name": "unit-job"},
+    "spec": {
+        "model": {"preset": "bert-tiny"},
+        "tokenizer": {"vocab_size": 1000},
+        "data": {"shards": "/tmp/shards", "seq_len": 64},
+        "training": {"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 2},
+        "resources": {"workers": 2},
+        "checkpoint": {"uri": "/tmp/ckpt", "every_steps": 5},
+    },
+}
+
+
+def mutate(path: str, value=None, delete: bool = False) -> dict:
+    doc = copy.deepcopy(GOOD)
+    *parents, leaf = path.split(".")
+    node = doc
+    for key in parents:
+        node = node.setdefault(key, {})
+    if delete:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return doc
+
+
+BAD = [
+    ("wrong apiVersion", mutate("apiVersion", "bertctl/v2"), "apiVersion"),
+    ("wrong kind", mutate("kind", "TrainJob"), "kind"),
+    ("no metadata name", mutate("metadata.name", delete=True), "metadata.name"),
+    ("uppercase name", mutate("metadata.name", "My_Job"), "metadata.name"),
+    ("name too long", mutate("metadata.name", "a" * 64), "metadata.name"),
+    ("unknown top-level spec field", mutate("spec.trainig", {}), "spec.trainig"),
+    ("unknown data field", mutate("spec.data.shard", "/x"), "spec.data.shard"),
+    ("unknown preset", mutate("spec.model.preset", "bert-huge"), "spec.model.preset"),
+    ("unknown model override", mutate("spec.model.overrides", {"n_layers": 2}), "spec.model.overrides"),
+    ("heads do not divide hidden", mutate("spec.model.overrides", {"num_attention_heads": 3}), "spec.model.overrides"),
+    ("no data section", mutate("spec.data", delete=True), "spec.data"),
+    ("seq_len above positions", mutate("spec.data.seq_len", 1024), "spec.data.seq_len"),
+    ("mlm probability 1.5", mutate("spec.data.mlm_probability", 1.5), "spec.data.mlm_probability"),
+    ("nsp with tiny seq_len", mutate("spec.data.seq_len", 8), "spec.data.seq_len"),
+    ("zero max_steps", mutate("spec.training.max_steps", 0), "spec.training.max_steps"),
+    ("global batch not divisible", mutate("spec.training.global_batch_size", 10), "spec.training.global_batch_size"),
+    ("elastic range with a bad count", mutate("spec.resources.workers", {"min": 1, "max": 3}),
+     "spec.training.global_batch_size"),
+    ("elastic min above max", mutate("spec.resources.workers", {"min": 4, "max": 2}), "spec.resources.workers"),
+    ("zero workers", mutate("spec.resources.workers", 0), "spec.resources.workers"),
+    ("unknown optimizer", mutate("spec.training.optimizer", "sgd"), "spec.training.optimizer"),
+    ("bf16 without GPUs", mutate("spec.training.precision", "bf16"), "spec.training.precision"),
+    ("fp16 without GPUs", mutate("spec.training.precision", "fp16"), "spec.training.precision"),
+    ("lamb without GPUs", mutate("spec.training.optimizer", "lamb"), "spec.training.optimizer"),
+    ("warmup above max_steps", mutate("spec.training.warmup_steps", 11), "spec.training.warmup_steps"),
+    ("negative lr", mutate("spec.training.lr", -1.0), "spec.training.lr"),
+    ("zero stage 4", mutate("spec.deepspeed.zero_stage", 4), "spec.deepspeed.zero_stage"),
+    ("param offload below stage 3", mutate("spec.deepspeed.offload_param", "cpu"), "spec.deepspeed.offload_param"),
+    ("raw config sets the batch", mutate("spec.deepspeed.config", {"train_batch_size": 16}), "spec.deepspeed.config"),
+    ("vocab and vocab_size both", mutate("spec.tokenizer", {"vocab": "v.txt", "vocab_size": 1000}), "spec.tokenizer"),
+    ("neither vocab nor vocab_size", mutate("spec.tokenizer", {"lowercase": True}), "spec.tokenizer"),
+    ("checkpoint without uri", mutate("spec.checkpoint", {"every_steps": 5}), "spec.checkpoint.uri"),
+    ("checkpoint every 0", mutate("spec.checkpoint.every_steps", 0), "spec.checkpoint.every_steps"),
+    ("checkpoint every sometimes", mutate("spec.checkpoint.every_steps", "sometimes"), "spec.checkpoint.every_steps"),
+    ("keep_last 0", mutate("spec.checkpoint.keep_last", 0), "spec.checkpoint.keep_last"),
+    ("bad memory quantity", mutate("spec.resources.memory_per_worker", "lots"), "spec.resources.memory_per_worker"),
+    ("negative restarts", mutate("spec.recovery.max_restarts", -1), "spec.recovery.max_restarts"),
+    ("deadline above heartbeat timeout", mutate("spec.recovery", {"heartbeat_timeout_s": 10}),
+     "spec.checkpoint.preemption_deadline_s"),
+    ("credential in a URI", mutate("spec.data.shards", "s3://AKIAABCDEFGHIJKLMNOP:secret@bucket/x"), "spec.data.shards"),
+    ("access key in raw config", mutate("spec.deepspeed.config", {"note": "AKIAABCDEFGHIJKLMNOP"}),
+     "spec.deepspeed.config.note"),
+    ("unknown kubernetes field", mutate("spec.kubernetes", {"aws_secret_access_key": "x"}),
+     "spec.kubernetes.aws_secret_access_key"),
+]
+
+
+@pytest.mark.parametrize("label,doc,field", BAD, ids=[b[0] for b in BAD])
+def test_bad_manifest_names_its_field(label, doc, field):
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(doc)
+    paths = [p for p, _ in info.value.problems]
+    assert field in paths, f"{label}: expected a problem at {field}, got {info.value.problems}"
+    for _, message in info.value.problems:
+        assert message, "every problem says what to do"
+
+
+def test_good_manifest_parses_with_defaults():
+    job = parse_manifest(copy.deepcopy(GOOD))
+    assert job.spec.deepspeed.zero_stage == 2
+    assert job.spec.training.precision == "fp32"
+    assert job.spec.model.bert_config(vocab_size=1000)["hidden_size"] == PRESETS["bert-tiny"]["hidden_size"]
+
+
+def test_elastic_range_where_every_count_keeps_the_global_batch():
+    doc = mutate("spec.resources.workers", {"min": 1, "max": 4})
+    doc["spec"]["training"]["global_batch_size"] = 24  # 24 = 2 x w x accum for w in 1..4
+    job = parse_manifest(doc)
+    assert list(job.spec.resources.worker_counts()) == [1, 2, 3, 4]
+
+
+def test_every_problem_is_reported_at_once():
+    doc = mutate("spec.training.precision", "bf16")
+    doc["spec"]["training"]["global_batch_size"] = 10
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(doc)
+    paths = {p for p, _ in info.value.problems}
+    assert {"spec.training.precision", "spec.training.global_batch_size"} <= paths
+
+
+def test_example_manifests_are_valid():
+    manifests = sorted((ROOT / "jobs").glob("*.yaml"))
+    for path in manifests:
+        load_manifest(path)
+
+
+def run_validate(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(path)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_validate_cli_exit_codes(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(GOOD))
+    bad.write_text(yaml.safe_dump(mutate("spec.training.micro_batch_size", 3)))
+    ok = run_validate(good)
+    assert ok.returncode == 0, ok.stderr
+    failed = run_validate(bad)
+    assert failed.returncode == 2
+    assert "spec.training.global_batch_size" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+
+def test_validate_cli_on_missing_file_and_bad_yaml(tmp_path):
+    missing = run_validate(tmp_path / "nope.yaml")
+    assert missing.returncode == 2 and "file not found" in missing.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    result = run_validate(broken)
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
