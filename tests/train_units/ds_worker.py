@@ -1,0 +1,110 @@
+"""One rank of a real DeepSpeed (CPU, gloo) run, started as a subprocess by test_universal.py.
+
+Usage: python ds_worker.py '<json>' with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT in the
+environment. Phases: "train" trains a tiny BERT a few steps and saves a checkpoint; "resume"
+prepares an elastic resume with orchestrator.train.universal, loads, and trains one more step.
+Both dump the full (gathered) fp32 parameters and Adam states from rank 0 for the test to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+
+def build_model(seed: int):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=32)
+    return BertForMaskedLM(cfg)
+
+
+def ds_config(stage: int, world_size: int) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": 2 * world_size,
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.01, "torch_adam": True}},
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def batch(step: int, rank: int):
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    ids = torch.randint(5, 64, (2, 16), generator=g)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def train_step(engine, step: int, rank: int) -> float:
+    out = engine(**batch(step, rank))
+    engine.backward(out.loss)
+    engine.step()
+    return float(out.loss.detach())
+
+
+def full_state(engine) -> dict:
+    """Full fp32 weights and Adam moments per parameter (collective: every rank calls it)."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    state = {}
+    for name, p in engine.module.named_parameters():
+        state[name] = {
+            "fp32": safe_get_full_fp32_param(p).detach().cpu().clone(),
+            "exp_avg": safe_get_full_optimizer_state(p, "exp_avg").detach().cpu().clone(),
+            "exp_avg_sq": safe_get_full_optimizer_state(p, "exp_avg_sq").detach().cpu().clone(),
+        }
+    return state
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    import deepspeed
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    config = ds_config(args["stage"], world)
+    plan = None
+    if args["phase"] == "resume":
+        from orchestrator.train.universal import prepare_resume, universal_ds_config
+
+        plan = prepare_resume(args["save_dir"], args["tag"], args["saved_world_size"], world,
+                              args["stage"], args["work_dir"], is_converter=(rank == 0),
+                              barrier=dist.barrier)
+        if plan.load_universal:
+            config = universal_ds_config(config)
+    model = build_model(seed=0 if args["phase"] == "train" else 123)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                           config=config, dist_init_required=False)
+    result = {"world_size": world, "losses": []}
+    if args["phase"] == "train":
+        for step in range(args["steps"]):
+            result["losses"].append(train_step(engine, step, rank))
+        engine.save_checkpoint(args["save_dir"], tag=args["tag"], client_state={"step": args["steps"]})
+    else:
+        _, client = engine.load_checkpoint(plan.load_dir, tag=plan.tag)
+        result["client_step"] = client["step"]
+        result["load_universal"] = plan.load_universal
+    state = full_state(engine)
+    result["adam_steps"] = sorted({int(s["step"]) for s in engine.optimizer.optimizer.state.values()
+                                   if "step" in s})
+    if args["phase"] == "resume":
+        result["losses"].append(train_step(engine, 99, rank))
+    if rank == 0:
+        torch.save({"state": state, "result": result}, args["dump"])
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
