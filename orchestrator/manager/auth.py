@@ -1,0 +1,83 @@
+"""Bearer tokens: one admin token (from the environment) and one token per attempt.
+
+Tokens are random 256-bit secrets, so a plain sha256 is enough to store them (no salt or
+slow hash needed: there is nothing to brute-force). Only the hash is ever stored or compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import PermanentError
+from orchestrator.manager.store import Store
+
+ENV_ADMIN_TOKEN = "BERTCTL_ADMIN_TOKEN"
+ENV_ADMIN_TOKEN_FILE = "BERTCTL_ADMIN_TOKEN_FILE"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def admin_token_from_env(env: dict[str, str] | None = None) -> str | None:
+    env = os.environ if env is None else env
+    if env.get(ENV_ADMIN_TOKEN):
+        return env[ENV_ADMIN_TOKEN].strip()
+    path = env.get(ENV_ADMIN_TOKEN_FILE)
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise PermanentError(f"{ENV_ADMIN_TOKEN_FILE} names {path}, which is not a file; "
+                                 "point it at a file holding the admin token")
+        return p.read_text().strip()
+    return None
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str                   # "admin" | "attempt"
+    job_id: str | None = None
+    attempt: int | None = None
+
+
+class Authenticator:
+    def __init__(self, store: Store, admin_token: str):
+        if not admin_token or len(admin_token) < 16:
+            raise PermanentError(f"the admin token must be at least 16 characters; set {ENV_ADMIN_TOKEN} "
+                                 f"or {ENV_ADMIN_TOKEN_FILE} (e.g. to the output of `openssl rand -hex 32`)")
+        self._store = store
+        self._admin_hash = hash_token(admin_token)
+        # An attempt token's (job, attempt) never changes, so found ones are cached; whether the
+        # attempt is still current is checked against the store on every heartbeat (fencing).
+        self._cache: dict[str, Principal] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, token: str | None) -> Principal | None:
+        if not token:
+            return None
+        digest = hash_token(token)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return Principal("admin")
+        with self._lock:
+            cached = self._cache.get(digest)
+        if cached:
+            return cached
+        found = self._store.lookup_token(digest)
+        if not found or found["kind"] != "attempt":
+            return None
+        principal = Principal("attempt", found["job_id"], found["attempt"])
+        with self._lock:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[digest] = principal
+        return principal

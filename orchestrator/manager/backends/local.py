@@ -1,0 +1,191 @@
+"""The local backend: each attempt is its own process group on this machine.
+
+Layout under ``data_dir/jobs/<job>/attempt-<n>/``: manifest.yaml, trainer.log, pid, exit_code.
+The group leader is ``local_wrapper.py``, which runs the trainer and writes its exit code, so
+a manager that restarted (and is no longer the parent) can still tell how an attempt ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+import orchestrator
+from orchestrator import contract
+from orchestrator.errors import TemporaryError
+from orchestrator.manager.backends.base import AttemptStatus, LaunchRequest, RunState, register
+
+_WRAPPER = str(Path(__file__).with_name("local_wrapper.py"))
+_REPO_ROOT = str(Path(orchestrator.__file__).resolve().parents[1])
+# The manager's own credentials never reach a trainer: it gets only its attempt token.
+_SCRUBBED_ENV = ("BERTCTL_ADMIN_TOKEN", "BERTCTL_ADMIN_TOKEN_FILE", "BERTCTL_TOKEN", "BERTCTL_DATABASE_URL")
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, data_dir: str | os.PathLike, trainer_command: Sequence[str] | None = None,
+                 workdir: str | None = None, kill_wait_s: float = 30.0):
+        self.data_dir = Path(data_dir)
+        self.trainer_command = list(trainer_command or [sys.executable, "-m", "orchestrator.train"])
+        self.workdir = workdir or os.getcwd()
+        self.kill_wait_s = kill_wait_s
+        self._children: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        return self.data_dir / "jobs" / job_id / f"attempt-{attempt}"
+
+    def log_path(self, job_id: str, attempt: int, handle: str = "") -> str | None:
+        return str(self.attempt_dir(job_id, attempt) / "trainer.log")
+
+    # -- Backend protocol -------------------------------------------------------------------------
+
+    def launch(self, request: LaunchRequest) -> str:
+        adir = self.attempt_dir(request.job_id, request.attempt)
+        adir.mkdir(parents=True, exist_ok=True)
+        for stale in ("exit_code", "exit_code.tmp", "pid"):
+            (adir / stale).unlink(missing_ok=True)
+        manifest = adir / "manifest.yaml"
+        manifest.write_text(yaml.safe_dump(request.manifest, sort_keys=False))
+        cmd = [sys.executable, _WRAPPER, str(adir / "exit_code"), *self.trainer_command, "--manifest", str(manifest)]
+        with open(adir / "trainer.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=self._env(request), cwd=self.workdir, start_new_session=True)
+        with self._lock:
+            self._children[proc.pid] = proc
+        (adir / "pid").write_text(str(proc.pid))
+        return str(proc.pid)
+
+    def poll(self, job_id: str, attempt: int, handle: str) -> AttemptStatus:
+        adir = self.attempt_dir(job_id, attempt)
+        pid = self._pid(adir, handle)
+        if pid is None:
+            return AttemptStatus(RunState.GONE, message="no process was recorded for this attempt")
+        child = self._child(pid)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return AttemptStatus(RunState.RUNNING)
+            return AttemptStatus(RunState.EXITED, exit_code=_recorded(adir) or _shell_code(code))
+        if _alive(pid) and _is_ours(pid, adir):
+            return AttemptStatus(RunState.RUNNING)
+        code = _recorded(adir)
+        if code is not None:
+            return AttemptStatus(RunState.EXITED, exit_code=code)
+        return AttemptStatus(RunState.GONE, message="the process is gone and left no exit code "
+                                                    "(killed while the manager was down?)")
+
+    def terminate(self, job_id: str, attempt: int, handle: str, grace_s: float) -> None:
+        pid = self._pid(self.attempt_dir(job_id, attempt), handle)
+        if pid is None or not self._group_alive(pid):
+            return
+        _signal_group(pid, signal.SIGTERM)
+        if self._wait_gone(pid, grace_s):
+            return
+        _signal_group(pid, signal.SIGKILL)
+        if not self._wait_gone(pid, self.kill_wait_s):
+            raise TemporaryError(f"process group {pid} of {job_id} attempt {attempt} survived SIGKILL", 5.0)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _env(self, request: LaunchRequest) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        env.update({contract.ENV_JOB_ID: request.job_id, contract.ENV_ATTEMPT: str(request.attempt),
+                    contract.ENV_MANAGER_URL: request.manager_url,
+                    contract.ENV_ATTEMPT_TOKEN: request.attempt_token})
+        if request.mtbp_s is not None:
+            env[contract.ENV_MTBP_S] = f"{request.mtbp_s:.3f}"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
+        return env
+
+    @staticmethod
+    def _pid(adir: Path, handle: str) -> int | None:
+        text = handle or _read(adir / "pid")
+        return int(text) if text and text.strip().isdigit() else None
+
+    def _child(self, pid: int) -> subprocess.Popen | None:
+        with self._lock:
+            return self._children.get(pid)
+
+    def _group_alive(self, pgid: int) -> bool:
+        child = self._child(pgid)
+        if child is not None:
+            child.poll()  # reap the leader so a zombie does not count as alive
+        return _group_members(pgid)
+
+    def _wait_gone(self, pgid: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self._group_alive(pgid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:  # includes a process vanishing while /proc is read
+        return None
+
+
+def _recorded(adir: Path) -> int | None:
+    text = _read(adir / "exit_code")
+    return int(text) if text and text.strip().lstrip("-").isdigit() else None
+
+
+def _shell_code(code: int) -> int:
+    return 128 - code if code < 0 else code
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, process group) from /proc, or None when there is no such process."""
+    stat = _read(Path(f"/proc/{pid}/stat"))
+    if not stat:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[2])
+
+
+def _alive(pid: int) -> bool:
+    state = _proc_state(pid)
+    return state is not None and state[0] not in ("Z", "X")
+
+
+def _is_ours(pid: int, adir: Path) -> bool:
+    # Guards against pid reuse after a restart: the wrapper's argv names this attempt's directory.
+    try:
+        return str(adir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _group_members(pgid: int) -> bool:
+    """Is any live (non-zombie) process in this group? Zombies are dead: PID 1 may never reap them."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            state = _proc_state(int(entry.name))
+            if state and state[1] == pgid and state[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+register("local", LocalBackend)

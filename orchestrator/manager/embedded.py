@@ -1,0 +1,52 @@
+"""An in-process manager for `bertctl run` and tests: loopback port, temporary SQLite, local backend.
+
+    with EmbeddedManager() as m:
+        client = httpx.Client(base_url=m.url, headers={"Authorization": f"Bearer {m.token}"})
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from orchestrator.manager.auth import new_token
+from orchestrator.manager.server import Manager, ManagerConfig, ServerThread
+
+
+class EmbeddedManager:
+    def __init__(self, data_dir: str | Path | None = None, trainer_command: Sequence[str] | None = None,
+                 interval_s: float = 0.5, database_url: str | None = None, **config):
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="bertctl-embedded-"))
+        self.token = new_token()
+        self.cfg = ManagerConfig(host="127.0.0.1", port=0, data_dir=self.data_dir, admin_token=self.token,
+                                 database_url=database_url or f"sqlite:///{self.data_dir / 'manager.db'}",
+                                 trainer_command=trainer_command, interval_s=interval_s, **config)
+        self.manager: Manager | None = None
+        self._thread: ServerThread | None = None
+
+    @property
+    def url(self) -> str:
+        if self.manager is None:
+            raise RuntimeError("EmbeddedManager is not started; use it as a context manager or call start()")
+        return self.manager.url
+
+    def start(self) -> "EmbeddedManager":
+        self.manager = Manager(self.cfg)
+        self._thread = ServerThread(self.manager).start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread:
+            self._thread.stop()
+            self._thread = None
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "EmbeddedManager":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,99 @@
+"""Apply one trainer heartbeat: fencing first, then progress, checkpoints and the final word.
+
+The hot path of the manager (bench/manager.py measures it): one transaction, the job row
+locked so a heartbeat and a supervisor decision about the same attempt never interleave.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from orchestrator.contract import EndReason, Heartbeat
+from orchestrator.manager.models import TERMINAL, Attempt, AttemptState, Checkpoint, Job, Phase
+from orchestrator.manager.store import Store
+
+_FINAL_REASONS = {"succeeded": EndReason.SUCCEEDED, "preempted": EndReason.PREEMPTED,
+                  "failed": EndReason.INFRASTRUCTURE}
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"
+    UNKNOWN_JOB = "unknown_job"
+    STALE = "stale"          # not the job's current, live attempt: fenced off (HTTP 409)
+
+
+def apply_heartbeat(store: Store, job_id: str, hb: Heartbeat, now: float) -> Outcome:
+    with store.tx() as s:
+        job = store._lock_job(s, job_id)
+        if job is None:
+            return Outcome.UNKNOWN_JOB
+        if hb.attempt != job.current_attempt or Phase(job.phase) in TERMINAL:
+            return Outcome.STALE
+        att = s.scalar(select(Attempt).where(Attempt.job_id == job_id, Attempt.number == hb.attempt))
+        if att is None or att.state == AttemptState.ENDED.value:
+            return Outcome.STALE
+        _progress(s, job, att, hb, now)
+        if hb.checkpoint is not None:
+            _checkpoint(store, s, job, att, hb, now)
+        if job.phase == Phase.LAUNCHING.value:
+            job.phase = Phase.RUNNING.value
+            store.event(s, job_id, "running", f"attempt {att.number} is running"
+                        + (f", resumed from step {hb.resumed_from_step}" if hb.resumed_from_step else ""),
+                        now, attempt=att.number, resumed_from_step=hb.resumed_from_step)
+        if hb.status != "running" and att.final_status is None:
+            _final(store, s, att, hb, now)
+        return Outcome.OK
+
+
+def _metrics(hb: Heartbeat) -> dict[str, Any]:
+    keys = ("step", "max_steps", "loss", "mlm_accuracy", "nsp_accuracy", "tokens_per_s", "lr",
+            "tokens_seen", "world_size", "checkpoint_seconds")
+    return {k: getattr(hb, k) for k in keys if getattr(hb, k) is not None}
+
+
+def _progress(s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> None:
+    att.last_heartbeat_at, att.heartbeats = now, att.heartbeats + 1
+    if hb.resumed_from_step is not None and att.resumed_from_step is None:
+        att.resumed_from_step = hb.resumed_from_step
+    if att.first_step_at is None and hb.step > (att.resumed_from_step or 0):
+        att.first_step, att.first_step_at = hb.step, now
+        att.recovery_s = _recovery_s(s, job, att, now)
+    if hb.step > att.last_step or att.last_step_at is None:
+        att.last_step, att.last_step_at = max(att.last_step, hb.step), now
+    if hb.checkpoint_seconds is not None:
+        att.checkpoint_seconds = max(att.checkpoint_seconds, hb.checkpoint_seconds)
+    metrics = _metrics(hb)
+    att.metrics = metrics
+    job.metrics = {**metrics, "attempt": att.number, "at": now}
+    job.step, job.updated_at = hb.step, now
+
+
+def _recovery_s(s: Session, job: Job, att: Attempt, now: float) -> float | None:
+    """Time from the previous attempt's end (the failure) to this attempt's first step."""
+    if att.number <= 1:
+        return None
+    prev_end = s.scalar(select(Attempt.ended_at).where(Attempt.job_id == job.id, Attempt.number == att.number - 1))
+    return None if prev_end is None else max(0.0, now - prev_end)
+
+
+def _checkpoint(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> None:
+    ref = hb.checkpoint
+    known = s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job.id, Checkpoint.step == ref.step,
+                                                 Checkpoint.uri == ref.uri))
+    if known is not None:
+        return
+    s.add(Checkpoint(job_id=job.id, attempt=att.number, step=ref.step, uri=ref.uri, world_size=ref.world_size,
+                     save_seconds=ref.save_seconds, created_at=now))
+    store.event(s, job.id, "checkpoint", f"checkpoint committed at step {ref.step}: {ref.uri}", now,
+                attempt=att.number, step=ref.step, uri=ref.uri)
+
+
+def _final(store: Store, s: Session, att: Attempt, hb: Heartbeat, now: float) -> None:
+    reason = hb.reason or _FINAL_REASONS[hb.status]
+    att.final_status, att.final_reason = hb.status, reason.value
+    store.event(s, att.job_id, "reported", f"attempt {att.number} reported {hb.status} ({reason.value})"
+                + (f": {hb.message}" if hb.message else ""), now, attempt=att.number, step=hb.step)

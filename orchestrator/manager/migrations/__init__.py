@@ -1,0 +1,1 @@
+"""Alembic migrations of the manager's store; run at every start by ``Store.migrate``."""

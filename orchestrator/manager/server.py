@@ -1,0 +1,137 @@
+"""Assemble and run a manager: store (migrated), auth, backends, API and supervisor.
+
+``Manager`` is what `bertctl server` runs in the foreground and what ``EmbeddedManager``
+runs in threads. Binding the socket ourselves lets port 0 pick a free port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import uvicorn
+
+from orchestrator.errors import PermanentError
+from orchestrator.manager.api import create_app
+from orchestrator.manager.auth import Authenticator, admin_token_from_env, ENV_ADMIN_TOKEN
+from orchestrator.manager.backends import base
+from orchestrator.manager.backends.local import LocalBackend
+from orchestrator.manager.store import Store
+from orchestrator.manager.supervisor import Supervisor
+
+ENV_DATABASE_URL = "BERTCTL_DATABASE_URL"
+ENV_DATA_DIR = "BERTCTL_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(ENV_DATA_DIR) or Path.home() / ".bertctl")
+
+
+@dataclass
+class ManagerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8470
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None          # default: sqlite in data_dir (or BERTCTL_DATABASE_URL)
+    admin_token: str | None = None           # default: BERTCTL_ADMIN_TOKEN / _FILE
+    backend: str = "local"                   # for new jobs
+    trainer_command: Sequence[str] | None = None
+    interval_s: float = 1.0
+    stall_grace_s: float = 5.0
+    cancel_grace_s: float | None = None
+    db_schema: str | None = None             # PostgreSQL schema (tests use a fresh one)
+
+    def resolved_url(self) -> str:
+        url = self.database_url or os.environ.get(ENV_DATABASE_URL)
+        return url or f"sqlite:///{Path(self.data_dir).resolve() / 'manager.db'}"
+
+
+class Manager:
+    def __init__(self, cfg: ManagerConfig):
+        token = cfg.admin_token or admin_token_from_env()
+        if not token:
+            raise PermanentError(f"no admin token: set {ENV_ADMIN_TOKEN} (or BERTCTL_ADMIN_TOKEN_FILE) "
+                                 "to a random secret, e.g. `openssl rand -hex 32`")
+        self.cfg = cfg
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.resolved_url(), cfg.db_schema)
+        self.store.migrate()
+        self.auth = Authenticator(self.store, token)
+        self.backends = self._backends()
+        self.app = create_app(self.store, self.auth, backend=cfg.backend)
+        self.sock = _bind(cfg.host, cfg.port)
+        self.port = self.sock.getsockname()[1]
+        self.supervisor = Supervisor(self.store, self.backends, self.url, stall_grace_s=cfg.stall_grace_s,
+                                     cancel_grace_s=cfg.cancel_grace_s, interval_s=cfg.interval_s)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                    timeout_graceful_shutdown=2))
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.cfg.host in ("0.0.0.0", "", "::") else self.cfg.host
+        return f"http://{host}:{self.port}"
+
+    def _backends(self) -> dict[str, base.Backend]:
+        backends: dict[str, base.Backend] = {
+            "local": LocalBackend(Path(self.cfg.data_dir), trainer_command=self.cfg.trainer_command)}
+        if self.cfg.backend != "local":
+            backends[self.cfg.backend] = base.get_backend(self.cfg.backend)
+        return backends
+
+    def serve_forever(self) -> None:
+        """Foreground: supervisor thread + HTTP server until SIGINT / SIGTERM."""
+        self.supervisor.start()
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            self.supervisor.stop()
+            self.store.close()
+
+
+class ServerThread:
+    """Runs a Manager's HTTP server and supervisor in background threads (embedded mode, tests)."""
+
+    def __init__(self, manager: Manager, supervise: bool = True):
+        self.manager, self.supervise = manager, supervise
+        self._thread = threading.Thread(target=manager.server.run, kwargs={"sockets": [manager.sock]},
+                                        name="bertctl-api", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> "ServerThread":
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.manager.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise PermanentError("the embedded manager's HTTP server did not start")
+            time.sleep(0.02)
+        if self.supervise:
+            self.manager.supervisor.start()
+        return self
+
+    def stop(self) -> None:
+        self.manager.supervisor.stop()
+        self.manager.server.should_exit = True
+        self._thread.join(10)
+        self.manager.store.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PermanentError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port") from None
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+logging.getLogger("bertctl.manager").addHandler(logging.NullHandler())

@@ -1,0 +1,278 @@
+"""The durable record of every job: one transaction per state change, always with its event.
+
+Callers get plain dicts back (never live ORM rows), so nothing outside this module holds a
+session. Phase changes are compare-and-set on the job row (locked FOR UPDATE on PostgreSQL,
+BEGIN IMMEDIATE on SQLite), which is what makes the API and the supervisor safe side by side.
+"""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.contract import EndReason
+from orchestrator.errors import PermanentError
+from orchestrator.manager import db
+from orchestrator.manager.models import ACTIVE, TERMINAL, Attempt, AttemptState, Checkpoint, Event, Job, Phase, Token
+from orchestrator.manager.policy import INTERRUPTIONS, Action, Decision
+
+
+class ConflictError(PermanentError):
+    """The same submission id was used for a different manifest."""
+
+
+def row(obj: Any) -> dict[str, Any]:
+    return {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
+
+
+class Store:
+    def __init__(self, url: str, schema: str | None = None):
+        self.url, self.schema = url, schema
+        self.engine = db.make_engine(url, schema)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        db.migrate(self.engine, self.schema)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """One transaction: commits on success, rolls back on any exception."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    # -- events ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def event(s: Session, job_id: str, type_: str, message: str, now: float,
+              attempt: int | None = None, **data: Any) -> None:
+        s.add(Event(job_id=job_id, ts=now, type=type_, attempt=attempt, message=message, data=data))
+
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        with self.tx() as s:
+            q = select(Event).where(Event.job_id == job_id, Event.id > after).order_by(Event.id).limit(limit)
+            return [row(e) for e in s.scalars(q)]
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def create_job(self, manifest: dict[str, Any], backend: str, now: float,
+                   submission_id: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Record a validated manifest; the same submission id twice returns the first job."""
+        if submission_id:
+            found = self._by_submission(submission_id)
+            if found:
+                return self._same_submission(found, manifest), False
+        name = manifest["metadata"]["name"]
+        job = Job(id=f"{name}-{secrets.token_hex(3)}", name=name, submission_id=submission_id or None,
+                  manifest=manifest, backend=backend, phase=Phase.PENDING.value, message="",
+                  created_at=now, updated_at=now, current_attempt=0, restarts_used=0, next_launch_at=now,
+                  cancel_requested=False, max_steps=manifest["spec"]["training"]["max_steps"], step=0, metrics={})
+        try:
+            with self.tx() as s:
+                s.add(job)
+                s.flush()
+                self.event(s, job.id, "submitted", f"job {job.id} submitted", now, backend=backend)
+        except IntegrityError:  # a concurrent submission with the same id won the race
+            found = self._by_submission(submission_id) if submission_id else None
+            if not found:
+                raise
+            return self._same_submission(found, manifest), False
+        return row(job), True
+
+    def _by_submission(self, submission_id: str) -> dict[str, Any] | None:
+        with self.tx() as s:
+            job = s.scalar(select(Job).where(Job.submission_id == submission_id))
+            return row(job) if job else None
+
+    @staticmethod
+    def _same_submission(found: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        if found["manifest"] != manifest:
+            raise ConflictError(f"submission id already used by job {found['id']} with a different manifest; "
+                                "use a new submission id")
+        return found
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        with self.tx() as s:
+            job = s.get(Job, job_id)
+            return row(job) if job else None
+
+    def list_jobs(self, phase: str | None = None, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        q = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if phase:
+            q = q.where(Job.phase == phase)
+        if name:
+            q = q.where(Job.name == name)
+        with self.tx() as s:
+            return [row(j) for j in s.scalars(q)]
+
+    def active_jobs(self) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """Every job not yet finished, with its current attempt (the supervisor's work list)."""
+        with self.tx() as s:
+            jobs = list(s.scalars(select(Job).where(Job.phase.in_([p.value for p in ACTIVE])).order_by(Job.created_at)))
+            return [(row(j), self._attempt_row(s, j.id, j.current_attempt)) for j in jobs]
+
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        with self.tx() as s:
+            q = select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)
+            return [row(a) for a in s.scalars(q)]
+
+    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        with self.tx() as s:
+            q = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step, Checkpoint.id)
+            return [row(c) for c in s.scalars(q)]
+
+    def phase_counts(self) -> dict[str, int]:
+        with self.tx() as s:
+            return dict(s.execute(select(Job.phase, func.count()).group_by(Job.phase)).all())
+
+    def restart_counts(self) -> dict[str, int]:
+        with self.tx() as s:
+            q = (select(Attempt.end_reason, func.count()).where(Attempt.end_reason.is_not(None),
+                 Attempt.end_reason.not_in([EndReason.SUCCEEDED.value, EndReason.CANCELLED.value]))
+                 .group_by(Attempt.end_reason))
+            return dict(s.execute(q).all())
+
+    def attempt_count(self) -> int:
+        with self.tx() as s:
+            return s.scalar(select(func.count()).select_from(Attempt)) or 0
+
+    @staticmethod
+    def _attempt_row(s: Session, job_id: str, number: int) -> dict[str, Any] | None:
+        if number < 1:
+            return None
+        att = s.scalar(select(Attempt).where(Attempt.job_id == job_id, Attempt.number == number))
+        return row(att) if att else None
+
+    @staticmethod
+    def _lock_job(s: Session, job_id: str) -> Job | None:
+        return s.scalar(select(Job).where(Job.id == job_id).with_for_update())
+
+    # -- attempts -------------------------------------------------------------------------------
+
+    def start_attempt(self, job_id: str, number: int, token_hash: str, now: float) -> bool:
+        """PENDING/RECOVERING -> LAUNCHING with a new attempt row and its token, if still due."""
+        with self.tx() as s:
+            job = self._lock_job(s, job_id)
+            ok = (job is not None and job.phase in (Phase.PENDING.value, Phase.RECOVERING.value)
+                  and job.current_attempt == number - 1 and not job.cancel_requested)
+            if not ok:
+                return False
+            job.phase, job.current_attempt, job.updated_at = Phase.LAUNCHING.value, number, now
+            s.add(Attempt(job_id=job_id, number=number, state=AttemptState.LAUNCHING.value, handle="", log_path="",
+                          created_at=now, message="", heartbeats=0, last_step=0, checkpoint_seconds=0.0, metrics={}))
+            s.add(Token(hash=token_hash, kind="attempt", job_id=job_id, attempt=number, created_at=now, revoked=False))
+            self.event(s, job_id, "launching", f"launching attempt {number}", now, attempt=number)
+            return True
+
+    def record_launch(self, job_id: str, number: int, handle: str, log_path: str, now: float) -> None:
+        with self.tx() as s:
+            att = s.scalar(select(Attempt).where(Attempt.job_id == job_id, Attempt.number == number)
+                           .with_for_update())
+            if att is None or att.state != AttemptState.LAUNCHING.value:
+                return
+            att.state, att.handle, att.log_path = AttemptState.RUNNING.value, handle, log_path
+            self.event(s, job_id, "launched", f"attempt {number} started (handle {handle})", now,
+                       attempt=number, handle=handle)
+
+    def end_attempt(self, job_id: str, number: int, reason: EndReason, decision: Decision, now: float,
+                    exit_code: int | None = None, message: str = "") -> str | None:
+        """Close a fenced attempt and move the job on as the policy decided; returns the new phase."""
+        with self.tx() as s:
+            job = self._lock_job(s, job_id)
+            att = s.scalar(select(Attempt).where(Attempt.job_id == job_id, Attempt.number == number))
+            if job is None or att is None or att.state == AttemptState.ENDED.value:
+                return None
+            self._close_attempt(s, job, att, reason, now, exit_code, message)
+            phase = self._apply_decision(s, job, decision, now)
+            return phase
+
+    def _close_attempt(self, s: Session, job: Job, att: Attempt, reason: EndReason, now: float,
+                       exit_code: int | None, message: str) -> None:
+        att.state, att.ended_at, att.end_reason = AttemptState.ENDED.value, now, reason.value
+        att.exit_code, att.message = exit_code, message[:4000]
+        newest = s.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job.id,
+                                                                  Checkpoint.step <= max(att.last_step, 0)))
+        att.checkpoint_step_at_end = newest
+        if reason is not EndReason.SUCCEEDED:
+            att.steps_lost = max(0, att.last_step - (newest or 0))
+        s.execute(update(Token).where(Token.job_id == job.id, Token.attempt == att.number).values(revoked=True))
+        code = "" if exit_code is None else f", exit code {exit_code}"
+        self.event(s, job.id, "attempt_ended", f"attempt {att.number} ended: {reason.value}{code}"
+                   + (f" ({message})" if message else ""), now, attempt=att.number, reason=reason.value,
+                   exit_code=exit_code, steps_lost=att.steps_lost)
+
+    def _apply_decision(self, s: Session, job: Job, decision: Decision, now: float) -> str:
+        action = decision.action
+        if job.cancel_requested and action is Action.RETRY:
+            action = Action.CANCEL  # a cancel that raced with a failure wins: never relaunch
+        job.updated_at = now
+        if action is Action.RETRY:
+            job.phase, job.restarts_used = Phase.RECOVERING.value, job.restarts_used + 1
+            job.next_launch_at = now + decision.delay_s
+        else:
+            job.phase = {Action.SUCCEED: Phase.SUCCEEDED, Action.FAIL: Phase.FAILED,
+                         Action.CANCEL: Phase.CANCELLED}[action].value
+            job.ended_at = now
+        job.message = decision.why
+        self.event(s, job.id, job.phase.lower(), f"job {job.phase}: {decision.why}", now,
+                   attempt=job.current_attempt, delay_s=decision.delay_s)
+        return job.phase
+
+    def request_cancel(self, job_id: str, now: float) -> str | None:
+        """Cancel in any phase: at once when nothing runs, else flag it for the supervisor."""
+        with self.tx() as s:
+            job = self._lock_job(s, job_id)
+            if job is None:
+                return None
+            if Phase(job.phase) in TERMINAL or job.cancel_requested:
+                return job.phase
+            job.updated_at = now
+            if job.phase in (Phase.PENDING.value, Phase.RECOVERING.value):
+                job.phase, job.ended_at, job.message = Phase.CANCELLED.value, now, "cancelled by a user"
+                self.event(s, job_id, "cancelled", "job CANCELLED before its next attempt started", now)
+            else:
+                job.cancel_requested = True
+                self.event(s, job_id, "cancel_requested", f"cancel requested; stopping attempt "
+                           f"{job.current_attempt}", now, attempt=job.current_attempt)
+            return job.phase
+
+    def finish_cancel(self, job_id: str, now: float) -> None:
+        """A cancel requested while no attempt is live any more: nothing to stop, just record it."""
+        with self.tx() as s:
+            job = self._lock_job(s, job_id)
+            if job is None or Phase(job.phase) in TERMINAL:
+                return
+            job.phase, job.ended_at, job.updated_at = Phase.CANCELLED.value, now, now
+            job.message = "cancelled by a user"
+            self.event(s, job_id, "cancelled", "job CANCELLED; no attempt was running", now)
+
+    def note(self, job_id: str, type_: str, message: str, now: float, attempt: int | None = None) -> None:
+        with self.tx() as s:
+            self.event(s, job_id, type_, message, now, attempt=attempt)
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def lookup_token(self, token_hash: str) -> dict[str, Any] | None:
+        with self.tx() as s:
+            tok = s.get(Token, token_hash)
+            return row(tok) if tok else None
+
+    def mtbp_s(self, job_id: str, now: float) -> float | None:
+        """Observed mean time between preemptions: attempt run time per interruption so far."""
+        attempts = self.attempts(job_id)
+        interruptions = sum(1 for a in attempts if a["end_reason"] in {r.value for r in INTERRUPTIONS})
+        if not interruptions:
+            return None
+        run_s = sum((a["ended_at"] or now) - a["created_at"] for a in attempts)
+        return run_s / interruptions
