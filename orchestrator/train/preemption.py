@@ -1,0 +1,202 @@
+"""Preemption notice: SIGTERM or a notice file -> every rank stops after the same step.
+
+Why a file and not only a signal: under Ray Train the training function runs in a thread of a
+worker *actor* (ray/train/v2/_internal/execution/worker_group/thread_runner.py), so it cannot
+install a signal handler, and a SIGTERM that reaches the actor process itself is turned into
+``SystemExit`` by Ray (ray/_private/worker.py, ``Worker.main_loop``): the worker dies without a
+checkpoint. The driver, where SIGTERM arrives, owns the controller and worker actors, and
+``ray.init`` makes SIGTERM call ``sys.exit`` there, which tears them all down. So:
+
+* driver: ``PreemptionWatcher(deadline, notice_file).install(relay=True)`` AFTER ``ray.init``
+  replaces Ray's exit-on-SIGTERM with a handler that only sets a flag; a relay thread then
+  creates the notice file (the handler itself does no I/O) and the driver keeps waiting for
+  ``fit()`` to return.
+* Kubernetes: the pod's preStop hook creates the notice file on every pod (SIGTERM to
+  ``ray start --block`` would kill the node's workers at once).
+* workers: ``PreemptionWatcher(deadline, notice_file)`` (no install) polls the file once per
+  optimizer step; ``poll()`` all-reduces the flag and the smallest time left, so every rank
+  sees the same decision after the same step, even ranks on pods that got no notice.
+
+See docs/preemption.md for the loop's side.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+from orchestrator.contract import ENV_NOTICE_FILE
+from orchestrator.errors import PermanentError
+
+# Saving is worth starting only if it should end this much before the deadline: the estimate
+# comes from earlier saves and a preemption save also has to report and exit afterwards.
+DEFAULT_SAFETY = 1.25
+
+
+class Decision(str, enum.Enum):
+    CONTINUE = "continue"
+    CHECKPOINT_AND_STOP = "checkpoint_and_stop"   # save + commit, report preempted, exit 75
+    STOP_WITHOUT_CHECKPOINT = "stop_without_checkpoint"  # too late: leave any partial uncommitted
+
+
+def decide(stop: bool, time_left_s: float, save_cost_s: float | None,
+           safety: float = DEFAULT_SAFETY) -> Decision:
+    """Pure policy. With no measured save cost yet, try to save: an uncommitted partial is harmless."""
+    if not stop:
+        return Decision.CONTINUE
+    if time_left_s <= 0:
+        return Decision.STOP_WITHOUT_CHECKPOINT
+    if save_cost_s is None or save_cost_s * safety <= time_left_s:
+        return Decision.CHECKPOINT_AND_STOP
+    return Decision.STOP_WITHOUT_CHECKPOINT
+
+
+class PreemptionWatcher:
+    """Watches for a preemption notice in this process; ``poll``/``should_stop`` agree across ranks."""
+
+    def __init__(self, deadline_s: float, notice_file: str | None = None, *,
+                 clock: Callable[[], float] = time.time):
+        if deadline_s <= 0:
+            raise PermanentError(f"preemption deadline must be > 0 s, got {deadline_s}; "
+                                 "set checkpoint.preemption_deadline_s")
+        self.deadline_s = float(deadline_s)
+        self.notice_file = notice_file if notice_file is not None else os.environ.get(ENV_NOTICE_FILE)
+        self._clock = clock
+        self._signalled_at: float | None = None  # written by the signal handler only
+        self._notice_at: float | None = None
+        self._previous = None
+        self._installed = False
+        self._relay: threading.Thread | None = None
+        self._stop_relay = threading.Event()
+
+    # --- installation (driver / main thread) ---------------------------------------------------
+    def install(self, relay: bool = False) -> "PreemptionWatcher":
+        """Take over SIGTERM if this is the main thread; elsewhere only the notice file counts.
+
+        ``relay=True`` starts a thread that writes the notice file once SIGTERM arrived, so
+        processes that share the file (Ray worker actors on this node) see the notice.
+        """
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed = True
+        if relay and self.notice_file:
+            clear_notice(self.notice_file)  # a previous attempt's notice must not stop this one
+            self._relay = threading.Thread(target=self._relay_loop, name="preemption-relay", daemon=True)
+            self._relay.start()
+        return self
+
+    def uninstall(self) -> None:
+        """Give SIGTERM back to whoever had it before (Ray's handler, or the default)."""
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+        self._stop_relay.set()
+        if self._relay is not None:
+            self._relay.join(timeout=2)
+            self._relay = None
+
+    def __enter__(self) -> "PreemptionWatcher":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
+
+    def _on_sigterm(self, signum, frame) -> None:
+        # Signal context: set one attribute, nothing else (no locks, no I/O, no logging).
+        if self._signalled_at is None:
+            self._signalled_at = self._clock()
+
+    def _relay_loop(self) -> None:
+        while not self._stop_relay.wait(0.05):
+            if self._signalled_at is not None:
+                write_notice(self.notice_file, self._signalled_at)
+                return
+
+    # --- local view -----------------------------------------------------------------------------
+    def requested(self) -> bool:
+        """True once SIGTERM arrived here or the notice file exists (one stat per call)."""
+        if self._notice_at is None:
+            self._notice_at = self._signalled_at if self._signalled_at is not None else self._file_time()
+        return self._notice_at is not None
+
+    @property
+    def notice_time(self) -> float | None:
+        self.requested()
+        return self._notice_at
+
+    def time_left(self) -> float:
+        """Seconds until the deadline, measured from the notice; infinite before any notice."""
+        if not self.requested():
+            return float("inf")
+        return self.deadline_s - (self._clock() - self._notice_at)
+
+    def _file_time(self) -> float | None:
+        if not self.notice_file:
+            return None
+        try:
+            # mtime is when the notice was given (a preStop hook's `touch`, or the relay),
+            # so the deadline is measured from the notice, not from when this rank looked.
+            return min(os.stat(self.notice_file).st_mtime, self._clock())
+        except FileNotFoundError:
+            return None
+
+    # --- agreement across ranks -----------------------------------------------------------------
+    def should_stop(self, step_flag: bool | None = None) -> bool:
+        """Collective: True on every rank if any rank has a notice (call once per step, on all ranks)."""
+        local = self.requested() if step_flag is None else bool(step_flag)
+        stop, _ = _all_reduce_stop(local, self.time_left())
+        self._adopt(stop)
+        return stop
+
+    def poll(self, save_cost_s: float | None, safety: float = DEFAULT_SAFETY) -> Decision:
+        """Collective, once per optimizer step after it finished: what every rank does next."""
+        stop, min_left = _all_reduce_stop(self.requested(), self.time_left())
+        self._adopt(stop)
+        return decide(stop, min_left, save_cost_s, safety)
+
+    def _adopt(self, stop: bool) -> None:
+        # A rank that learned of the notice from a peer starts its own deadline clock now.
+        if stop and not self.requested():
+            self._notice_at = self._clock()
+
+
+def write_notice(path: str, at: float | None = None) -> None:
+    """Create the notice file atomically (readers never see a half-written one)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{at if at is not None else time.time()}\n")
+    if at is not None:
+        os.utime(tmp, (at, at))
+    os.replace(tmp, path)
+
+
+def clear_notice(path: str) -> None:
+    """Remove a notice left by an earlier attempt (the driver does this before launching workers)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _all_reduce_stop(local: bool, time_left_s: float) -> tuple[bool, float]:
+    """MAX of the flag and MIN of the time left over the default group, in one collective."""
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:  # the driver need not have torch
+        return local, time_left_s
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local, time_left_s
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":  # NCCL reduces only device tensors
+        device = torch.device("cuda", torch.cuda.current_device())
+    # MAX of -time_left is MIN of time_left; inf stays representable in float64.
+    t = torch.tensor([1.0 if local else 0.0, -time_left_s], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t[0].item() > 0), float(-t[1].item())
