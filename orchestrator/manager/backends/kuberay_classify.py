@@ -147,13 +147,16 @@ def trainer_exit_code(rayjob: dict[str, Any], pods: list[dict]) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def head_lost(rayjob: dict[str, Any], pods: list[dict]) -> str | None:
+def head_lost(rayjob: dict[str, Any], pods: list[dict], nodes: dict[str, dict | None]) -> str | None:
     """Why the head (and so the driver) is gone, or None while it lives or has not started yet."""
     heads = [p for p in pods if is_head(p)]
     deploy = (rayjob.get("status") or {}).get("jobDeploymentStatus", "")
     if not heads:
         return "the head pod is gone" if deploy == "Running" else None
     head = heads[0]
+    node_name = (head.get("spec") or {}).get("nodeName")
+    if node_name and node_name in nodes and nodes[node_name] is None:
+        return f"head pod {_name(head)}'s node {node_name} disappeared"
     if (head.get("metadata") or {}).get("deletionTimestamp"):
         return f"head pod {_name(head)} is being deleted"
     if (head.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
@@ -184,7 +187,7 @@ def classify(rayjob: dict[str, Any], pods: list[dict], nodes: dict[str, dict | N
     evidence = disruption(pods, nodes, events, spot_taints)
     if st.get("jobDeploymentStatus") in _TERMINAL_DEPLOY or st.get("jobStatus") in _TERMINAL_JOB:
         return _ended(rayjob, pods, evidence)
-    lost = head_lost(rayjob, pods)
+    lost = head_lost(rayjob, pods, nodes)
     if lost:
         head_evidence = disruption([p for p in pods if is_head(p)], _head_nodes(pods, nodes), events, spot_taints)
         reason = head_evidence.reason if head_evidence else EndReason.WORKER_LOST
