@@ -1,0 +1,201 @@
+"""Collective checkpoint save / load around a DeepSpeed engine (every rank calls both).
+
+save: every rank writes its DeepSpeed shards and RNG state into its own local staging
+directory, uploads them into the attempt's directory of the step and hashes them; rank 0
+gathers every rank's file list after that (a barrier), commits the manifest LAST, applies
+retention, and broadcasts the outcome so every rank raises the same error or none.
+
+load: rank 0 picks the newest committed checkpoint that verifies and broadcasts its step;
+every rank materializes it (a no-op for local storage), restores its DeepSpeed shards and its
+own RNG state. Nothing is loaded when there is no committed checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import CheckpointError, StaleAttemptError
+from orchestrator.train import rng
+from orchestrator.train.checkpoint import (
+    DS_TAG, STATE, CheckpointStore, Committed, FileEntry, TrainState, attempt_dir_name,
+)
+
+log = logging.getLogger("bertctl.train.checkpoint")
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    step: int
+    uri: str
+    world_size: int
+    seconds: float
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _broadcast(obj, src: int = 0):
+    dist = _dist()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _gather(obj) -> list:
+    dist = _dist()
+    if dist is None:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A chosen checkpoint: its manifest, a verified local copy and its TrainState."""
+
+    ckpt: Committed
+    local: Path
+    state: TrainState
+
+
+class CheckpointManager:
+    def __init__(self, store: CheckpointStore, rank: int, world_size: int, attempt: int, scratch: Path,
+                 extra_dirs: dict[str, Path] | None = None):
+        self.store = store
+        self.rank = rank
+        self.world_size = world_size
+        self.attempt = attempt
+        self.scratch = Path(scratch)
+        self.extra_dirs = extra_dirs or {}  # rank 0 copies these (e.g. tokenizer/) into every checkpoint
+        self.seconds_total = 0.0
+        self.last: SaveResult | None = None
+
+    # ----- save
+    def save(self, engine, state: TrainState) -> SaveResult:
+        started = time.perf_counter()
+        staging = self.scratch / f"save-{state.step:08d}" / f"rank-{self.rank:05d}"
+        shutil.rmtree(staging, ignore_errors=True)
+        error = self._prepare_step(state.step)
+        if error:
+            raise error
+        engine.save_checkpoint(str(staging), tag=DS_TAG, save_latest=False)  # collective
+        rng.save(staging / "rng" / f"rank-{self.rank:05d}.pt")
+        if self.rank == 0:
+            (staging / STATE).write_bytes(state.to_json())
+            for name, src in self.extra_dirs.items():
+                shutil.copytree(src, staging / name, dirs_exist_ok=True)
+        entries, upload_error = self._upload(staging, state.step)
+        gathered = _gather((entries, upload_error))
+        outcome = self._commit(state, gathered) if self.rank == 0 else None
+        outcome = _broadcast(outcome)
+        shutil.rmtree(staging.parent, ignore_errors=True)
+        if outcome[0] != "ok":
+            raise _rebuild(outcome)
+        result = SaveResult(state.step, self.store.step_uri(state.step), self.world_size,
+                            time.perf_counter() - started)
+        self.seconds_total += result.seconds
+        self.last = result
+        return result
+
+    def _prepare_step(self, step: int) -> Exception | None:
+        """Rank 0 refuses early when stale and clears a leftover uncommitted directory of this step."""
+        outcome = None
+        if self.rank == 0:
+            try:
+                self.store.check_not_stale(self.attempt)
+                self.store.discard_uncommitted(step)
+                outcome = ("ok", "")
+            except Exception as exc:  # noqa: BLE001 - every rank must learn the outcome
+                outcome = (type(exc).__name__, str(exc))
+        outcome = _broadcast(outcome)
+        return None if outcome[0] == "ok" else _rebuild(outcome)
+
+    def _upload(self, staging: Path, step: int) -> tuple[list[FileEntry], str | None]:
+        try:
+            return self.store.upload_dir(staging, step, self.attempt), None
+        except Exception as exc:  # noqa: BLE001 - reported to rank 0, which refuses to commit
+            return [], f"rank {self.rank}: upload failed: {exc}"
+
+    def _commit(self, state: TrainState, gathered: list) -> tuple[str, str]:
+        errors = [err for _, err in gathered if err]
+        if errors:
+            return ("CheckpointError", "; ".join(errors) + " - the checkpoint stays uncommitted")
+        files = [e for entries, _ in gathered for e in entries]
+        try:
+            self.store.commit(state.step, self.attempt, self.world_size, files,
+                              extra={"zero_stage": state.zero_stage, "tokens_seen": state.tokens_seen})
+            self.store.apply_retention()
+            return ("ok", "")
+        except Exception as exc:  # noqa: BLE001 - every rank must learn the outcome
+            return (type(exc).__name__, str(exc))
+
+    # ----- load
+    def find(self, max_step: int | None = None) -> "Resume | None":
+        """Collective: the newest committed, verified checkpoint, materialized on every rank."""
+        choice = None
+        if self.rank == 0:
+            found = self.store.newest_verified(self.scratch / "load", max_step=max_step)
+            choice = found[0].step if found else None
+        choice = _broadcast(choice)
+        if choice is None:
+            return None
+        ckpt = next(c for c in self.store.committed() if c.step == choice)
+        local, error = self._materialize(ckpt)
+        errors = [e for e in _gather(error) if e]
+        if errors:
+            raise CheckpointError("; ".join(errors))
+        return Resume(ckpt, local, self.store.read_state(ckpt, local))
+
+    def restore(self, engine, resume: "Resume") -> TrainState:
+        """Load the DeepSpeed shards and this rank's RNG state of a checkpoint ``find`` returned."""
+        ckpt, local, state = resume.ckpt, resume.local, resume.state
+        self._load_engine(engine, ckpt, local, state)
+        rank_rng = local / ckpt.root / "rng" / f"rank-{self.rank:05d}.pt"
+        if rank_rng.is_file() and state.world_size == self.world_size:
+            rng.restore(rank_rng)
+        log.info("resumed from checkpoint step %d (attempt %d, world size %d)", ckpt.step, ckpt.attempt,
+                 state.world_size)
+        return state
+
+    def load(self, engine, max_step: int | None = None) -> TrainState | None:
+        """find + restore; None when there is no committed checkpoint."""
+        resume = self.find(max_step)
+        return None if resume is None else self.restore(engine, resume)
+
+    def _materialize(self, ckpt: Committed) -> tuple[Path | None, str | None]:
+        try:
+            return self.store.materialize(ckpt, self.scratch / "load"), None
+        except CheckpointError as exc:
+            return None, f"rank {self.rank}: {exc}"
+
+    def _load_engine(self, engine, ckpt: Committed, local: Path, state: TrainState) -> None:
+        if state.world_size != self.world_size:
+            # Changing the world size goes through DeepSpeed's universal format (train/universal.py).
+            raise CheckpointError(
+                f"checkpoint step {ckpt.step} was written by {state.world_size} workers, this run has "
+                f"{self.world_size}; run with {state.world_size} workers (world-size conversion is not "
+                "available in this build)")
+        load_path, _ = engine.load_checkpoint(str(local / ckpt.root), tag=DS_TAG)
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed found no checkpoint in {local / ckpt.root}/{DS_TAG}")
+
+
+_ERRORS = {"CheckpointError": CheckpointError, "StaleAttemptError": StaleAttemptError}
+
+
+def _rebuild(outcome: tuple[str, str]) -> Exception:
+    """The same exception type on every rank (the loop maps types to exit codes)."""
+    return _ERRORS.get(outcome[0], CheckpointError)(outcome[1])
+
+
+__all__ = ["CheckpointManager", "Resume", "SaveResult", "attempt_dir_name"]

@@ -1,0 +1,130 @@
+"""`python -m orchestrator.train --manifest PATH`: one training attempt, ending in a contract exit code.
+
+The manager's local backend runs exactly this command as its own process group. This process
+starts its own local Ray cluster (``ray.init(address="local")``), so the Ray head processes are
+its children in that group; Ray workers sit in their own process groups but exit by themselves
+within seconds once their raylet is gone, so killing the group leaves nothing behind
+(tests/train/test_entry.py checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator.contract import CheckpointRef, EndReason, ExitCode, Heartbeat
+from orchestrator.errors import BertctlError, ManifestError
+from orchestrator.spec import PretrainJob, load_manifest
+from orchestrator.train.outcome import classify
+from orchestrator.train.report import HeartbeatClient, Identity
+
+log = logging.getLogger("bertctl.train")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.train",
+                                description="Run one training attempt of a PretrainJob manifest.")
+    p.add_argument("--manifest", required=True, help="PretrainJob manifest (YAML or JSON)")
+    p.add_argument("--work-dir", default=None,
+                   help="local directory for Ray results and scratch (default: a new temporary directory)")
+    p.add_argument("--metrics-file", default=None,
+                   help="append one JSON line per reported step here (default: <work-dir>/metrics.jsonl)")
+    p.add_argument("--no-prepare", action="store_true", help="fail instead of preparing missing shards")
+    return p.parse_args(argv)
+
+
+def _prepare(job: PretrainJob) -> None:
+    from orchestrator.data.prepare import prepare_for_job
+
+    prepare_for_job(job)
+
+
+def _newest_checkpoint(job: PretrainJob) -> CheckpointRef | None:
+    from orchestrator.train.checkpoint import CheckpointStore
+
+    try:
+        found = CheckpointStore(job.spec.checkpoint.uri).committed()
+    except BertctlError:
+        return None
+    return CheckpointRef(step=found[0].step, uri=found[0].uri, world_size=found[0].world_size) if found else None
+
+
+def _last_metrics(path: Path) -> dict:
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except OSError:
+        return {}
+    rows = [json.loads(ln) for ln in lines]
+    steps = [r for r in rows if "loss" in r]
+    return steps[-1] if steps else {}
+
+
+def _final_beat(identity: Identity, job: PretrainJob | None, code: ExitCode, reason: EndReason,
+                message: str | None, metrics: dict) -> Heartbeat:
+    status = {ExitCode.SUCCEEDED: "succeeded", ExitCode.PREEMPTED: "preempted"}.get(code, "failed")
+    return Heartbeat(
+        attempt=identity.attempt, status=status, reason=reason, message=(message or None) and message[:4000],
+        step=int(metrics.get("step", 0)), max_steps=job.spec.training.max_steps if job else None,
+        loss=metrics.get("loss"), mlm_accuracy=metrics.get("mlm_accuracy"),
+        nsp_accuracy=metrics.get("nsp_accuracy"), tokens_per_s=metrics.get("tokens_per_s"),
+        lr=metrics.get("lr"), tokens_seen=metrics.get("tokens_seen"),
+        checkpoint=_newest_checkpoint(job) if job else None)
+
+
+def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_file: Path,
+                prepare: bool = True) -> None:
+    """Prepare if needed, register the attempt (fencing), and train on Ray; raises on failure."""
+    import ray
+
+    from orchestrator.train.checkpoint import CheckpointStore
+    from orchestrator.train.launch import build_trainer, start_ray
+
+    if prepare:
+        _prepare(job)
+    store = CheckpointStore(job.spec.checkpoint.uri, keep_last=job.spec.checkpoint.keep_last)
+    store.check_not_stale(identity.attempt)
+    store.register_attempt(identity.attempt)
+    scratch = work_dir / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,
+                   "manager_url": identity.manager_url, "scratch_root": str(scratch)}
+    start_ray(job)
+    try:
+        trainer = build_trainer(job, loop_config, work_dir / "ray", metrics_file,
+                                name=f"{identity.job_id}-attempt-{identity.attempt}")
+        trainer.fit()
+    finally:
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    job: PretrainJob | None = None
+    identity = Identity(job_id="unknown")
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="bertctl-attempt-"))
+    metrics_file = Path(args.metrics_file) if args.metrics_file else work_dir / "metrics.jsonl"
+    started = time.time()
+    try:
+        job = load_manifest(args.manifest)
+        identity = Identity.from_env(default_job_id=job.metadata.name)
+        log.info("attempt %d of job %s starting (work dir %s)", identity.attempt, identity.job_id, work_dir)
+        run_attempt(job, identity, work_dir, metrics_file, prepare=not args.no_prepare)
+        code, reason, message = ExitCode.SUCCEEDED, EndReason.SUCCEEDED, None
+    except BaseException as exc:  # noqa: BLE001 - every ending maps to one exit code
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        code, reason, decisive = classify(exc)
+        message = f"{type(decisive).__name__}: {decisive}"
+        if isinstance(decisive, ManifestError):
+            print(str(decisive), file=sys.stderr)
+        log.error("attempt failed (%s, exit %d): %s", reason.value, int(code), message)
+    beat = _final_beat(identity, job, code, reason, message, _last_metrics(metrics_file))
+    HeartbeatClient(identity).send_final(beat)
+    log.info("attempt ended: %s (exit %d) after %.1fs", reason.value, int(code), time.time() - started)
+    return int(code)

@@ -1,0 +1,89 @@
+"""Ray Train v2 ``TorchTrainer`` for a PretrainJob, and the local Ray cluster of one attempt.
+
+The ``MetricsFile`` callback runs on the Ray Train controller and appends one JSON line per
+report (rank 0's metrics plus every rank's sample ids) to a local file: ``bertctl run``'s
+progress bar and the tests read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.train import UserCallback
+
+from orchestrator.spec import PretrainJob
+
+# In-attempt retries are off: the manager's supervisor classifies each failure and decides on a
+# retry (with backoff and budget); a NaN loss or bad data must not be retried here.
+MAX_FAILURES = 0
+
+
+class MetricsFile(UserCallback):
+    def __init__(self, path: str):
+        self.path = path
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if not metrics or not metrics[0]:
+            return
+        line = {k: v for k, v in metrics[0].items() if k not in ("sample_ids", "rank")}
+        line["sample_ids"] = [i for m in metrics for i in (m or {}).get("sample_ids", [])]
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def scaling_config(job: PretrainJob):
+    from ray.train import ScalingConfig
+
+    r = job.spec.resources
+    workers = r.workers if isinstance(r.workers, int) else (r.workers.min, r.workers.max)
+    resources: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
+    if r.gpus_per_worker:
+        resources["GPU"] = float(r.gpus_per_worker)
+    return ScalingConfig(num_workers=workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources)
+
+
+def local_cluster_cpus(job: PretrainJob) -> int:
+    """Logical CPUs for the attempt's local cluster: every worker, the controller, and headroom.
+
+    Logical CPUs are a scheduling budget, not cores; too few deadlocks on a 2-core machine.
+    """
+    r = job.spec.resources
+    most = r.workers if isinstance(r.workers, int) else r.workers.max
+    return max(8, int(most * r.cpus_per_worker) + 4)
+
+
+def start_ray(job: PretrainJob) -> None:
+    """Connect to RAY_ADDRESS (KubeRay) or start a fresh local cluster owned by this process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    # address="local" never attaches to someone else's `ray start` cluster on this machine.
+    ray.init(address="local", num_cpus=local_cluster_cpus(job), include_dashboard=False,
+             log_to_driver=True, configure_logging=False)
+
+
+def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: Path,
+                  metrics_file: Path | None, name: str):
+    from ray.train import FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.train.loop import train_loop_per_worker
+
+    callbacks = [MetricsFile(str(metrics_file))] if metrics_file else []
+    storage_path.mkdir(parents=True, exist_ok=True)
+    backend = "nccl" if job.spec.resources.gpus_per_worker else "gloo"
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=scaling_config(job),
+        run_config=RunConfig(storage_path=str(storage_path), name=name, callbacks=callbacks,
+                             failure_config=FailureConfig(max_failures=MAX_FAILURES)),
+    )

@@ -1,0 +1,232 @@
+"""The training loop of one Ray Train worker (``train_loop_per_worker``).
+
+Order matters for exact resume: pick the checkpoint first (its data cursor opens the stream),
+then build the model with the same seed on every rank, build the engine, restore the
+DeepSpeed shards and this rank's RNG states. Every optimizer step ends in one all-reduce that
+also carries stop flags, so all ranks stop at the same step (NaN loss, fenced, preemption).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from orchestrator import storage as st
+from orchestrator.contract import ENV_ATTEMPT_TOKEN, CheckpointRef, Heartbeat
+from orchestrator.model import build_model
+from orchestrator.spec import PretrainJob, parse_manifest
+from orchestrator.train import metrics as M
+from orchestrator.train import rng
+from orchestrator.train.checkpoint import CheckpointStore, TrainState
+from orchestrator.train.ckpt_manager import CheckpointManager
+from orchestrator.train.engine import build_engine
+from orchestrator.train.outcome import FencedError, NanLossError
+from orchestrator.train.report import HeartbeatClient, Identity
+
+log = logging.getLogger("bertctl.train.loop")
+
+# Hook for train/preemption.py: a callable returning True once a stop was requested on this rank.
+StopProbe = Callable[[], bool]
+
+
+def _default_stream(job: PretrainJob, rank: int, world_size: int, cursor: dict | None):
+    from orchestrator.data.stream import BatchStream, Cursor
+
+    d, t = job.spec.data, job.spec.training
+    return BatchStream(d.shards, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
+                       rank=rank, world_size=world_size, seed=d.seed, mlm_probability=d.mlm_probability,
+                       whole_word_masking=d.whole_word_masking, shuffle_window=d.shuffle_window,
+                       prefetch_bytes=d.prefetch_bytes, cursor=Cursor.from_dict(cursor) if cursor else Cursor())
+
+
+def _stream_factory(config: dict[str, Any]):
+    """The data stream; tests may name another factory ('module:function') with the same signature."""
+    name = config.get("stream_factory")
+    if not name:
+        return _default_stream
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _tokenizer_files(index, scratch: Path) -> Path | None:
+    """The shards' tokenizer files (index.tokenizer_files), copied into a local directory."""
+    files = dict(getattr(index, "tokenizer_files", {}) or {})
+    if not files:
+        return None
+    dest = scratch / "tokenizer"
+    dest.mkdir(parents=True, exist_ok=True)
+    for role in files:
+        uri = index.tokenizer_uri(role)
+        st.storage_for(uri).download_file(uri, str(dest / Path(files[role]).name))
+    return dest
+
+
+def _to_device(micro: dict, device) -> dict:
+    import torch
+
+    return {k: torch.as_tensor(v).to(device=device, dtype=torch.long) for k, v in micro.items()}
+
+
+class Worker:
+    """State of one rank; ``run`` is the whole loop."""
+
+    def __init__(self, config: dict[str, Any], stop_probe: StopProbe | None = None):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.config = config
+        self.job = parse_manifest(config["manifest"])
+        self.identity = Identity(job_id=config["job_id"], attempt=int(config["attempt"]),
+                                 manager_url=config.get("manager_url"), token=os.environ.get(ENV_ATTEMPT_TOKEN))
+        self.on_gpu = self.job.spec.resources.gpus_per_worker > 0
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.rank}-", dir=config.get("scratch_root")))
+        self.stop_probe = stop_probe or (lambda: False)
+        self.heartbeats = HeartbeatClient(self.identity) if self.rank == 0 else None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.heartbeats:
+                self.heartbeats.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _run(self) -> None:
+        import torch
+
+        spec = self.job.spec
+        ckpt_spec = spec.checkpoint
+        store = CheckpointStore(ckpt_spec.uri, keep_last=ckpt_spec.keep_last)
+        self.ckpts = CheckpointManager(store, self.rank, self.world_size, self.identity.attempt, self.scratch)
+        resume = self.ckpts.find(max_step=spec.training.max_steps)
+        stream = _stream_factory(self.config)(self.job, self.rank, self.world_size,
+                                              resume.state.cursor if resume else None)
+        try:
+            tok_dir = _tokenizer_files(stream.index, self.scratch) if self.rank == 0 else None
+            if tok_dir:  # a copy in every checkpoint, so export needs nothing but the checkpoint
+                self.ckpts.extra_dirs["tokenizer"] = tok_dir
+            rng.seed_everything(spec.data.seed)
+            self.model_config = spec.model.bert_config(stream.index.vocab_size)
+            pad_id = int((getattr(stream.index, "special_tokens", None) or {}).get("[PAD]", 0))
+            model = build_model(self.model_config, spec.data.nsp, pad_token_id=pad_id)
+            self.device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
+            model.to(self.device)
+            rng.seed_rank(spec.data.seed, self.rank)
+            self.engine = build_engine(self.job, model, self.world_size, self.on_gpu)
+            state = self.ckpts.restore(self.engine, resume) if resume else None
+            self._train(stream, state)
+        finally:
+            stream.close()
+
+    def _train(self, stream, state: TrainState | None) -> None:
+        import ray.train
+
+        t = self.job.spec.training
+        step = state.step if state else 0
+        tokens = state.tokens_seen if state else 0
+        cursor = state.cursor if state else {"epoch": 0, "sample": 0}
+        resumed_from = step
+        last_saved = step if state else None
+        every = self._every_steps()
+        batches = iter(stream)
+        while step < t.max_steps:
+            batch = next(batches)
+            m = self._step(batch, step + 1)
+            step, tokens, cursor = step + 1, tokens + m.tokens, batch.cursor.to_dict()
+            if m.nonfinite:
+                raise NanLossError(f"loss became {m.loss} at step {step}; lower training.lr, raise "
+                                   "warmup_steps or check the data")
+            if m.fenced:
+                raise FencedError(f"attempt {self.identity.attempt} was fenced by the manager at step {step}")
+            saved = None
+            if step % every == 0 or step == t.max_steps:
+                saved = self._save(step, tokens, cursor)
+                last_saved = step
+            self._report(m, step, tokens, batch, resumed_from, saved)
+            resumed_from = None
+        if last_saved != step:  # resumed at max_steps with no checkpoint of it yet
+            self._save(step, tokens, cursor)
+        ray.train.report({"step": step, "done": True, "rank": self.rank})
+
+    def _every_steps(self) -> int:
+        every = self.job.spec.checkpoint.every_steps
+        # 'auto' (Young-Daly) is computed by train/interval.py; until it is wired, a fixed fallback.
+        return every if isinstance(every, int) else max(1, self.job.spec.training.max_steps // 10)
+
+    def _step(self, batch, step: int) -> M.StepMetrics:
+        acc = M.StepAccumulator()
+        lr = float(self.engine.get_lr()[0])
+        nsp = self.job.spec.data.nsp
+        for micro in batch.micro_batches:
+            inputs = _to_device(micro, self.device)
+            labels = {k: inputs.pop(k) for k in ("labels", "next_sentence_label") if k in inputs}
+            outputs = self.engine(**inputs)
+            loss, mlm_loss, nsp_loss, stats = M.mlm_nsp_losses(outputs, {**inputs, **labels}, nsp)
+            self.engine.backward(loss)
+            self.engine.step()
+            acc.add(float(loss.detach()), float(mlm_loss.detach()),
+                    None if nsp_loss is None else float(nsp_loss.detach()), stats)
+        if self.heartbeats and self.heartbeats.fenced.is_set():
+            acc.raise_flag(M.FLAG_FENCED)
+        if self.stop_probe():
+            acc.raise_flag(M.FLAG_PREEMPT)
+        return M.sync_step(acc, step, lr)
+
+    def _save(self, step: int, tokens: int, cursor: dict):
+        ds = self.job.spec.deepspeed
+        sched = self.engine.lr_scheduler
+        state = TrainState(
+            step=step, tokens_seen=tokens, cursor=cursor, world_size=self.world_size,
+            attempt=self.identity.attempt, zero_stage=ds.zero_stage,
+            global_batch_size=self.job.spec.training.global_batch_size, job_id=self.identity.job_id,
+            lr_scheduler=_scheduler_state(sched), model_config=self.model_config, nsp=self.job.spec.data.nsp)
+        return self.ckpts.save(self.engine, state)
+
+    def _report(self, m: M.StepMetrics, step: int, tokens: int, batch, resumed_from: int | None, saved) -> None:
+        import ray.train
+
+        every = self.job.spec.training.log_every_steps
+        if self.heartbeats:
+            self.heartbeats.send(self._heartbeat(m, tokens, resumed_from))
+        if step % every and not saved and step != self.job.spec.training.max_steps:
+            return
+        report = {**m.as_report(), "tokens_seen": tokens, "rank": self.rank,
+                  "max_steps": self.job.spec.training.max_steps,
+                  "sample_ids": [int(i) for i in getattr(batch, "sample_ids", [])]}
+        if saved is not None:
+            report["checkpoint_step"] = saved.step
+        ray.train.report(report)
+
+    def _heartbeat(self, m: M.StepMetrics, tokens: int, resumed_from: int | None) -> Heartbeat:
+        last = self.ckpts.last
+        ckpt = CheckpointRef(step=last.step, uri=last.uri, world_size=last.world_size,
+                             save_seconds=last.seconds) if last else None
+        return Heartbeat(attempt=self.identity.attempt, status="running", step=m.step,
+                         max_steps=self.job.spec.training.max_steps, loss=_finite(m.loss),
+                         mlm_accuracy=m.mlm_accuracy, nsp_accuracy=m.nsp_accuracy, tokens_per_s=m.tokens_per_s,
+                         lr=m.lr, tokens_seen=tokens, world_size=self.world_size, checkpoint=ckpt,
+                         resumed_from_step=resumed_from, checkpoint_seconds=self.ckpts.seconds_total)
+
+
+def _finite(x: float) -> float | None:
+    import math
+
+    return x if math.isfinite(x) else None
+
+
+def _scheduler_state(sched) -> dict:
+    if sched is None:
+        return {}
+    return {k: v for k, v in sched.state_dict().items() if isinstance(v, (int, float, str, list, type(None)))}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point Ray Train runs on every worker."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Worker(config).run()

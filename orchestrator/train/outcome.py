@@ -1,0 +1,72 @@
+"""How a training attempt ends: typed exceptions raised in workers, mapped to contract exit codes.
+
+Ray Train wraps a worker's exception (WorkerGroupError -> per-rank failures, possibly inside a
+RayTaskError); ``classify`` digs the original out and maps it. Anything unrecognised is an
+infrastructure failure (retried by the manager), never a silent success.
+"""
+
+from __future__ import annotations
+
+from orchestrator.contract import EndReason, ExitCode
+from orchestrator.errors import (
+    CheckpointError, DataError, ManifestError, PermanentError, StaleAttemptError, StorageError,
+    TemporaryError,
+)
+
+
+class NanLossError(PermanentError):
+    """The loss became NaN or infinite; lower the learning rate or check the data."""
+
+
+class FencedError(StaleAttemptError):
+    """The manager answered 409: a newer attempt exists, so this one stops without checkpointing."""
+
+
+class PreemptedError(TemporaryError):
+    """The attempt stopped on a preemption notice after committing a checkpoint."""
+
+
+# Order matters: the first matching class wins (subclasses before their bases).
+_CODES: list[tuple[type[BaseException] | str, ExitCode, EndReason]] = [
+    (NanLossError, ExitCode.NAN_LOSS, EndReason.NAN_LOSS),
+    (PreemptedError, ExitCode.PREEMPTED, EndReason.PREEMPTED),
+    (StaleAttemptError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (ManifestError, ExitCode.USER_ERROR, EndReason.INVALID_CONFIG),
+    (DataError, ExitCode.DATA_ERROR, EndReason.DATA_ERROR),
+    (StorageError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (CheckpointError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (MemoryError, ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),
+    ("OutOfMemoryError", ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),  # torch.OutOfMemoryError
+]
+
+
+def _unwrap(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (Ray's worker failures, causes, contexts)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo.extend(failures[k] for k in sorted(failures))
+        todo.extend([getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__])
+    return seen
+
+
+def _matches(exc: BaseException, kind: type[BaseException] | str) -> bool:
+    if isinstance(kind, str):
+        return any(c.__name__ == kind for c in type(exc).__mro__)
+    return isinstance(exc, kind)
+
+
+def classify(exc: BaseException) -> tuple[ExitCode, EndReason, BaseException]:
+    """(exit code, reason, the exception that decided) for a failed attempt."""
+    chain = _unwrap(exc)
+    for kind, code, reason in _CODES:
+        for e in chain:
+            if _matches(e, kind):
+                return code, reason, e
+    return ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE, chain[-1] if chain else exc

@@ -1,0 +1,125 @@
+"""Heartbeats from the trainer to the manager (``contract.Heartbeat`` over HTTP).
+
+Training must never wait on the manager: ``HeartbeatClient.send`` only replaces the pending
+heartbeat (newer ones coalesce older ones) and a background thread POSTs it with a short
+timeout. An unreachable manager is logged once and otherwise ignored. HTTP 409 means a newer
+attempt exists: this attempt is fenced, ``fenced`` turns true and the loop stops without
+checkpointing. The bearer token lives only in the request header, never in a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from orchestrator.contract import (
+    ENV_ATTEMPT, ENV_ATTEMPT_TOKEN, ENV_JOB_ID, ENV_MANAGER_URL, Heartbeat,
+)
+from orchestrator.errors import ManifestError
+
+log = logging.getLogger("bertctl.train.report")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this trainer is, from the environment the manager's backend sets (all optional)."""
+
+    job_id: str
+    attempt: int = 1
+    manager_url: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls, default_job_id: str, env: dict[str, str] | None = None) -> "Identity":
+        env = dict(os.environ if env is None else env)
+        raw = env.get(ENV_ATTEMPT, "1") or "1"
+        if not raw.isdigit() or int(raw) < 1:
+            raise ManifestError([(ENV_ATTEMPT, f"must be a positive integer, got {raw!r}")])
+        return cls(job_id=env.get(ENV_JOB_ID) or default_job_id, attempt=int(raw),
+                   manager_url=(env.get(ENV_MANAGER_URL) or None), token=(env.get(ENV_ATTEMPT_TOKEN) or None))
+
+    def __repr__(self) -> str:  # keeps the token out of any log line or traceback
+        return f"Identity(job_id={self.job_id!r}, attempt={self.attempt}, manager_url={self.manager_url!r})"
+
+    __str__ = __repr__
+
+
+class HeartbeatClient:
+    """Sends heartbeats from one process; a no-op when there is no manager URL."""
+
+    def __init__(self, identity: Identity, timeout_s: float = 2.0):
+        self.identity = identity
+        self.timeout_s = timeout_s
+        self.fenced = threading.Event()
+        self._pending: Heartbeat | None = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self._warned = False
+        self._thread: threading.Thread | None = None
+        if identity.manager_url:
+            self._thread = threading.Thread(target=self._run, name="bertctl-heartbeat", daemon=True)
+            self._thread.start()
+
+    @property
+    def url(self) -> str | None:
+        if not self.identity.manager_url:
+            return None
+        return f"{self.identity.manager_url.rstrip('/')}/v1/jobs/{self.identity.job_id}/heartbeat"
+
+    def send(self, beat: Heartbeat) -> None:
+        """Queue a heartbeat; never blocks. A newer one replaces one not yet sent."""
+        if self._thread is None:
+            return
+        with self._cond:
+            self._pending = beat
+            self._cond.notify()
+
+    def send_final(self, beat: Heartbeat, timeout_s: float = 5.0) -> bool:
+        """Deliver the attempt's last word synchronously (bounded); True when the manager took it."""
+        self.close()
+        if self.url is None:
+            return False
+        return self._post(beat, timeout_s) == 200
+
+    def close(self, wait_s: float = 2.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(wait_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._closed and self._pending is None:
+                    return
+                beat, self._pending = self._pending, None
+            self._post(beat, self.timeout_s)
+
+    def _post(self, beat: Heartbeat, timeout_s: float) -> int | None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.identity.token}"} if self.identity.token else {}
+        try:
+            resp = httpx.post(self.url, content=beat.model_dump_json(exclude_none=True),
+                              headers={**headers, "Content-Type": "application/json"}, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            self._warn_once(f"manager unreachable ({type(exc).__name__}); training goes on, heartbeats dropped")
+            return None
+        if resp.status_code == 409:
+            if not self.fenced.is_set():
+                log.error("manager answered 409: a newer attempt than %d exists; this attempt is fenced "
+                          "and stops without checkpointing", self.identity.attempt)
+            self.fenced.set()
+        elif resp.status_code >= 400:
+            self._warn_once(f"manager refused a heartbeat with HTTP {resp.status_code}; training goes on")
+        return resp.status_code
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("%s (url %s)", message, self.url)
