@@ -29,7 +29,8 @@ def make_manifest(tmp: Path, name: str = "tiny", max_steps: int = 20, every: int
             "data": {"shards": str(tmp / "shards"), "seq_len": 32, "nsp": False},
             "training": {"max_steps": max_steps, "global_batch_size": 4, "micro_batch_size": 4},
             "deepspeed": {"zero_stage": 0},
-            "checkpoint": {"uri": str(tmp / f"ckpt-{uuid.uuid4().hex[:6]}"), "every_steps": every},
+            "checkpoint": {"uri": str(tmp / f"ckpt-{uuid.uuid4().hex[:6]}"), "every_steps": every,
+                           "preemption_deadline_s": 1.0},
             "recovery": rec,
         },
     }

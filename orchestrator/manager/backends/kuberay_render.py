@@ -252,5 +252,17 @@ def render_attempt(job: PretrainJob, job_id: str, attempt: int, manager_url: str
             render_rayjob(job, job_id, attempt, manager_url, mtbp_s)]
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the embedded manifest) as literal blocks, so they stay readable."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def to_yaml(objects: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(objects, sort_keys=False)
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False)
