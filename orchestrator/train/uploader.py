@@ -1,0 +1,189 @@
+"""Asynchronous checkpoint upload: training goes on while shards upload; commit only after all.
+
+The commit (``manifest.json``) is the last write of a checkpoint, so an upload that fails must
+mean no commit: ``commit_after`` runs the commit function only when every upload it was given
+succeeded; otherwise the checkpoint stays uncommitted and the error is kept for ``flush`` /
+``raise_if_failed``. A preemption calls ``flush(time_left)`` so an in-flight commit lands (or
+visibly does not) before the process exits.
+
+Across ranks no collective is used in the background (it would interleave with the training
+step's collectives): every rank writes a small per-rank marker object listing its uploaded files
+once they all landed (``write_rank_marker``), and rank 0's commit function waits for the
+markers of every rank (``gather_rank_markers``) before it writes the manifest.
+
+    up = AsyncUploader(storage_for, max_workers=4)
+    futs = up.submit_dir(staging_dir, step_uri, prefix="attempt-0003")
+    up.commit_after(futs, lambda files: store.commit(step, attempt, world, files))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from orchestrator import storage as st
+from orchestrator.errors import CheckpointError, TransientStorageError
+
+MARKER_DIR = "uploaded"
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """One file that landed: ``name`` relative to the checkpoint step directory."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+def sha256_of(path: str) -> tuple[int, str]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+class AsyncUploader:
+    """A bounded pool of upload threads plus one background committer per checkpoint.
+
+    ``storage_for_uri`` is ``orchestrator.storage.storage_for`` (or a test double of it); it is
+    called once per destination so each thread may get its own client.
+    """
+
+    def __init__(self, storage_for_uri: Callable[[str], st.Storage] = st.storage_for, max_workers: int = 4):
+        self._storage_for = storage_for_uri
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ckpt-upload")
+        # A single committer thread: commits land in submission order (step order).
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-commit")
+        self._lock = threading.Lock()
+        self._uploads: list[Future] = []
+        self._commits: list[Future] = []
+
+    # --- uploads --------------------------------------------------------------------------------
+    def submit(self, local_path: str, uri: str, name: str | None = None) -> "Future[Uploaded]":
+        """Hash then upload one file in the background; the future holds its ``Uploaded`` record."""
+        fut = self._pool.submit(self._upload_one, str(local_path), uri, name or Path(local_path).name)
+        with self._lock:
+            self._uploads.append(fut)
+        return fut
+
+    def submit_dir(self, local_dir: str | Path, dest_uri: str, prefix: str = "") -> list[Future]:
+        """Every file under ``local_dir`` to ``dest_uri/prefix/<relative path>``, named ``prefix/<rel>``."""
+        root = Path(local_dir)
+        futures = []
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                rel = p.relative_to(root).as_posix()
+                name = f"{prefix.strip('/')}/{rel}" if prefix else rel
+                futures.append(self.submit(str(p), st.join(dest_uri, name), name))
+        return futures
+
+    def _upload_one(self, local_path: str, uri: str, name: str) -> Uploaded:
+        # Hash before the upload: the manifest records what we meant to write, and the loader's
+        # verification then catches a store that kept something else.
+        size, digest = sha256_of(local_path)
+        self._storage_for(uri).upload_file(local_path, uri)
+        return Uploaded(name, size, digest)
+
+    def wait_all(self, futures: list[Future] | None = None, timeout: float | None = None) -> list[Uploaded]:
+        """Block until the given (default: all submitted) uploads end; raise if any failed."""
+        if futures is None:
+            with self._lock:
+                futures, self._uploads = self._uploads, []
+        done, pending = wait(futures, timeout=timeout)
+        if pending:
+            raise TransientStorageError(f"{len(pending)} checkpoint upload(s) still running after {timeout} s; "
+                                        "the checkpoint stays uncommitted")
+        failures = [f.exception() for f in futures if f.exception() is not None]
+        if failures:
+            detail = "; ".join(f"{type(e).__name__}: {e}" for e in failures[:5])
+            raise TransientStorageError(f"{len(failures)} of {len(futures)} checkpoint upload(s) failed "
+                                        f"({detail}); the checkpoint stays uncommitted", delay_s=5.0)
+        return [f.result() for f in futures]
+
+    # --- commit ---------------------------------------------------------------------------------
+    def commit_after(self, uploads: list[Future], commit_fn: Callable[[list[Uploaded]], object],
+                     cleanup: Callable[[], None] | None = None) -> Future:
+        """In the background: wait for ``uploads``; only if all succeeded call ``commit_fn(files)``.
+
+        ``cleanup`` (e.g. removing the local staging directory) runs afterwards either way.
+        The returned future raises what failed (the uploads or the commit).
+        """
+        def run():
+            try:
+                return commit_fn(self.wait_all(list(uploads)))
+            finally:
+                if cleanup is not None:
+                    cleanup()
+
+        fut = self._committer.submit(run)
+        with self._lock:
+            owned = {id(u) for u in uploads}
+            self._uploads = [u for u in self._uploads if id(u) not in owned]
+            self._commits.append(fut)
+        return fut
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(1 for f in self._commits if not f.done())
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s for in-flight commits; True when none is left running."""
+        with self._lock:
+            commits = list(self._commits)
+        _, pending = wait(commits, timeout=timeout)
+        return not pending
+
+    def raise_if_failed(self) -> None:
+        """Raise the first error of a finished background commit (each error is raised once)."""
+        with self._lock:
+            failed = [f for f in self._commits if f.done() and f.exception() is not None]
+            self._commits = [f for f in self._commits if not f.done()]
+        if failed:
+            exc = failed[0].exception()
+            raise exc
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush, then stop the threads. Returns whether every commit finished in time."""
+        finished = self.flush(timeout)
+        self._pool.shutdown(wait=finished, cancel_futures=not finished)
+        self._committer.shutdown(wait=finished, cancel_futures=not finished)
+        return finished
+
+
+# --- cross-rank completion without collectives ---------------------------------------------------
+def rank_marker_uri(step_uri: str, rank: int) -> str:
+    return st.join(step_uri, MARKER_DIR, f"rank-{rank:05d}.json")
+
+
+def write_rank_marker(storage: st.Storage, step_uri: str, rank: int, files: list[Uploaded]) -> None:
+    """Written by a rank after all its uploads landed; rank 0's commit waits for every one."""
+    body = json.dumps({"rank": rank, "files": [asdict(f) for f in files]}).encode()
+    storage.write_bytes(rank_marker_uri(step_uri, rank), body)
+
+
+def gather_rank_markers(storage: st.Storage, step_uri: str, world_size: int, timeout_s: float,
+                        poll_s: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> list[Uploaded]:
+    """Every rank's uploaded files, once all ``world_size`` markers exist; else CheckpointError."""
+    deadline = time.monotonic() + timeout_s
+    found: dict[int, list[Uploaded]] = {}
+    while True:
+        for rank in range(world_size):
+            uri = rank_marker_uri(step_uri, rank)
+            if rank not in found and storage.exists(uri):
+                found[rank] = [Uploaded(**f) for f in json.loads(storage.read_bytes(uri))["files"]]
+        if len(found) == world_size:
+            return [f for rank in range(world_size) for f in found[rank]]
+        if time.monotonic() >= deadline:
+            missing = sorted(set(range(world_size)) - set(found))
+            raise CheckpointError(f"{step_uri}: rank(s) {missing} did not finish uploading within {timeout_s} s; "
+                                  "the checkpoint stays uncommitted and the previous one is used on resume")
+        sleep(poll_s)
