@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import socket
 import threading
 import time
@@ -27,6 +28,13 @@ from orchestrator.manager.supervisor import Supervisor
 
 ENV_DATABASE_URL = "BERTCTL_DATABASE_URL"
 ENV_DATA_DIR = "BERTCTL_DATA_DIR"
+# A different trainer command (e.g. a site wrapper); the manifest path is appended as --manifest.
+ENV_TRAINER_COMMAND = "BERTCTL_TRAINER_COMMAND"
+
+
+def trainer_command_from_env() -> list[str] | None:
+    raw = os.environ.get(ENV_TRAINER_COMMAND)
+    return shlex.split(raw) if raw else None
 
 
 def default_data_dir() -> Path:
@@ -41,7 +49,7 @@ class ManagerConfig:
     database_url: str | None = None          # default: sqlite in data_dir (or BERTCTL_DATABASE_URL)
     admin_token: str | None = None           # default: BERTCTL_ADMIN_TOKEN / _FILE
     backend: str = "local"                   # for new jobs
-    trainer_command: Sequence[str] | None = None
+    trainer_command: Sequence[str] | None = field(default_factory=trainer_command_from_env)
     interval_s: float = 1.0
     stall_grace_s: float = 5.0
     cancel_grace_s: float | None = None

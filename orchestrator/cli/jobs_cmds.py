@@ -1,0 +1,144 @@
+"""`bertctl server | submit | list | status | logs | events | cancel`: the job manager and its client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from orchestrator.cli.common import app, console
+from orchestrator.errors import ManifestError
+
+URL = typer.Option(None, "--url", help="Manager URL (default: $BERTCTL_URL or http://127.0.0.1:8470).")
+TOKEN = typer.Option(None, "--token", help="Bearer token (default: $BERTCTL_TOKEN).")
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def _client(url: str | None, token: str | None):
+    from orchestrator.manager.client import ManagerClient
+
+    return ManagerClient(url, token)
+
+
+@app.command("server")
+def server_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8470, "--port", help="Port to listen on."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="SQLAlchemy URL; default "
+                                               "$BERTCTL_DATABASE_URL or SQLite in the data dir."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Logs and SQLite file (default "
+                                            "$BERTCTL_DATA_DIR or ~/.bertctl)."),
+) -> None:
+    """Run the job manager (API + supervisor) in the foreground. Needs BERTCTL_ADMIN_TOKEN(_FILE)."""
+    from orchestrator.manager.server import Manager, ManagerConfig, default_data_dir
+
+    cfg = ManagerConfig(host=host, port=port, database_url=database_url, data_dir=data_dir or default_data_dir())
+    manager = Manager(cfg)
+    console.print(f"bertctl manager on {manager.url} (database: {manager.store.dialect}, data: {cfg.data_dir})",
+                  highlight=False)
+    manager.serve_forever()
+
+
+@app.command("submit")
+def submit_cmd(file: Path = typer.Argument(..., help="PretrainJob manifest (YAML or JSON)."),
+               submission_id: Optional[str] = typer.Option(None, "--id", help="Client submission id: "
+                                                           "submitting the same id twice creates one job."),
+               url: Optional[str] = URL, token: Optional[str] = TOKEN) -> None:
+    """Submit a manifest to the manager; prints the job id."""
+    if not file.is_file():
+        raise ManifestError([(str(file), "file not found; pass the path of a PretrainJob YAML file")])
+    job = _client(url, token).submit(file.read_text(), submission_id)
+    verb = "submitted" if job.get("created", True) else "already submitted as"
+    console.print(f"{verb} [bold]{job['id']}[/bold]", highlight=False)
+
+
+@app.command("list")
+def list_cmd(phase: Optional[str] = typer.Option(None, "--phase"), name: Optional[str] = typer.Option(None, "--name"),
+             url: Optional[str] = URL, token: Optional[str] = TOKEN) -> None:
+    """List jobs, newest first."""
+    table = Table("JOB", "PHASE", "STEP", "ATTEMPT", "CREATED")
+    for j in _client(url, token).list(phase, name):
+        table.add_row(j["id"], j["phase"], f"{j['step']}/{j['max_steps']}", str(j["current_attempt"]), _ts(j["created_at"]))
+    console.print(table)
+
+
+@app.command("status")
+def status_cmd(job_id: str = typer.Argument(...), follow: bool = typer.Option(False, "--follow", "-f",
+               help="Live progress until the job ends."), url: Optional[str] = URL, token: Optional[str] = TOKEN) -> None:
+    """Show a job; with --follow a live progress bar (step, loss, tokens/s, ETA, attempt)."""
+    client = _client(url, token)
+    job = _follow(client, job_id) if follow else client.get(job_id)
+    _print_job(job)
+    if follow and job["phase"] != "SUCCEEDED":
+        sys.exit(1)
+
+
+@app.command("logs")
+def logs_cmd(job_id: str = typer.Argument(...), follow: bool = typer.Option(False, "--follow", "-f"),
+             attempt: Optional[int] = typer.Option(None, "--attempt"), url: Optional[str] = URL,
+             token: Optional[str] = TOKEN) -> None:
+    """Print a job's trainer output (every attempt, or one); -f follows until the job ends."""
+    out = sys.stdout.buffer
+    for chunk in _client(url, token).logs(job_id, follow, attempt):
+        out.write(chunk)
+        out.flush()
+
+
+@app.command("events")
+def events_cmd(job_id: str = typer.Argument(...), url: Optional[str] = URL, token: Optional[str] = TOKEN) -> None:
+    """A job's history: every state change, checkpoint and attempt end."""
+    for e in _client(url, token).events(job_id):
+        att = f" [{e['attempt']}]" if e["attempt"] else ""
+        console.print(f"{_ts(e['ts'])} {e['type']:<15}{att} {e['message']}", highlight=False, soft_wrap=True)
+
+
+@app.command("cancel")
+def cancel_cmd(job_id: str = typer.Argument(...), url: Optional[str] = URL, token: Optional[str] = TOKEN) -> None:
+    """Cancel a job in any phase; its running attempt is stopped."""
+    res = _client(url, token).cancel(job_id)
+    console.print(f"{job_id}: {'cancelling' if res['cancel_requested'] else res['phase']}", highlight=False)
+
+
+def _follow(client, job_id: str, poll_s: float = 1.0) -> dict:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("attempt {task.fields[attempt]}")]
+    with Progress(*columns, console=console, transient=False) as progress:
+        job = client.get(job_id)
+        task = progress.add_task(job["phase"], total=job["max_steps"], loss="-", tps="-", attempt="-")
+        while True:
+            m = job.get("metrics") or {}
+            progress.update(task, completed=job["step"], description=f"{job_id} {job['phase']}",
+                            loss=f"{m['loss']:.4f}" if m.get("loss") is not None else "-",
+                            tps=f"{m['tokens_per_s']:.0f}" if m.get("tokens_per_s") is not None else "-",
+                            attempt=str(job["current_attempt"]))
+            if job["phase"] in TERMINAL:
+                return job
+            time.sleep(poll_s)
+            job = client.get(job_id)
+
+
+def _print_job(job: dict) -> None:
+    ck = job.get("checkpoint")
+    g = job.get("goodput") or {}
+    m = job.get("metrics") or {}
+    lines = [f"job        {job['id']}  ({job['phase']})", f"message    {job['message'] or '-'}",
+             f"step       {job['step']}/{job['max_steps']}  loss {m.get('loss', '-')}  tokens/s {m.get('tokens_per_s', '-')}",
+             f"attempt    {job['current_attempt']}  restarts {job['restarts_used']}",
+             f"checkpoint {'-' if not ck else str(ck['step']) + ' ' + ck['uri']}",
+             f"goodput    productive {g.get('productive_fraction')}  steps lost {g.get('steps_lost')}  "
+             f"recovery {g.get('recovery_s')}s  checkpointing {g.get('checkpoint_s')}s"]
+    for a in job.get("attempts", []):
+        lines.append(f"  attempt {a['number']}: {a['state']} {a['end_reason'] or ''} step {a['last_step']}"
+                     + (f" exit {a['exit_code']}" if a["exit_code"] is not None else ""))
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
+
+
+def _ts(t: float | None) -> str:
+    return "-" if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
