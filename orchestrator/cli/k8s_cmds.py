@@ -10,7 +10,7 @@ from orchestrator.cli.common import app
 from orchestrator.manager.backends import kuberay_render as render
 from orchestrator.spec import load_manifest
 
-DEFAULT_MANAGER_URL = "http://bertctl-manager.bertctl.svc:8080"
+DEFAULT_MANAGER_URL = "http://bertctl-manager.bertctl.svc:8470"
 
 
 @app.command("render")

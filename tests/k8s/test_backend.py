@@ -28,7 +28,7 @@ RETRIED = {EndReason.PREEMPTED, EndReason.NODE_LOST, EndReason.WORKER_LOST,
 
 def request(attempt: int, **kubernetes) -> LaunchRequest:
     return LaunchRequest(job_id=JOB, attempt=attempt, manifest=manifest(**kubernetes),
-                         manager_url="http://bertctl-manager.bertctl.svc:8080", attempt_token=f"{TOKEN}-{attempt}")
+                         manager_url="http://bertctl-manager.bertctl.svc:8470", attempt_token=f"{TOKEN}-{attempt}")
 
 
 def launch_requests(attempt: int) -> list[str]:
@@ -216,3 +216,13 @@ def test_spot_interruption_taint_on_a_node(kube, backend):
     status = backend.poll(JOB, 1, handle)
     assert (status.state, status.reason) == (RunState.EXITED, EndReason.PREEMPTED)
     assert "karpenter.sh/disrupted" in status.message
+
+
+def test_pods_get_the_advertised_manager_url(kube, backend, monkeypatch):
+    monkeypatch.setenv("BERTCTL_MANAGER_URL", "http://bertctl-manager.bertctl.svc:8470")
+    advertised = get_backend("kuberay", api_client=backend._api_client, poll_interval_s=0.0, sleep=lambda s: None)
+    req = LaunchRequest(job_id=JOB, attempt=1, manifest=manifest(), manager_url="http://127.0.0.1:8470",
+                        attempt_token=TOKEN)
+    advertised.launch(req)
+    env = kube.get(RAYJOBS, "job-1-a1")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "BERTCTL_MANAGER_URL", "value": "http://bertctl-manager.bertctl.svc:8470"} in env

@@ -20,7 +20,7 @@ from tests.k8s.conftest import ROOT, manifest
 from tests.k8s.validation import pod_templates, validate
 
 EXAMPLES = sorted((ROOT / "jobs").glob("k8s-*.yaml"))
-URL = "http://bertctl-manager.bertctl.svc:8080"
+URL = "http://bertctl-manager.bertctl.svc:8470"
 TOKEN = "tok_9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 # Values that live in the user's credentials Secret: render only ever names the Secret.
 S3_SECRET_VALUES = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY"}

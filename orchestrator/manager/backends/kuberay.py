@@ -10,10 +10,11 @@ pods, their nodes; events only once something ended) fed to the pure ``classify`
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable
 
-from orchestrator.contract import EndReason
+from orchestrator.contract import ENV_MANAGER_URL, EndReason
 from orchestrator.errors import PermanentError, TemporaryError
 from orchestrator.manager.backends import base
 from orchestrator.manager.backends import kuberay_render as render
@@ -40,11 +41,14 @@ def _load_api_client() -> Any:
 class KubeRayBackend:
     name = "kuberay"
 
-    def __init__(self, api_client: Any = None, namespace: str | None = None, delete_timeout_s: float = 600.0,
+    def __init__(self, api_client: Any = None, namespace: str | None = None, manager_url: str | None = None,
+                 delete_timeout_s: float = 600.0,
                  poll_interval_s: float = 2.0, spot_taints: frozenset[str] = DEFAULT_SPOT_TAINTS,
                  sleep: Callable[[float], None] = time.sleep):
         self._api_client = api_client
         self._namespace = namespace          # overrides spec.kubernetes.namespace when set
+        # The URL pods reach the manager at (its Service); the supervisor only knows its own bind address.
+        self.manager_url = manager_url
         self._namespaces: dict[str, str] = {}  # job id -> namespace of its attempts
         self.delete_timeout_s = delete_timeout_s
         self.poll_interval_s = poll_interval_s
@@ -73,7 +77,7 @@ class KubeRayBackend:
         core, custom = self._apis()
         secret = render.attempt_secret(job, request.job_id, request.attempt, request.attempt_token)
         configmap, rayjob = render.render_attempt(job, request.job_id, request.attempt,
-                                                  request.manager_url, request.mtbp_s)
+                                                  self.manager_url or request.manager_url, request.mtbp_s)
         self._create_or_replace(core.create_namespaced_secret, core.replace_namespaced_secret, ns, secret)
         self._create_or_replace(core.create_namespaced_config_map, core.replace_namespaced_config_map,
                                 ns, configmap)
@@ -234,6 +238,8 @@ def _translate(exc: Exception, what: str) -> Exception:
 
 
 def _factory(**options: Any) -> KubeRayBackend:
+    # In the manager's Deployment BERTCTL_MANAGER_URL names its Service (k8s/base/deployment.yaml).
+    options.setdefault("manager_url", os.environ.get(ENV_MANAGER_URL) or None)
     return KubeRayBackend(**options)
 
 
