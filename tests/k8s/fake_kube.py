@@ -5,7 +5,8 @@ label selectors) / replace / delete of namespaced and cluster-scoped objects und
 /apis/<group>/<version>. It records every request (method, path, the queries that matter) so a
 test can assert the exact sequence. Deleting a RayJob behaves like foreground deletion: the
 object is first returned with a deletionTimestamp for ``delete_lag`` reads, then it vanishes
-together with the pods of its attempt (the garbage collector's cascade).
+together with the pods of its attempt (the garbage collector's cascade), except pods with
+finalizers, which only a delete with gracePeriodSeconds=0 removes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-RECORDED_QUERIES = ("labelSelector", "propagationPolicy", "fieldSelector")
+RECORDED_QUERIES = ("labelSelector", "propagationPolicy", "gracePeriodSeconds")
 ATTEMPT_LABELS = ("bertctl.dev/job-id", "bertctl.dev/attempt")
 
 
@@ -154,7 +155,8 @@ class FakeKube:
         if key[0].endswith("/rayjobs"):  # the garbage collector removes the attempt's pods with it
             labels = obj["metadata"].get("labels") or {}
             ns_pods = f"/api/v1/namespaces/{key[0].split('/')[5]}/pods"
-            for k in [k for k, o in self.objects.items() if k[0] == ns_pods
+            # A pod with finalizers (say, on an unreachable node) outlives the cascade.
+            for k in [k for k, o in self.objects.items() if k[0] == ns_pods and not o["metadata"].get("finalizers")
                       and all((o["metadata"].get("labels") or {}).get(lab) == labels.get(lab) for lab in ATTEMPT_LABELS)]:
                 self.objects.pop(k)
 

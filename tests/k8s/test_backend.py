@@ -226,3 +226,30 @@ def test_pods_get_the_advertised_manager_url(kube, backend, monkeypatch):
     advertised.launch(req)
     env = kube.get(RAYJOBS, "job-1-a1")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "BERTCTL_MANAGER_URL", "value": "http://bertctl-manager.bertctl.svc:8470"} in env
+
+
+def test_terminate_force_deletes_pods_that_outlive_the_grace(kube, backend):
+    handle = backend.launch(request(1))
+    start_cluster(kube, "job-1-a1")
+    stuck = kube.get(PODS, "job-1-a1-raycluster-gpu-workers-worker-1")
+    stuck["metadata"]["finalizers"] = ["example.com/unreachable-node"]
+    kube.take_requests()
+    backend.terminate(JOB, 1, handle, grace_s=0)
+    pods = f"GET {PODS}?{SEL},bertctl.dev/attempt=1"
+    assert kube.take_requests() == delete_requests(1)[:4] + [
+        pods,  # the force-delete lists what is left
+        f"DELETE {PODS}/job-1-a1-raycluster-gpu-workers-worker-1?gracePeriodSeconds=0",
+        pods,  # and waits until it is gone
+    ] + delete_requests(1)[4:]
+    assert kube.names(PODS) == [] and kube.names(RAYJOBS) == []
+
+
+def test_a_rayjob_that_never_goes_away_is_a_temporary_error(kube, backend):
+    from orchestrator.errors import TemporaryError
+
+    handle = backend.launch(request(1))
+    kube.delete_lag = 10**9  # a finalizer nobody removes
+    backend.delete_timeout_s = 0.05
+    with pytest.raises(TemporaryError, match="still exists"):
+        backend.terminate(JOB, 1, handle, grace_s=1)
+    assert kube.names(SECRETS) == ["job-1-a1-token"]  # nothing else deleted while the RayJob lingers

@@ -108,7 +108,7 @@ class KubeRayBackend:
     def terminate(self, job_id: str, attempt: int, handle: str, grace_s: float) -> None:
         """Delete the attempt's RayJob (foreground), wait until it and its pods are gone, then its Secret and ConfigMap."""
         ns, name = _split(handle)
-        self._delete_attempt(ns, job_id, attempt, name)
+        self._delete_attempt(ns, job_id, attempt, name, kill_after_s=grace_s)
 
     def cancel(self, job_id: str, namespace: str | None = None) -> None:
         """Delete every attempt of the job and wait until nothing of it is left."""
@@ -136,25 +136,47 @@ class KubeRayBackend:
                  for i in found.get("items", [])]
         return sorted(items)
 
-    def _delete_attempt(self, ns: str, job_id: str, attempt: int, name: str) -> None:
+    def _delete_attempt(self, ns: str, job_id: str, attempt: int, name: str,
+                        kill_after_s: float | None = None) -> None:
+        """Deleting the RayJob starts every pod's preStop (the notice); pods still there after
+        ``kill_after_s`` are force-deleted. Returns only once the RayJob and all pods are gone."""
         core, custom = self._apis()
         self._delete(lambda: custom.delete_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, name, propagation_policy="Foreground"))
-        self._wait_gone(f"RayJob {ns}/{name}",
-                        lambda: self._get(lambda: custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)))
-        self._wait_gone(f"pods of {ns}/{name}", lambda: self._pods(ns, job_id, attempt) or None)
+        self._wait_gone(f"RayJob {ns}/{name}", lambda: self._get(
+            lambda: custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)) is None)
+        pods_gone = lambda: not self._pods(ns, job_id, attempt)  # noqa: E731
+        within = self.delete_timeout_s if kill_after_s is None else max(kill_after_s, 0.0)
+        if not self._wait_until(pods_gone, within):
+            self._force_delete_pods(ns, job_id, attempt)
+            self._wait_gone(f"pods of {ns}/{name}", pods_gone)
         self._delete(lambda: core.delete_namespaced_secret(render.secret_name(job_id, attempt), ns))
         self._delete(lambda: core.delete_namespaced_config_map(render.configmap_name(job_id, attempt), ns))
         log.info("deleted attempt %d of job %s (RayJob %s/%s)", attempt, job_id, ns, name)
 
-    def _wait_gone(self, what: str, probe: Callable[[], Any]) -> None:
-        deadline = time.monotonic() + self.delete_timeout_s
-        while probe() is not None:
-            if time.monotonic() > deadline:
-                raise TemporaryError(f"{what} still exists {self.delete_timeout_s:.0f}s after deletion; check its "
-                                     "finalizers (kubectl get -o yaml) and the KubeRay operator's logs",
-                                     delay_s=self.poll_interval_s)
+    def _force_delete_pods(self, ns: str, job_id: str, attempt: int) -> None:
+        # A pod outliving its grace is usually on an unreachable node; its containers may still
+        # run there, but the attempt's token is already stale, so it cannot report or commit.
+        core, _ = self._apis()
+        for pod in self._pods(ns, job_id, attempt):
+            name = pod["metadata"]["name"]
+            log.warning("force-deleting pod %s/%s of attempt %d (still there after its grace)", ns, name, attempt)
+            self._delete(lambda name=name: core.delete_namespaced_pod(
+                name, ns, grace_period_seconds=0, _preload_content=False))
+
+    def _wait_until(self, done: Callable[[], bool], within_s: float) -> bool:
+        deadline = time.monotonic() + within_s
+        while not done():
+            if time.monotonic() >= deadline:
+                return False
             self._sleep(self.poll_interval_s)
+        return True
+
+    def _wait_gone(self, what: str, gone: Callable[[], bool]) -> None:
+        if not self._wait_until(gone, self.delete_timeout_s):
+            raise TemporaryError(f"{what} still exists {self.delete_timeout_s:.0f}s after deletion; check its "
+                                 "finalizers (kubectl get -o yaml) and the KubeRay operator's logs",
+                                 delay_s=self.poll_interval_s)
 
     def _pods(self, ns: str, job_id: str, attempt: int) -> list[dict]:
         core, _ = self._apis()
