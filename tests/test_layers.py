@@ -19,7 +19,8 @@ def test_manager_imports_without_training_stack():
     code = (
         "import importlib, pkgutil, sys, orchestrator.manager as m\n"
         "for i in pkgutil.walk_packages(m.__path__, 'orchestrator.manager.'):\n"
-        "    importlib.import_module(i.name)\n"
+        "    if '.migrations' not in i.name:  # alembic runs those scripts itself\n"
+        "        importlib.import_module(i.name)\n"
         "bad = [x for x in ('torch', 'deepspeed', 'ray.train', 'transformers') if x in sys.modules]\n"
         "print(','.join(bad))\n"
     )
