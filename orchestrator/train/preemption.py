@@ -59,13 +59,18 @@ class PreemptionWatcher:
     """Watches for a preemption notice in this process; ``poll``/``should_stop`` agree across ranks."""
 
     def __init__(self, deadline_s: float, notice_file: str | None = None, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 probes: list[Callable[[], float | None]] | None = None):
+        """``probes``: extra notice sources, each returning a deadline (unix s) once preempted,
+        else None; e.g. ``ray_train_probe`` (Ray Train's own drain-based signal)."""
         if deadline_s <= 0:
             raise PermanentError(f"preemption deadline must be > 0 s, got {deadline_s}; "
                                  "set checkpoint.preemption_deadline_s")
         self.deadline_s = float(deadline_s)
         self.notice_file = notice_file if notice_file is not None else os.environ.get(ENV_NOTICE_FILE)
         self._clock = clock
+        self._probes = list(probes or [])
+        self._probe_deadline: float | None = None
         self._signalled_at: float | None = None  # written by the signal handler only
         self._notice_at: float | None = None
         self._previous = None
@@ -121,6 +126,10 @@ class PreemptionWatcher:
         """True once SIGTERM arrived here or the notice file exists (one stat per call)."""
         if self._notice_at is None:
             self._notice_at = self._signalled_at if self._signalled_at is not None else self._file_time()
+        if self._notice_at is None and self._probe_deadline is None:
+            self._probe_deadline = self._check_probes()
+            if self._probe_deadline is not None:
+                self._notice_at = self._clock()
         return self._notice_at is not None
 
     @property
@@ -132,7 +141,14 @@ class PreemptionWatcher:
         """Seconds until the deadline, measured from the notice; infinite before any notice."""
         if not self.requested():
             return float("inf")
-        return self.deadline_s - (self._clock() - self._notice_at)
+        left = self.deadline_s - (self._clock() - self._notice_at)
+        if self._probe_deadline is not None:  # a source that knows the real deadline wins if sooner
+            left = min(left, self._probe_deadline - self._clock())
+        return left
+
+    def _check_probes(self) -> float | None:
+        deadlines = [d for d in (probe() for probe in self._probes) if d is not None]
+        return min(deadlines) if deadlines else None
 
     def _file_time(self) -> float | None:
         if not self.notice_file:
@@ -162,6 +178,20 @@ class PreemptionWatcher:
         # A rank that learned of the notice from a peer starts its own deadline clock now.
         if stop and not self.requested():
             self._notice_at = self._clock()
+
+
+def ray_train_probe() -> float | None:
+    """Ray Train v2's drain-based notice (ray.train.get_preemption_info): a deadline or None.
+
+    It is itself a barrier across workers, so every rank must poll the watcher equally often
+    (the loop does: once per step). Without a reported deadline the watcher's own applies.
+    """
+    import ray.train
+
+    info = ray.train.get_preemption_info()
+    if info is None:
+        return None
+    return info.deadline_ms / 1000.0 if info.deadline_ms else float("inf")
 
 
 def write_notice(path: str, at: float | None = None) -> None:

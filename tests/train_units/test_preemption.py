@@ -203,3 +203,21 @@ def test_deadline_too_short_for_a_save_stops_without_checkpoint_on_all_ranks(tmp
         assert res[0]["step"] == res[1]["step"]
     finally:
         _reap(proc, tmp_path)
+
+
+def test_probe_notice_and_its_sooner_deadline(tmp_path):
+    clock = FakeClock(5000.0)
+    answer = [None]
+    w = PreemptionWatcher(25, notice_file=str(tmp_path / "n"), clock=clock, probes=[lambda: answer[0]])
+    assert not w.requested()
+    answer[0] = 5010.0  # e.g. Ray reports the node drains in 10 s
+    assert w.requested()
+    assert w.time_left() == pytest.approx(10.0)
+    clock.t = 5004.0
+    assert w.time_left() == pytest.approx(6.0)
+
+
+def test_probe_without_deadline_uses_the_watchers_own():
+    clock = FakeClock(100.0)
+    w = PreemptionWatcher(25, notice_file="", clock=clock, probes=[lambda: float("inf")])
+    assert w.requested() and w.time_left() == pytest.approx(25.0)
