@@ -234,14 +234,27 @@ def test_terminate_force_deletes_pods_that_outlive_the_grace(kube, backend):
     stuck = kube.get(PODS, "job-1-a1-raycluster-gpu-workers-worker-1")
     stuck["metadata"]["finalizers"] = ["example.com/unreachable-node"]
     kube.take_requests()
-    backend.terminate(JOB, 1, handle, grace_s=0)
+    backend.terminate(JOB, 1, handle, grace_s=0)  # the attempt already ended: nothing to save
     pods = f"GET {PODS}?{SEL},bertctl.dev/attempt=1"
-    assert kube.take_requests() == delete_requests(1)[:4] + [
-        pods,  # the force-delete lists what is left
+    name = f"{RAYJOBS}/job-1-a1"
+    assert kube.take_requests() == [
+        f"DELETE {name}?propagationPolicy=Foreground",
+        f"GET {name}",  # still there (its pods are in preStop) and the grace is over:
+        pods,
+        f"DELETE {PODS}/job-1-a1-raycluster-gpu-workers-worker-0?gracePeriodSeconds=0",
         f"DELETE {PODS}/job-1-a1-raycluster-gpu-workers-worker-1?gracePeriodSeconds=0",
-        pods,  # and waits until it is gone
-    ] + delete_requests(1)[4:]
+        f"DELETE {PODS}/job-1-a1-raycluster-head-x?gracePeriodSeconds=0",
+        f"GET {name}",  # gone
+        pods,           # and so are the pods
+        f"DELETE {SECRETS}/job-1-a1-token", f"DELETE {CONFIGMAPS}/job-1-a1-manifest"]
     assert kube.names(PODS) == [] and kube.names(RAYJOBS) == []
+
+
+def test_terminate_without_a_handle_derives_the_name(kube, backend):
+    backend.launch(request(1))
+    kube.take_requests()
+    backend.terminate(JOB, 1, "", grace_s=5)  # the manager stopped before recording the handle
+    assert kube.take_requests() == delete_requests(1)
 
 
 def test_a_rayjob_that_never_goes_away_is_a_temporary_error(kube, backend):

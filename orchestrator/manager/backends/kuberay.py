@@ -107,7 +107,10 @@ class KubeRayBackend:
 
     def terminate(self, job_id: str, attempt: int, handle: str, grace_s: float) -> None:
         """Delete the attempt's RayJob (foreground), wait until it and its pods are gone, then its Secret and ConfigMap."""
-        ns, name = _split(handle)
+        if handle:
+            ns, name = _split(handle)
+        else:  # the manager stopped before it learnt the handle: the name is derived, not stored
+            ns, name = self._ns(job_id), render.rayjob_name(job_id, attempt)
         self._delete_attempt(ns, job_id, attempt, name, kill_after_s=grace_s)
 
     def cancel(self, job_id: str, namespace: str | None = None) -> None:
@@ -143,13 +146,16 @@ class KubeRayBackend:
         core, custom = self._apis()
         self._delete(lambda: custom.delete_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, name, propagation_policy="Foreground"))
-        self._wait_gone(f"RayJob {ns}/{name}", lambda: self._get(
-            lambda: custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)) is None)
+        rayjob_gone = lambda: self._get(  # noqa: E731
+            lambda: custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)) is None
         pods_gone = lambda: not self._pods(ns, job_id, attempt)  # noqa: E731
         within = self.delete_timeout_s if kill_after_s is None else max(kill_after_s, 0.0)
-        if not self._wait_until(pods_gone, within):
-            self._force_delete_pods(ns, job_id, attempt)
-            self._wait_gone(f"pods of {ns}/{name}", pods_gone)
+        # Foreground deletion keeps the RayJob until its pods are gone, and each pod's preStop
+        # holds it for the checkpoint deadline: past the caller's grace, kill the pods.
+        for what, gone in ((f"RayJob {ns}/{name}", rayjob_gone), (f"pods of {ns}/{name}", pods_gone)):
+            if not self._wait_until(gone, within):
+                self._force_delete_pods(ns, job_id, attempt)
+                self._wait_gone(what, gone)
         self._delete(lambda: core.delete_namespaced_secret(render.secret_name(job_id, attempt), ns))
         self._delete(lambda: core.delete_namespaced_config_map(render.configmap_name(job_id, attempt), ns))
         log.info("deleted attempt %d of job %s (RayJob %s/%s)", attempt, job_id, ns, name)
