@@ -39,8 +39,9 @@ RAYJOB: dict[str, Any] = {
     "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
     "properties": {
         "apiVersion": {"const": "ray.io/v1"}, "kind": {"const": "RayJob"},
-        "metadata": {**_META, "properties": {**_META["properties"], "name": {**_META["properties"]["name"],
-                                                                               "maxLength": 47}}},
+        # KubeRay's validation: a DNS-1035 label of at most 47 characters (53 minus its suffix).
+        "metadata": {**_META, "properties": {**_META["properties"], "name": {
+            "type": "string", "pattern": r"^[a-z]([-a-z0-9]*[a-z0-9])?$", "maxLength": 47}}},
         "spec": {"type": "object", "additionalProperties": False, "properties": {
             "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
             "backoffLimit": _INT32, "rayClusterSpec": _CLUSTER, "submitterPodTemplate": _TEMPLATE,

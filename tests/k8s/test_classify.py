@@ -38,6 +38,10 @@ def waiting(reason: str) -> dict:
                                    "state": {"waiting": {"reason": reason}}}]}
 
 
+def ray_failed(code: int) -> str:
+    return f"Job entrypoint command failed with exit code {code}, last available logs (truncated to 20,000 chars): ..."
+
+
 OK_NODES = {"od": node("od"), "n0": node("n0")}
 SPOT_TAINT = [{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]
 
@@ -71,9 +75,9 @@ TABLE = [
      [event("Pod", "j-a1-worker-3", "Preempted")], S.EXITED, R.PREEMPTED),
     ("failed + NodeNotReady event", FAILED, [head()], {"od": node("od")},
      [event("Node", "n9", "NodeNotReady")], S.EXITED, R.NODE_LOST),
-    ("disruption beats a trainer failure code", {**FAILED, "message": "exit code 69"},
+    ("disruption beats a trainer failure code", {**FAILED, "message": ray_failed(69)},
      [head(), worker(**disrupted("DeletionByTaintManager"))], OK_NODES, [], S.EXITED, R.PREEMPTED),
-    *[(f"trainer exit code {code} in the Ray job message", {**FAILED, "message": f"failed with exit code {code}"},
+    *[(f"trainer exit code {code} in the Ray job message", {**FAILED, "message": ray_failed(code)},
        [head(), worker()], OK_NODES, [], S.EXITED, reason)
       for code, reason in ((2, R.INVALID_CONFIG), (65, R.DATA_ERROR), (66, R.NAN_LOSS), (67, R.OUT_OF_MEMORY),
                            (69, R.INFRASTRUCTURE), (75, R.PREEMPTED), (1, R.WORKER_LOST))],
@@ -82,6 +86,9 @@ TABLE = [
     ("container exit 137 is not the trainer's: worker lost", FAILED, [head(), worker(**exited(137))], OK_NODES, [],
      S.EXITED, R.WORKER_LOST),
     ("failed, no evidence at all", FAILED, [], {}, [], S.EXITED, R.WORKER_LOST),
+    ("a Ray container's exit code is not the trainer's",
+     {**FAILED, "message": "Ray head pod container ray-head terminated with exit code 2: Error"}, [], {}, [],
+     S.EXITED, R.WORKER_LOST),
     ("stopped by Ray", {"jobDeploymentStatus": "Complete", "jobStatus": "STOPPED"}, [head()], {"od": node("od")}, [],
      S.EXITED, R.WORKER_LOST),
     *[(f"image pull {why} (before the job ends)", {"jobDeploymentStatus": "Initializing"}, [head(), worker(**waiting(why))],

@@ -137,10 +137,11 @@ def test_names_are_short_valid_and_distinct():
     names = [render.rayjob_name(long_id, 12), render.secret_name(long_id, 12), render.configmap_name(long_id, 12)]
     assert all(len(n) <= 63 for n in names) and len(names[0]) <= render.MAX_NAME
     assert render.slug("a_b") != render.slug("a-b-") and render.slug("job-1") == "job-1"
+    assert render.slug("42-x")[0].isalpha() and render.slug("42-x") != render.slug("j-42-x")
     job = parse_manifest(manifest())
-    rj = render.render_rayjob(job, long_id, 12, URL)
-    jsonschema.validate(rj["metadata"]["name"], {"pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"})
-    assert validate(rj)
+    for job_id in (long_id, "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b", "7"):
+        rj = render.render_rayjob(job, job_id, 12, URL)
+        assert validate(rj)  # crd_schemas: DNS-1035 RayJob name of at most 47 characters
 
 
 def test_cli_render_prints_objects_by_reference():

@@ -41,7 +41,8 @@ LOST_EVENTS = frozenset({"NodeNotReady", "RemovingNode", "DeletingNode", "NodeLo
 PREEMPT_POD_REASONS = frozenset({"Evicted", "Preempting", "Shutdown", "Terminated", "NodeShutdown"})
 # Exit codes only the trainer chooses; a Ray container exiting with 1 or 137 says nothing.
 TRAINER_CODES = frozenset(int(c) for c in EXIT_REASONS if int(c) != 0)
-_EXIT_RE = re.compile(r"exit code (\d+)")
+# Ray's job supervisor words a failed entrypoint this way, and KubeRay copies it to status.message.
+_EXIT_RE = re.compile(r"entrypoint command failed with exit code (\d+)")
 _TERMINAL_DEPLOY = frozenset({"Complete", "Failed"})
 _TERMINAL_JOB = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 

@@ -51,8 +51,11 @@ _SLUG_RE = re.compile(r"[^a-z0-9-]+")
 
 
 def slug(job_id: str, limit: int = 30) -> str:
-    """A DNS-1123 fragment for a job id; hashed when it had to change, so distinct ids stay distinct."""
+    """A DNS-1035 label for a job id (KubeRay requires one for RayJob names: it starts with a
+    letter); hashed when it had to change, so distinct ids stay distinct."""
     s = _SLUG_RE.sub("-", job_id.lower()).strip("-") or "job"
+    if not s[0].isalpha():
+        s = f"j-{s}"
     if s == job_id and len(s) <= limit:
         return s
     digest = hashlib.sha1(job_id.encode()).hexdigest()[:8]
