@@ -50,6 +50,7 @@ class FakeKube:
         self.requests: list[str] = []
         self.delete_lag = delete_lag
         self._lag: dict[tuple[str, str], int] = {}
+        self.fail: dict[str, int] = {}  # "METHOD /path" -> HTTP status to answer instead
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -100,6 +101,9 @@ class FakeKube:
 
     def handle(self, method: str, url: str, body: bytes) -> tuple[int, dict[str, Any]]:
         path, query = self._record(method, url)
+        if f"{method} {path}" in self.fail:
+            code = self.fail[f"{method} {path}"]
+            return _status(code, {403: "Forbidden", 500: "InternalError"}.get(code, "Failure"))
         coll, name = _split(path)
         with self.lock:
             if method == "GET" and name is None:

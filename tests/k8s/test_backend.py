@@ -266,3 +266,21 @@ def test_a_rayjob_that_never_goes_away_is_a_temporary_error(kube, backend):
     with pytest.raises(TemporaryError, match="still exists"):
         backend.terminate(JOB, 1, handle, grace_s=1)
     assert kube.names(SECRETS) == ["job-1-a1-token"]  # nothing else deleted while the RayJob lingers
+
+
+def test_forbidden_is_permanent_and_says_which_role(kube, backend):
+    kube.fail[f"POST {RAYJOBS}"] = 403
+    with pytest.raises(PermanentError, match="k8s/base/rbac.yaml"):
+        backend.launch(request(1))
+
+
+def test_api_server_errors_and_outages_are_temporary(kube, backend):
+    from orchestrator.errors import TemporaryError
+
+    handle = backend.launch(request(1))
+    kube.fail[f"GET {RAYJOBS}/job-1-a1"] = 500
+    with pytest.raises(TemporaryError, match="will retry"):
+        backend.poll(JOB, 1, handle)
+    kube.stop()
+    with pytest.raises(TemporaryError):
+        backend.poll(JOB, 1, handle)
