@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -156,7 +155,7 @@ class _UnitTask:
         if done is not None:
             return done | {"reused": True}
         docs = self._encode(unit)
-        rows = self._pack(docs, unit)
+        rows = self._pack(docs, i)
         arrays = rows.arrays(self.config.seq_len, self.specials["[PAD]"], self._dtype())
         shards = write_shards(self.config.output, f"shard-{i:05d}", arrays, self.config.seq_len,
                               self._vocab_size(), self.config.shard_bytes)
@@ -194,11 +193,12 @@ class _UnitTask:
             pos += len(d)
         return out
 
-    def _pack(self, docs, unit: Unit) -> pack.Rows:
+    def _pack(self, docs, i: int) -> pack.Rows:
         cls, sep, L = self.specials["[CLS]"], self.specials["[SEP]"], self.config.seq_len
         if not self.config.nsp:
             return pack.pack_plain(docs, L, cls, sep)
-        rng = np.random.default_rng([self.config.seed, zlib.crc32(unit.label.encode())])
+        # seeded by the unit's position, not its path: the same corpus moved to s3:// gives the same shards
+        rng = np.random.default_rng([self.config.seed, i])
         return pack.pack_nsp(docs, L, cls, sep, rng)
 
 

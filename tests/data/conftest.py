@@ -56,3 +56,6 @@ def small_vocab(small_corpus, tmp_path_factory) -> str:
     path = out / "vocab.txt"
     path.write_bytes(open(index.tokenizer_uri("vocab"), "rb").read())
     return str(path)
+
+
+from tests.support.s3server import s3_env, s3_fault_proxy, s3_server  # noqa: E402,F401  (S3 fixtures)
