@@ -34,11 +34,14 @@ def server_cmd(
                                                "$BERTCTL_DATABASE_URL or SQLite in the data dir."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Logs and SQLite file (default "
                                             "$BERTCTL_DATA_DIR or ~/.bertctl)."),
+    supervise: bool = typer.Option(True, "--supervise/--no-supervise", help="Run the supervisor loop "
+                                   "(--no-supervise: API only, e.g. for benchmarks)."),
 ) -> None:
     """Run the job manager (API + supervisor) in the foreground. Needs BERTCTL_ADMIN_TOKEN(_FILE)."""
     from orchestrator.manager.server import Manager, ManagerConfig, default_data_dir
 
-    cfg = ManagerConfig(host=host, port=port, database_url=database_url, data_dir=data_dir or default_data_dir())
+    cfg = ManagerConfig(host=host, port=port, database_url=database_url, data_dir=data_dir or default_data_dir(),
+                        supervise=supervise)
     manager = Manager(cfg)
     console.print(f"bertctl manager on {manager.url} (database: {manager.store.dialect}, data: {cfg.data_dir})",
                   highlight=False)

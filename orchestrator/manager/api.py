@@ -6,11 +6,14 @@ only heartbeat for its own attempt. /healthz needs no token.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.contract import Heartbeat
 from orchestrator.errors import ManifestError
@@ -30,13 +33,19 @@ def create_app(store: Store, auth: Authenticator, backend: str = "local",
     app = FastAPI(title="bertctl job manager", version="1", docs_url="/docs")
     app.state.store, app.state.auth = store, auth
 
-    def principal(request: Request) -> Principal:
+    # Heartbeats are the hot path: they run on a small dedicated pool instead of the shared
+    # threadpool, so many trainers do not contend for the GIL and the SQLite write lock at once.
+    hb_pool = ThreadPoolExecutor(max_workers=1 if store.dialect == "sqlite" else 4, thread_name_prefix="heartbeat")
+    app.state.hb_pool = hb_pool
+
+    async def principal(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HTTPException(401, "missing bearer token; pass --token or set BERTCTL_TOKEN",
                                 headers={"WWW-Authenticate": "Bearer"})
-        found = auth.resolve(token.strip())
+        token = token.strip()
+        found = auth.peek(token) or await run_in_threadpool(auth.resolve, token)
         if found is None:
             raise HTTPException(401, "unknown token; check --token / BERTCTL_TOKEN",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -108,12 +117,13 @@ def create_app(store: Store, auth: Authenticator, backend: str = "local",
         return {"id": job_id, "phase": phase, "cancel_requested": phase not in {p.value for p in TERMINAL}}
 
     @app.post("/v1/jobs/{job_id}/heartbeat")
-    def heartbeat(job_id: str, hb: Heartbeat, p: Principal = Depends(principal)) -> dict[str, Any]:
+    async def heartbeat(job_id: str, hb: Heartbeat, p: Principal = Depends(principal)) -> dict[str, Any]:
         if p.kind != "attempt" or p.job_id != job_id:
             raise HTTPException(403, "only the token of one of this job's attempts may send its heartbeats")
         if p.attempt != hb.attempt:
             raise HTTPException(409, f"this token belongs to attempt {p.attempt}, not attempt {hb.attempt}")
-        outcome = apply_heartbeat(store, job_id, hb, clock())
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(hb_pool, apply_heartbeat, store, job_id, hb, clock())
         if outcome is Outcome.UNKNOWN_JOB:
             raise HTTPException(404, f"no job '{job_id}'")
         if outcome is Outcome.STALE:

@@ -62,6 +62,14 @@ class Authenticator:
         self._cache: dict[str, Principal] = {}
         self._lock = threading.Lock()
 
+    def peek(self, token: str) -> Principal | None:
+        """The admin or an already-seen attempt token, without touching the database."""
+        digest = hash_token(token)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return Principal("admin")
+        with self._lock:
+            return self._cache.get(digest)
+
     def resolve(self, token: str | None) -> Principal | None:
         if not token:
             return None

@@ -36,8 +36,13 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite(parsed)
     if parsed.get_backend_name() == "postgresql":
-        args = {"options": f"-csearch_path={schema}"} if schema else {}
-        return create_engine(parsed, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args=args)
+        # Commits default to not waiting for the WAL flush; every transaction that changes state
+        # turns it back on (Store.tx durable=True), so only progress-only heartbeats skip the wait.
+        options = "-csynchronous_commit=off" + (f" -csearch_path={schema}" if schema else "")
+        # No pre-ping (a round trip per checkout); a dropped connection fails one request, which
+        # its caller retries (heartbeats repeat, the supervisor loops), and is then replaced.
+        return create_engine(parsed, pool_size=10, max_overflow=10, pool_recycle=600,
+                             connect_args={"options": options})
     raise PermanentError(f"unsupported database '{parsed.get_backend_name()}'; use sqlite or postgresql")
 
 

@@ -27,18 +27,25 @@ class Outcome(str, enum.Enum):
 
 
 def apply_heartbeat(store: Store, job_id: str, hb: Heartbeat, now: float) -> Outcome:
-    with store.tx() as s:
-        job = store._lock_job(s, job_id)
-        if job is None:
+    with store.tx(durable=False) as s:
+        # One round trip for both rows; only the job row is locked (the supervisor locks it too).
+        found = s.execute(select(Job, Attempt).outerjoin(Attempt, (Attempt.job_id == Job.id)
+                                                         & (Attempt.number == hb.attempt))
+                          .where(Job.id == job_id).with_for_update(of=Job)).first()
+        if found is None:
             return Outcome.UNKNOWN_JOB
+        job, att = found
         if hb.attempt != job.current_attempt or Phase(job.phase) in TERMINAL:
             return Outcome.STALE
-        att = s.scalar(select(Attempt).where(Attempt.job_id == job_id, Attempt.number == hb.attempt))
         if att is None or att.state == AttemptState.ENDED.value:
             return Outcome.STALE
         _progress(s, job, att, hb, now)
-        if hb.checkpoint is not None:
-            _checkpoint(store, s, job, att, hb, now)
+        changed = hb.checkpoint is not None and _checkpoint(store, s, job, att, hb, now)
+        changed = changed or job.phase == Phase.LAUNCHING.value or hb.status != "running"
+        if changed:
+            # A progress-only heartbeat is superseded by the next one within seconds and need not
+            # wait for the WAL flush; state changes (checkpoints, phases, final words) do.
+            store.make_durable(s)
         if job.phase == Phase.LAUNCHING.value:
             job.phase = Phase.RUNNING.value
             store.event(s, job_id, "running", f"attempt {att.number} is running"
@@ -80,16 +87,17 @@ def _recovery_s(s: Session, job: Job, att: Attempt, now: float) -> float | None:
     return None if prev_end is None else max(0.0, now - prev_end)
 
 
-def _checkpoint(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> None:
+def _checkpoint(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> bool:
     ref = hb.checkpoint
     known = s.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job.id, Checkpoint.step == ref.step,
                                                  Checkpoint.uri == ref.uri))
     if known is not None:
-        return
+        return False
     s.add(Checkpoint(job_id=job.id, attempt=att.number, step=ref.step, uri=ref.uri, world_size=ref.world_size,
                      save_seconds=ref.save_seconds, created_at=now))
     store.event(s, job.id, "checkpoint", f"checkpoint committed at step {ref.step}: {ref.uri}", now,
                 attempt=att.number, step=ref.step, uri=ref.uri)
+    return True
 
 
 def _final(store: Store, s: Session, att: Attempt, hb: Heartbeat, now: float) -> None:

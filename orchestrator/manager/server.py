@@ -54,6 +54,7 @@ class ManagerConfig:
     stall_grace_s: float = 5.0
     cancel_grace_s: float | None = None
     db_schema: str | None = None             # PostgreSQL schema (tests use a fresh one)
+    supervise: bool = True                   # False: API only (benchmarks, a second read-only API)
 
     def resolved_url(self) -> str:
         url = self.database_url or os.environ.get(ENV_DATABASE_URL)
@@ -94,7 +95,8 @@ class Manager:
 
     def serve_forever(self) -> None:
         """Foreground: supervisor thread + HTTP server until SIGINT / SIGTERM."""
-        self.supervisor.start()
+        if self.cfg.supervise:
+            self.supervisor.start()
         try:
             self.server.run(sockets=[self.sock])
         finally:

@@ -11,7 +11,7 @@ import secrets
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,10 +47,20 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def tx(self) -> Iterator[Session]:
-        """One transaction: commits on success, rolls back on any exception."""
+    def tx(self, durable: bool = True) -> Iterator[Session]:
+        """One transaction: commits on success, rolls back on any exception.
+
+        durable=False (reads, progress-only heartbeats) lets PostgreSQL acknowledge the commit
+        before its WAL flush; call ``make_durable`` inside if the transaction turns out to change state.
+        """
         with self._sessions() as s, s.begin():
+            if durable:
+                self.make_durable(s)
             yield s
+
+    def make_durable(self, s: Session) -> None:
+        if self.dialect == "postgresql":
+            s.execute(text("SET LOCAL synchronous_commit TO ON"))
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -60,7 +70,7 @@ class Store:
         s.add(Event(job_id=job_id, ts=now, type=type_, attempt=attempt, message=message, data=data))
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             q = select(Event).where(Event.job_id == job_id, Event.id > after).order_by(Event.id).limit(limit)
             return [row(e) for e in s.scalars(q)]
 
@@ -91,7 +101,7 @@ class Store:
         return row(job), True
 
     def _by_submission(self, submission_id: str) -> dict[str, Any] | None:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             job = s.scalar(select(Job).where(Job.submission_id == submission_id))
             return row(job) if job else None
 
@@ -103,7 +113,7 @@ class Store:
         return found
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             job = s.get(Job, job_id)
             return row(job) if job else None
 
@@ -113,38 +123,38 @@ class Store:
             q = q.where(Job.phase == phase)
         if name:
             q = q.where(Job.name == name)
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             return [row(j) for j in s.scalars(q)]
 
     def active_jobs(self) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
         """Every job not yet finished, with its current attempt (the supervisor's work list)."""
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             jobs = list(s.scalars(select(Job).where(Job.phase.in_([p.value for p in ACTIVE])).order_by(Job.created_at)))
             return [(row(j), self._attempt_row(s, j.id, j.current_attempt)) for j in jobs]
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             q = select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)
             return [row(a) for a in s.scalars(q)]
 
     def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             q = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step, Checkpoint.id)
             return [row(c) for c in s.scalars(q)]
 
     def phase_counts(self) -> dict[str, int]:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             return dict(s.execute(select(Job.phase, func.count()).group_by(Job.phase)).all())
 
     def restart_counts(self) -> dict[str, int]:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             q = (select(Attempt.end_reason, func.count()).where(Attempt.end_reason.is_not(None),
                  Attempt.end_reason.not_in([EndReason.SUCCEEDED.value, EndReason.CANCELLED.value]))
                  .group_by(Attempt.end_reason))
             return dict(s.execute(q).all())
 
     def attempt_count(self) -> int:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             return s.scalar(select(func.count()).select_from(Attempt)) or 0
 
     @staticmethod
@@ -264,7 +274,7 @@ class Store:
     # -- tokens ---------------------------------------------------------------------------------
 
     def lookup_token(self, token_hash: str) -> dict[str, Any] | None:
-        with self.tx() as s:
+        with self.tx(durable=False) as s:
             tok = s.get(Token, token_hash)
             return row(tok) if tok else None
 
