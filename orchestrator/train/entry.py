@@ -93,13 +93,14 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     scratch.mkdir(parents=True, exist_ok=True)
     loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,
                    "manager_url": identity.manager_url, "scratch_root": str(scratch)}
-    start_ray(job)
+    owned = start_ray(job)
     try:
         trainer = build_trainer(job, loop_config, work_dir / "ray", metrics_file,
                                 name=f"{identity.job_id}-attempt-{identity.attempt}")
         trainer.fit()
     finally:
-        ray.shutdown()
+        if owned:
+            ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

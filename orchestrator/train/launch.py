@@ -26,12 +26,16 @@ class MetricsFile(UserCallback):
         self.path = path
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        if not metrics or not metrics[0]:
-            return
-        line = {k: v for k, v in metrics[0].items() if k not in ("sample_ids", "rank")}
-        line["sample_ids"] = [i for m in metrics for i in (m or {}).get("sample_ids", [])]
-        with open(self.path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        """Rank 0's rows, each with the sample ids of every rank for that step (rank order)."""
+        per_rank = [(m or {}).get("rows", []) for m in metrics]
+        lines = []
+        for i, row in enumerate(per_rank[0] if per_rank else []):
+            merged = dict(row)
+            merged["sample_ids"] = [s for rows in per_rank if i < len(rows) for s in rows[i].get("sample_ids", [])]
+            lines.append(json.dumps(merged) + "\n")
+        if lines:
+            with open(self.path, "a") as f:
+                f.writelines(lines)
 
 
 def scaling_config(job: PretrainJob):
@@ -55,18 +59,23 @@ def local_cluster_cpus(job: PretrainJob) -> int:
     return max(8, int(most * r.cpus_per_worker) + 4)
 
 
-def start_ray(job: PretrainJob) -> None:
-    """Connect to RAY_ADDRESS (KubeRay) or start a fresh local cluster owned by this process."""
+def start_ray(job: PretrainJob) -> bool:
+    """Connect to RAY_ADDRESS (KubeRay) or start a fresh local cluster owned by this process.
+
+    Returns True when this call connected (the caller then shuts Ray down); an already
+    initialized Ray (tests share one cluster per session) is used as it is.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
-        return
+        return True
     # address="local" never attaches to someone else's `ray start` cluster on this machine.
     ray.init(address="local", num_cpus=local_cluster_cpus(job), include_dashboard=False,
              log_to_driver=True, configure_logging=False)
+    return True
 
 
 def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: Path,

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,11 @@ from orchestrator.train.outcome import FencedError, NanLossError
 from orchestrator.train.report import HeartbeatClient, Identity
 
 log = logging.getLogger("bertctl.train.loop")
+
+# ray.train.report is a barrier with a controller round trip (seconds on a loaded 2-core host), so
+# per-step rows are buffered and flushed when rank 0 says so (through the per-step all-reduce),
+# at most every REPORT_EVERY_S, and at every checkpoint and at the end.
+REPORT_EVERY_S = 2.0
 
 # Hook for train/preemption.py: a callable returning True once a stop was requested on this rank.
 StopProbe = Callable[[], bool]
@@ -88,6 +94,9 @@ class Worker:
         self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.rank}-", dir=config.get("scratch_root")))
         self.stop_probe = stop_probe or (lambda: False)
         self.heartbeats = HeartbeatClient(self.identity) if self.rank == 0 else None
+        self.rows: list[dict] = []
+        self.last_flush = time.monotonic()
+        self.step_end = time.perf_counter()
 
     def run(self) -> None:
         try:
@@ -135,6 +144,7 @@ class Worker:
         last_saved = step if state else None
         every = self._every_steps()
         batches = iter(stream)
+        self.step_end = time.perf_counter()
         while step < t.max_steps:
             batch = next(batches)
             m = self._step(batch, step + 1)
@@ -152,7 +162,7 @@ class Worker:
             resumed_from = None
         if last_saved != step:  # resumed at max_steps with no checkpoint of it yet
             self._save(step, tokens, cursor)
-        ray.train.report({"step": step, "done": True, "rank": self.rank})
+        self._flush()
 
     def _every_steps(self) -> int:
         every = self.job.spec.checkpoint.every_steps
@@ -160,7 +170,7 @@ class Worker:
         return every if isinstance(every, int) else max(1, self.job.spec.training.max_steps // 10)
 
     def _step(self, batch, step: int) -> M.StepMetrics:
-        acc = M.StepAccumulator()
+        acc = M.StepAccumulator(started=self.step_end)
         lr = float(self.engine.get_lr()[0])
         nsp = self.job.spec.data.nsp
         for micro in batch.micro_batches:
@@ -176,7 +186,11 @@ class Worker:
             acc.raise_flag(M.FLAG_FENCED)
         if self.stop_probe():
             acc.raise_flag(M.FLAG_PREEMPT)
-        return M.sync_step(acc, step, lr)
+        if self.rank == 0 and time.monotonic() - self.last_flush >= REPORT_EVERY_S:
+            acc.raise_flag(M.FLAG_REPORT)
+        metrics = M.sync_step(acc, step, lr)
+        self.step_end = time.perf_counter()
+        return metrics
 
     def _save(self, step: int, tokens: int, cursor: dict):
         ds = self.job.spec.deepspeed
@@ -189,19 +203,25 @@ class Worker:
         return self.ckpts.save(self.engine, state)
 
     def _report(self, m: M.StepMetrics, step: int, tokens: int, batch, resumed_from: int | None, saved) -> None:
-        import ray.train
-
-        every = self.job.spec.training.log_every_steps
         if self.heartbeats:
             self.heartbeats.send(self._heartbeat(m, tokens, resumed_from))
-        if step % every and not saved and step != self.job.spec.training.max_steps:
-            return
-        report = {**m.as_report(), "tokens_seen": tokens, "rank": self.rank,
-                  "max_steps": self.job.spec.training.max_steps,
-                  "sample_ids": [int(i) for i in getattr(batch, "sample_ids", [])]}
-        if saved is not None:
-            report["checkpoint_step"] = saved.step
-        ray.train.report(report)
+        t = self.job.spec.training
+        if step % t.log_every_steps == 0 or step == t.max_steps:
+            row = {**m.as_row(), "tokens_seen": tokens, "max_steps": t.max_steps, "time": time.time(),
+                   "sample_ids": [int(i) for i in getattr(batch, "sample_ids", [])]}
+            if saved is not None:
+                row["checkpoint_step"] = saved.step
+            self.rows.append(row)
+        if m.report or saved is not None or step == t.max_steps:
+            self._flush()
+
+    def _flush(self) -> None:
+        """A collective: every rank calls it at the same steps (decided through the all-reduce)."""
+        import ray.train
+
+        ray.train.report({"rows": self.rows, "rank": self.rank})
+        self.rows = []
+        self.last_flush = time.monotonic()
 
     def _heartbeat(self, m: M.StepMetrics, tokens: int, resumed_from: int | None) -> Heartbeat:
         last = self.ckpts.last

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 # Indices into the synced vector. Flags are summed, so "> 0" means "some rank raised it".
 _LOSS, _MLM_LOSS, _NSP_LOSS, _MICRO, _MLM_OK, _MLM_N, _NSP_OK, _NSP_N, _TOKENS = range(9)
-FLAG_NONFINITE, FLAG_FENCED, FLAG_PREEMPT = 9, 10, 11
-_SIZE = 12
+FLAG_NONFINITE, FLAG_FENCED, FLAG_PREEMPT, FLAG_REPORT = 9, 10, 11, 12
+_SIZE = 13
 
 
 def mlm_nsp_losses(outputs, batch, nsp: bool):
@@ -52,8 +52,8 @@ def _no_grad():
 class StepAccumulator:
     """Raw sums of one rank over the micro-batches of one optimizer step."""
 
+    started: float = field(default_factory=time.perf_counter)  # end of the previous step: wall throughput
     values: list[float] = field(default_factory=lambda: [0.0] * _SIZE)
-    started: float = field(default_factory=time.perf_counter)
 
     def add(self, loss: float, mlm_loss: float, nsp_loss: float | None, stats: dict[str, float]) -> None:
         v = self.values
@@ -88,9 +88,11 @@ class StepMetrics:
     nonfinite: bool
     fenced: bool
     preempt: bool
+    report: bool  # rank 0 asks every rank to flush its buffered rows to ray.train.report now
 
-    def as_report(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+    def as_row(self) -> dict:
+        skip = ("nonfinite", "fenced", "preempt", "report")
+        return {k: v for k, v in self.__dict__.items() if v is not None and k not in skip}
 
 
 def sync_step(acc: StepAccumulator, step: int, lr: float) -> StepMetrics:
@@ -112,5 +114,5 @@ def sync_step(acc: StepAccumulator, step: int, lr: float) -> StepMetrics:
         nsp_accuracy=(v[_NSP_OK] / v[_NSP_N]) if v[_NSP_N] else None,
         tokens=int(v[_TOKENS]), tokens_per_s=v[_TOKENS] / seconds, lr=lr, seconds=seconds,
         nonfinite=v[FLAG_NONFINITE] > 0 or not math.isfinite(v[_LOSS]),
-        fenced=v[FLAG_FENCED] > 0, preempt=v[FLAG_PREEMPT] > 0,
+        fenced=v[FLAG_FENCED] > 0, preempt=v[FLAG_PREEMPT] > 0, report=v[FLAG_REPORT] > 0,
     )
