@@ -1,0 +1,89 @@
+"""A manager as its own process (`python -m orchestrator.cli server`), for kill -9 tests."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ADMIN = "admin-" + "e" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, port: int, trainer_command: list[str] | None = None):
+        self.data_dir, self.port, self.trainer_command = data_dir, port, trainer_command
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+
+    def start(self) -> "ServerProcess":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTCTL_")}
+        env.update({"BERTCTL_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        if self.trainer_command:
+            env["BERTCTL_TRAINER_COMMAND"] = shlex.join(self.trainer_command)
+        log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "server", "--port", str(self.port),
+                                      "--data-dir", str(self.data_dir)], env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            if self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"manager did not start; see {log.name}")
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self.http.close()
+
+    def job(self, job_id: str) -> dict:
+        return self.http.get(f"/v1/jobs/{job_id}").json()
+
+    def events(self, job_id: str) -> list[dict]:
+        return self.http.get(f"/v1/jobs/{job_id}/events").json()["events"]
+
+    def wait(self, job_id: str, until, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out in {job['phase']} at step {job['step']}: "
+                                     f"{[e['message'] for e in self.events(job_id)]}")
+            time.sleep(0.5)
+
+
+def terminal(job: dict) -> bool:
+    return job["phase"] in ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def group_alive(pgid: int) -> bool:
+    from orchestrator.manager.backends.local import _group_members
+
+    return _group_members(pgid)
