@@ -118,10 +118,24 @@ def _check_files(tag_dir: str, saved_world_size: int, zero_stage: int) -> None:
             "set deepspeed.zero_stage back to the stage the checkpoint was saved with")
 
 
+def _fingerprint(tag_dir: str) -> str:
+    """Which checkpoint a conversion came from: its path and every shard's name and size.
+
+    The DeepSpeed tag is often constant across steps, so the folder name alone cannot tell an
+    earlier conversion from this one."""
+    files = sorted((name, os.path.getsize(os.path.join(tag_dir, name))) for name in os.listdir(tag_dir)
+                   if os.path.isfile(os.path.join(tag_dir, name)))
+    return f"{os.path.abspath(tag_dir)}\n" + "\n".join(f"{n} {size}" for n, size in files)
+
+
 def _convert_once(tag_dir: str, out_dir: str) -> None:
     """Convert into a temporary sibling and rename, so a crash never leaves a half folder in use."""
-    if os.path.isfile(os.path.join(out_dir, _DONE)):
-        return
+    fingerprint = _fingerprint(tag_dir)
+    done = os.path.join(out_dir, _DONE)
+    if os.path.isfile(done):
+        with open(done) as f:
+            if f.read() == fingerprint:
+                return  # this very checkpoint was converted already (e.g. by a restarted attempt)
     work_dir = os.path.dirname(out_dir)
     os.makedirs(work_dir, exist_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -129,7 +143,7 @@ def _convert_once(tag_dir: str, out_dir: str) -> None:
     try:
         _run_ds_to_universal(tag_dir, tmp)
         with open(os.path.join(tmp, _DONE), "w") as f:
-            f.write(tag_dir)
+            f.write(fingerprint)
         os.replace(tmp, out_dir)
         _write_latest(work_dir, os.path.basename(out_dir))
     except Exception as exc:  # noqa: BLE001 - any conversion failure becomes one typed error on all ranks

@@ -137,3 +137,18 @@ def test_universal_ds_config_copies():
     out = universal_ds_config(base)
     assert out["checkpoint"] == {"tag_validation": "Warn", "load_universal": True}
     assert "load_universal" not in base["checkpoint"]
+
+
+def test_an_earlier_conversion_is_reused_only_for_the_same_checkpoint(tmp_path):
+    from orchestrator.train import universal as U
+
+    _fake_shards(tmp_path / "t", 2)  # garbage: converting it would fail
+    out = tmp_path / "w" / U.universal_tag("t")
+    out.mkdir(parents=True)
+    (out / U._DONE).write_text(U._fingerprint(str(tmp_path / "t")))
+    plan = prepare_resume(str(tmp_path), "t", 2, 3, 2, str(tmp_path / "w"))
+    assert plan == ResumePlan(str(tmp_path / "w"), "t_universal", load_universal=True)
+    # Same tag, different shards (a newer step saved under the same DeepSpeed tag): reconvert.
+    (tmp_path / "t" / "mp_rank_00_model_states.pt").write_bytes(b"newer and longer checkpoint")
+    with pytest.raises(CheckpointError, match="universal format failed"):
+        prepare_resume(str(tmp_path), "t", 2, 3, 2, str(tmp_path / "w"))
