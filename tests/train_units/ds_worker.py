@@ -66,20 +66,18 @@ def full_state(engine) -> dict:
     return state
 
 
-def main() -> None:
-    args = json.loads(sys.argv[1])
+def run_stage(args: dict, stage: int, rank: int, world: int) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-    config = ds_config(args["stage"], world)
+    config = ds_config(stage, world)
+    save_dir, dump = f"{args['save_dir']}/zero{stage}", f"{args['dump']}.zero{stage}.pt"
     plan = None
     if args["phase"] == "resume":
         from orchestrator.train.universal import prepare_resume, universal_ds_config
 
-        plan = prepare_resume(args["save_dir"], args["tag"], args["saved_world_size"], world,
-                              args["stage"], args["work_dir"], is_converter=(rank == 0),
+        plan = prepare_resume(save_dir, args["tag"], args["saved_world_size"], world, stage,
+                              f"{args['work_dir']}/zero{stage}", is_converter=(rank == 0),
                               barrier=dist.barrier)
         if plan.load_universal:
             config = universal_ds_config(config)
@@ -90,7 +88,7 @@ def main() -> None:
     if args["phase"] == "train":
         for step in range(args["steps"]):
             result["losses"].append(train_step(engine, step, rank))
-        engine.save_checkpoint(args["save_dir"], tag=args["tag"], client_state={"step": args["steps"]})
+        engine.save_checkpoint(save_dir, tag=args["tag"], client_state={"step": args["steps"]})
     else:
         _, client = engine.load_checkpoint(plan.load_dir, tag=plan.tag)
         result["client_step"] = client["step"]
@@ -101,8 +99,20 @@ def main() -> None:
     if args["phase"] == "resume":
         result["losses"].append(train_step(engine, 99, rank))
     if rank == 0:
-        torch.save({"state": state, "result": result}, args["dump"])
+        torch.save({"state": state, "result": result}, dump)
     dist.barrier()
+
+
+def main() -> None:
+    """One process per rank runs every stage in turn: process start-up (imports) is the cost."""
+    args = json.loads(sys.argv[1])
+    import deepspeed
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    for stage in args["stages"]:
+        run_stage(args, stage, rank, world)
     dist.destroy_process_group()
 
 

@@ -24,38 +24,43 @@ def _load(path):
     return torch.load(path, weights_only=False)
 
 
-def _assert_same_state(saved: dict, loaded: dict) -> None:
-    assert saved.keys() == loaded.keys()
+def _assert_same_state(saved: dict, loaded: dict, where: str) -> None:
+    assert saved.keys() == loaded.keys(), where
     for name, per_key in saved.items():
         for key, tensor in per_key.items():
-            assert torch.equal(tensor, loaded[name][key]), f"{name}.{key} differs after the elastic load"
+            assert torch.equal(tensor, loaded[name][key]), f"{where}: {name}.{key} differs after the load"
     # Real moments, not zeros: otherwise equality would prove little.
     assert any(v["exp_avg"].abs().sum() > 0 for v in saved.values())
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_resume_saved_on_2_ranks_loads_on_1_and_3(tmp_path, stage):
+STAGES = [1, 2, 3]
+
+
+def test_resume_saved_on_2_ranks_loads_on_1_and_3_for_zero_1_2_3(tmp_path):
     save_dir, tag = tmp_path / "ckpt", "step-3"
-    run_ranks(WORKER, 2, {"phase": "train", "stage": stage, "steps": 3, "save_dir": str(save_dir),
-                          "tag": tag, "dump": str(tmp_path / "saved.pt")}, tmp_path, "train")
+    run_ranks(WORKER, 2, {"phase": "train", "stages": STAGES, "steps": 3, "save_dir": str(save_dir),
+                          "tag": tag, "dump": str(tmp_path / "saved")}, tmp_path, "train", timeout=240)
     resumes = {}
     for world in (1, 3):  # both resumes at once: 4 processes, each tiny
-        args = {"phase": "resume", "stage": stage, "save_dir": str(save_dir), "tag": tag,
+        args = {"phase": "resume", "stages": STAGES, "save_dir": str(save_dir), "tag": tag,
                 "saved_world_size": 2, "work_dir": str(tmp_path / f"work{world}"),
-                "dump": str(tmp_path / f"resumed{world}.pt")}
+                "dump": str(tmp_path / f"resumed{world}")}
         resumes[world] = start_ranks(WORKER, world, args, tmp_path, f"resume{world}")
     for world, procs in resumes.items():
-        codes = wait_ranks(procs)
+        codes = wait_ranks(procs, timeout=240)
         assert codes == [0] * world, (codes, (tmp_path / f"resume{world}-rank0.log").read_text()[-3000:])
-    saved = _load(tmp_path / "saved.pt")
-    for world in (1, 3):
-        resumed = _load(tmp_path / f"resumed{world}.pt")
-        assert resumed["result"]["load_universal"] is True
-        assert resumed["result"]["world_size"] == world
-        assert resumed["result"]["client_step"] == 3
-        assert resumed["result"]["adam_steps"] == [3]
-        _assert_same_state(saved["state"], resumed["state"])
-        assert all(math.isfinite(x) for x in resumed["result"]["losses"])
+    for stage in STAGES:
+        saved = _load(tmp_path / f"saved.zero{stage}.pt")
+        assert saved["result"]["adam_steps"] == [3]
+        for world in (1, 3):
+            resumed = _load(tmp_path / f"resumed{world}.zero{stage}.pt")
+            where = f"ZeRO-{stage}, 2 -> {world} ranks"
+            assert resumed["result"]["load_universal"] is True, where
+            assert resumed["result"]["world_size"] == world, where
+            assert resumed["result"]["client_step"] == 3, where
+            assert resumed["result"]["adam_steps"] == [3], where
+            _assert_same_state(saved["state"], resumed["state"], where)
+            assert all(math.isfinite(x) for x in resumed["result"]["losses"]), where
 
 
 def test_same_world_size_loads_the_original(tmp_path):
