@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -120,13 +121,22 @@ def _bucket_key(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+_S3_CACHE: dict = {}
+_S3_LOCK = threading.Lock()
+
+
 def storage_for(uri: str) -> Storage:
     """The backend for a URI; an unknown scheme is a permanent error naming the valid ones."""
     scheme = urlparse(uri).scheme
     if scheme in ("", "file"):
         return LocalStorage()
     if scheme == "s3":
-        from orchestrator.storage_s3 import S3Storage  # boto3 only where S3 is used
+        from orchestrator.storage_s3 import S3Storage, endpoint_url  # boto3 only where S3 is used
 
-        return S3Storage()
+        # one client per endpoint and process: creating an S3 filesystem costs more than a small read
+        key = (endpoint_url(), os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"))
+        with _S3_LOCK:
+            if key not in _S3_CACHE:
+                _S3_CACHE[key] = S3Storage()
+            return _S3_CACHE[key]
     raise StorageError(f"{uri}: unsupported scheme '{scheme}://'; use a local path, file:// or s3://")

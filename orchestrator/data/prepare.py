@@ -21,12 +21,12 @@ import numpy as np
 from orchestrator.data import pack, vocab as vocab_mod
 from orchestrator.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, ShardInfo
 from orchestrator.data.shards import write_shards
-from orchestrator.data.sources import Unit, list_units, read_documents, split_sentences
+from orchestrator.data.sources import Unit, list_units, read_documents, sentence_starts
 from orchestrator.errors import DataError, PermanentError
 from orchestrator.storage import join, storage_for
 
 STATE_DIR = "_prepare"
-ENCODE_BATCH = 4096
+ENCODE_BATCH = 256  # documents per encode_batch call
 
 
 @dataclass
@@ -72,7 +72,8 @@ def prepare(config: PrepareConfig, progress: bool = True) -> ShardIndex:
         return existing
     units = list_units(config.inputs)
     tok, files, tok_hash = _tokenizer(config, units)
-    task = _UnitTask(config, tok.to_str(), vocab_mod.special_ids(tok), config.fingerprint() + tok_hash)
+    task = _UnitTask(config, tok.to_str(), vocab_mod.special_ids(tok), config.fingerprint() + tok_hash,
+                     (0, tok.get_vocab_size() - 1))
     markers = _run_units(task, units, progress)
     shards = [ShardInfo(**s) for m in markers for s in m["shards"]]
     index = ShardIndex(uri=out, shards=shards, seq_len=config.seq_len, nsp=config.nsp,
@@ -145,6 +146,7 @@ class _UnitTask:
     tokenizer_json: str
     specials: dict[str, int]
     fingerprint: str
+    vocab_ids: tuple[int, ...] = ()
 
     def marker_uri(self, i: int) -> str:
         return join(self.config.output, STATE_DIR, f"unit-{i:05d}.json")
@@ -155,12 +157,12 @@ class _UnitTask:
         if done is not None:
             return done | {"reused": True}
         docs = self._encode(unit)
-        rows = self._pack(docs, i)
-        arrays = rows.arrays(self.config.seq_len, self.specials["[PAD]"], self._dtype())
+        arrays = pack.to_arrays(docs, self._pack(docs, i), self.config.seq_len, self.specials["[CLS]"],
+                                self.specials["[SEP]"], self.specials["[PAD]"], self._dtype())
         shards = write_shards(self.config.output, f"shard-{i:05d}", arrays, self.config.seq_len,
                               self._vocab_size(), self.config.shard_bytes)
         marker = {"unit": unit.label, "fingerprint": self.fingerprint, "shards": [asdict(s) for s in shards],
-                  "tokens": sum(len(s) for d in docs for s in d)}
+                  "tokens": sum(len(d.ids) for d in docs)}
         store.write_bytes(self.marker_uri(i), json.dumps(marker, sort_keys=True).encode())
         return marker | {"reused": False}
 
@@ -175,31 +177,35 @@ class _UnitTask:
         return marker if ok else None
 
     def _vocab_size(self) -> int:
-        return vocab_mod.load_tokenizer_json(self.tokenizer_json).get_vocab_size()
+        return 1 + max(self.vocab_ids)
 
     def _dtype(self):
         return np.uint16 if self._vocab_size() <= 2**16 else np.int32
 
-    def _encode(self, unit: Unit) -> list[list[list[int]]]:
+    def _encode(self, unit: Unit) -> list[pack.Doc]:
+        """Tokenize whole documents (one encode_batch per batch of documents) and find sentence
+        starts from the token offsets; documents without tokens are dropped."""
         tok = vocab_mod.load_tokenizer_json(self.tokenizer_json)
-        docs = [split_sentences(d) for d in read_documents(unit, self.config.text_column)]
-        flat = [s for d in docs for s in d]
-        ids: list[list[int]] = []
-        for start in range(0, len(flat), ENCODE_BATCH):
-            ids += [e.ids for e in tok.encode_batch(flat[start:start + ENCODE_BATCH], add_special_tokens=False)]
-        out, pos = [], 0
-        for d in docs:
-            out.append([s for s in ids[pos:pos + len(d)] if s])
-            pos += len(d)
-        return out
+        limit = self.config.seq_len - (3 if self.config.nsp else 2)
+        docs: list[pack.Doc] = []
+        batch: list[str] = []
+        for text in [*read_documents(unit, self.config.text_column), None]:
+            if text is not None:
+                batch.append(text)
+            if batch and (text is None or len(batch) == ENCODE_BATCH):
+                for doc_text, enc in zip(batch, tok.encode_batch(batch, add_special_tokens=False)):
+                    if enc.ids:
+                        offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+                        docs.append(pack.make_doc(np.array(enc.ids, dtype=np.int64),
+                                                  sentence_starts(doc_text, offsets), limit))
+                batch = []
+        return docs
 
-    def _pack(self, docs, i: int) -> pack.Rows:
-        cls, sep, L = self.specials["[CLS]"], self.specials["[SEP]"], self.config.seq_len
+    def _pack(self, docs: list[pack.Doc], i: int) -> list[pack.Row]:
         if not self.config.nsp:
-            return pack.pack_plain(docs, L, cls, sep)
+            return pack.pack_plain(docs, self.config.seq_len)
         # seeded by the unit's position, not its path: the same corpus moved to s3:// gives the same shards
-        rng = np.random.default_rng([self.config.seed, i])
-        return pack.pack_nsp(docs, L, cls, sep, rng)
+        return pack.pack_nsp(docs, self.config.seq_len, np.random.default_rng([self.config.seed, i]))
 
 
 def _run_units(task: _UnitTask, units: list[Unit], progress: bool) -> list[dict]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from orchestrator.errors import DataError
@@ -144,3 +145,27 @@ def module_docstrings(path: Path) -> str:
     kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
     docs = [ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, kinds)]
     return "\n\n".join(d for d in docs if d and d.strip())
+
+
+_PARA_BREAK = re.compile(r"\n[^\S\n]*\n")
+_OPENERS = np.array([ord(c) for c in "\"'(["], dtype=np.uint32)
+_ENDERS = np.array([ord(c) for c in ".!?"], dtype=np.uint32)
+
+
+def sentence_starts(text: str, offsets: np.ndarray) -> np.ndarray:
+    """Token indices where a new sentence begins, from token character offsets (the same rule as
+    ``split_sentences``: a blank line, or [.!?] + whitespace + an uppercase letter, digit or opener).
+    Working on offsets lets prepare tokenize whole documents, which is what keeps it fast."""
+    if len(offsets) < 2:
+        return np.zeros(0, dtype=np.int64)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    prev_end, next_start = offsets[:-1, 1], offsets[1:, 0]
+    gap = next_start > prev_end
+    nxt = codes[np.minimum(next_start, len(codes) - 1)]
+    after = codes[np.minimum(next_start + 1, len(codes) - 1)]
+    capital = lambda c: ((c >= 65) & (c <= 90)) | ((c >= 48) & (c <= 57))  # noqa: E731
+    starts_sentence = capital(nxt) | (np.isin(nxt, _OPENERS) & capital(after))
+    ends_sentence = np.isin(codes[np.maximum(prev_end - 1, 0)], _ENDERS)
+    breaks = np.array([m.start() for m in _PARA_BREAK.finditer(text)], dtype=np.int64)
+    paragraph = np.searchsorted(breaks, next_start) > np.searchsorted(breaks, prev_end)
+    return np.flatnonzero(gap & ((ends_sentence & starts_sentence) | paragraph)) + 1

@@ -128,15 +128,7 @@ class BatchStream:
         return StepBatch(micro_batches=micro, cursor=self.cursor, sample_ids=sample_ids)
 
     def _features(self, raw: dict[str, np.ndarray], epoch: int, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
-        ids = raw["input_ids"].astype(np.int64)
-        pos = np.arange(ids.shape[1])[None, :]
-        attention = pos < raw["length"][:, None]
-        input_ids, labels = self.masker(ids, self.seed, epoch, sample_ids)
-        out = {"input_ids": input_ids, "attention_mask": attention.astype(np.int64),
-               "token_type_ids": ((pos >= raw["a_end"][:, None]) & attention).astype(np.int64), "labels": labels}
-        if self.index.nsp:
-            out["next_sentence_label"] = raw["next_sentence_label"].astype(np.int64)
-        return out
+        return build_features(raw, self.masker, self.seed, epoch, sample_ids, self.index.nsp)
 
     def close(self) -> None:
         if self._loader is not None:
@@ -148,6 +140,20 @@ class BatchStream:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def build_features(raw: dict[str, np.ndarray], masker: Masker, seed: int, epoch: int, sample_ids: np.ndarray,
+                   nsp: bool) -> dict[str, np.ndarray]:
+    """Model inputs from stored rows: masked ids, labels, attention mask, token types (+ NSP label)."""
+    ids = raw["input_ids"].astype(np.int64)
+    pos = np.arange(ids.shape[1])[None, :]
+    attention = pos < raw["length"][:, None]
+    input_ids, labels = masker(ids, seed, epoch, sample_ids)
+    out = {"input_ids": input_ids, "attention_mask": attention.astype(np.int64),
+           "token_type_ids": ((pos >= raw["a_end"][:, None]) & attention).astype(np.int64), "labels": labels}
+    if nsp:
+        out["next_sentence_label"] = raw["next_sentence_label"].astype(np.int64)
+    return out
 
 
 class _SlotBuffer:
