@@ -76,6 +76,18 @@ def _final_beat(identity: Identity, job: PretrainJob | None, code: ExitCode, rea
         checkpoint=_newest_checkpoint(job) if job else None)
 
 
+def _already_done(store, job: PretrainJob, work_dir: Path) -> bool:
+    """A verified checkpoint at max_steps means the job is complete: no cluster is started."""
+    newest = next((c for c in store.committed() if c.step <= job.spec.training.max_steps), None)
+    if newest is None or newest.step != job.spec.training.max_steps:
+        return False
+    found = store.newest_verified(work_dir / "scratch", max_step=job.spec.training.max_steps)
+    if found is None or found[0] != newest:
+        return False
+    log.info("checkpoint step %d is at max_steps: nothing to train", newest.step)
+    return True
+
+
 def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_file: Path,
                 prepare: bool = True) -> None:
     """Prepare if needed, register the attempt (fencing), and train on Ray; raises on failure."""
@@ -89,6 +101,8 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     store = CheckpointStore(job.spec.checkpoint.uri, keep_last=job.spec.checkpoint.keep_last)
     store.check_not_stale(identity.attempt)
     store.register_attempt(identity.attempt)
+    if _already_done(store, job, work_dir):
+        return
     scratch = work_dir / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,

@@ -1,0 +1,196 @@
+"""Fast units: DeepSpeed config from a manifest, lr schedule, exit-code mapping, heartbeat client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from orchestrator.contract import EndReason, ExitCode, Heartbeat
+from orchestrator.errors import CheckpointError, DataError, ManifestError, StaleAttemptError
+from orchestrator.spec import parse_manifest
+from orchestrator.train.engine import deepspeed_config, grad_accum_steps, lr_multiplier
+from orchestrator.train.outcome import FencedError, NanLossError, classify
+from orchestrator.train.report import HeartbeatClient, Identity
+
+
+def _job(**training):
+    doc = {"apiVersion": "bertctl/v1", "kind": "PretrainJob", "metadata": {"name": "u"},
+           "spec": {"data": {"shards": "/tmp/x", "seq_len": 64},
+                    "training": {"max_steps": 10, "global_batch_size": 32, "micro_batch_size": 4, **training},
+                    "deepspeed": {"zero_stage": 3, "config": {"zero_optimization": {"reduce_bucket_size": 1000},
+                                                              "gradient_clipping": 0.5}},
+                    "resources": {"workers": {"min": 1, "max": 2}},
+                    "checkpoint": {"uri": "/tmp/c"}}}
+    return parse_manifest(doc)
+
+
+def test_deepspeed_config_keeps_global_batch_and_merges_raw_config_last():
+    job = _job()
+    for world, accum in [(1, 8), (2, 4), (4, 2), (8, 1)]:
+        cfg = deepspeed_config(job, world, on_gpu=False)
+        assert cfg["train_batch_size"] == 32 and cfg["gradient_accumulation_steps"] == accum
+        assert cfg["train_micro_batch_size_per_gpu"] * world * accum == 32
+    cfg = deepspeed_config(job, 2, on_gpu=False)
+    assert cfg["zero_optimization"] == {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False,
+                                        "reduce_bucket_size": 1000}
+    assert cfg["gradient_clipping"] == 0.5
+    assert cfg["optimizer"]["type"] == "AdamW" and cfg["optimizer"]["params"]["torch_adam"] is True
+    assert "bf16" not in cfg and "fp16" not in cfg
+    with pytest.raises(ManifestError, match="global_batch_size"):
+        grad_accum_steps(job, 3)
+
+
+def test_gpu_precisions_and_lamb():
+    doc = _job().to_dict()
+    doc["spec"]["resources"]["gpus_per_worker"] = 1
+    doc["spec"]["training"].update(precision="bf16", optimizer="lamb")
+    cfg = deepspeed_config(parse_manifest(doc), 2, on_gpu=True)
+    assert cfg["bf16"] == {"enabled": True} and cfg["optimizer"]["type"] == "Lamb"
+    doc["spec"]["training"].update(precision="fp16", optimizer="adamw")
+    cfg = deepspeed_config(parse_manifest(doc), 2, on_gpu=True)
+    assert cfg["fp16"]["enabled"] and "torch_adam" not in cfg["optimizer"]["params"]
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    ("linear", [0.25, 0.5, 0.75, 1.0, 1.0, 0.8333, 0.6667, 0.5, 0.3333, 0.1667]),
+    ("cosine", [0.25, 0.5, 0.75, 1.0, 1.0, 0.9330, 0.75, 0.5, 0.25, 0.0670]),
+    ("constant", [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+])
+def test_lr_schedules(schedule, expected):
+    fn = lr_multiplier(schedule, warmup=4, max_steps=10)
+    assert [round(fn(s), 4) for s in range(10)] == expected
+
+
+@pytest.mark.parametrize("exc,code,reason", [
+    (NanLossError("nan"), ExitCode.NAN_LOSS, EndReason.NAN_LOSS),
+    (ManifestError([("spec.x", "bad")]), ExitCode.USER_ERROR, EndReason.INVALID_CONFIG),
+    (DataError("corrupt shard"), ExitCode.DATA_ERROR, EndReason.DATA_ERROR),
+    (FencedError("409"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (StaleAttemptError("stale"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (CheckpointError("upload failed"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (MemoryError(), ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),
+    (RuntimeError("??"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+])
+def test_exit_codes(exc, code, reason):
+    assert classify(exc)[:2] == (code, reason)
+
+
+def test_exit_code_found_inside_ray_worker_group_error():
+    import torch
+    from ray.train import WorkerGroupError
+
+    wrapped = WorkerGroupError("boom", {1: NanLossError("nan on rank 1"), 0: RuntimeError("peer died")})
+    assert classify(wrapped)[0] == ExitCode.NAN_LOSS
+    oom = WorkerGroupError("boom", {0: torch.OutOfMemoryError("CUDA out of memory")})
+    assert classify(oom)[0] == ExitCode.OUT_OF_MEMORY
+
+
+def test_identity_from_env_and_token_never_in_repr():
+    ident = Identity.from_env("job-a", {"BERTCTL_ATTEMPT": "3", "BERTCTL_ATTEMPT_TOKEN": "tok-SECRET",
+                                        "BERTCTL_MANAGER_URL": "http://127.0.0.1:1"})
+    assert (ident.job_id, ident.attempt, ident.token) == ("job-a", 3, "tok-SECRET")
+    assert "SECRET" not in repr(ident) and "SECRET" not in str(ident)
+    assert Identity.from_env("job-b", {}).attempt == 1
+    with pytest.raises(ManifestError):
+        Identity.from_env("x", {"BERTCTL_ATTEMPT": "zero"})
+
+
+class _Manager:
+    """A real HTTP server on 127.0.0.1 recording heartbeats; answers `status` (or blocks)."""
+
+    def __init__(self, status: int = 200, delay_s: float = 0.0):
+        self.beats: list[tuple[str, dict, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(delay_s)
+                outer.beats.append((self.path, body, self.headers.get("Authorization", "")))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _wait(cond, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end and not cond():
+        time.sleep(0.02)
+    return cond()
+
+
+def test_heartbeats_reach_the_manager_with_the_bearer_token(caplog):
+    mgr = _Manager()
+    try:
+        client = HeartbeatClient(Identity("job-a", 2, mgr.url, "tok-SECRET"))
+        with caplog.at_level(logging.DEBUG):
+            client.send(Heartbeat(attempt=2, step=5, loss=1.5))
+            assert _wait(lambda: len(mgr.beats) == 1)
+            assert client.send_final(Heartbeat(attempt=2, status="succeeded", reason=EndReason.SUCCEEDED, step=9))
+        path, body, auth = mgr.beats[0]
+        assert path == "/v1/jobs/job-a/heartbeat" and auth == "Bearer tok-SECRET"
+        assert body["step"] == 5 and body["attempt"] == 2
+        assert mgr.beats[-1][1]["status"] == "succeeded"
+        assert "SECRET" not in caplog.text
+    finally:
+        mgr.close()
+
+
+def test_unreachable_manager_never_blocks_training(caplog):
+    client = HeartbeatClient(Identity("job-a", 1, "http://127.0.0.1:9", "tok-SECRET"), timeout_s=0.5)
+    with caplog.at_level(logging.WARNING):
+        started = time.perf_counter()
+        for step in range(200):
+            client.send(Heartbeat(attempt=1, step=step))
+        elapsed = time.perf_counter() - started
+        assert _wait(lambda: "unreachable" in caplog.text)
+        client.close()
+    assert elapsed < 0.5 * 200  # far below one timeout per beat: sends never wait on the network
+    assert caplog.text.count("unreachable") == 1 and "SECRET" not in caplog.text
+    assert not client.fenced.is_set()
+
+
+def test_slow_manager_gets_coalesced_heartbeats():
+    mgr = _Manager(delay_s=0.3)
+    try:
+        client = HeartbeatClient(Identity("job-a", 1, mgr.url, "t"))
+        for step in range(1, 51):
+            client.send(Heartbeat(attempt=1, step=step))
+        assert _wait(lambda: mgr.beats and mgr.beats[-1][1]["step"] == 50)
+        client.close()
+        assert len(mgr.beats) < 50  # older pending beats were replaced by newer ones
+    finally:
+        mgr.close()
+
+
+def test_409_fences_the_attempt():
+    mgr = _Manager(status=409)
+    try:
+        client = HeartbeatClient(Identity("job-a", 1, mgr.url, "t"))
+        client.send(Heartbeat(attempt=1, step=1))
+        assert client.fenced.wait(10)
+        client.close()
+    finally:
+        mgr.close()
+
+
+def test_no_manager_url_is_a_silent_no_op():
+    client = HeartbeatClient(Identity("job-a"))
+    client.send(Heartbeat(attempt=1))
+    assert client.send_final(Heartbeat(attempt=1, status="succeeded")) is False
