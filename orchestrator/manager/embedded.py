@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -38,12 +39,23 @@ class EmbeddedManager:
         self._thread = ServerThread(self.manager).start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, cancel_jobs: bool = True, timeout_s: float = 60.0) -> None:
+        """Stop the manager; by default cancel its unfinished jobs first so nothing keeps running."""
+        if self._thread and cancel_jobs:
+            self._cancel_all(timeout_s)
         if self._thread:
             self._thread.stop()
             self._thread = None
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _cancel_all(self, timeout_s: float) -> None:
+        store = self.manager.store
+        for job, _ in store.active_jobs():
+            store.request_cancel(job["id"], time.time())
+        deadline = time.monotonic() + timeout_s
+        while store.active_jobs() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def __enter__(self) -> "EmbeddedManager":
         return self.start()

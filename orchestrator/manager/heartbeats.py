@@ -66,6 +66,7 @@ def _progress(s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> 
     att.last_heartbeat_at, att.heartbeats = now, att.heartbeats + 1
     if hb.resumed_from_step is not None and att.resumed_from_step is None:
         att.resumed_from_step = hb.resumed_from_step
+        _settle_steps_lost(s, job, att)
     if att.first_step_at is None and hb.step > (att.resumed_from_step or 0):
         att.first_step, att.first_step_at = hb.step, now
         att.recovery_s = _recovery_s(s, job, att, now)
@@ -77,6 +78,16 @@ def _progress(s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> 
     att.metrics = metrics
     job.metrics = {**metrics, "attempt": att.number, "at": now}
     job.step, job.updated_at = hb.step, now
+
+
+def _settle_steps_lost(s: Session, job: Job, att: Attempt) -> None:
+    """The step this attempt resumed from is the truth about what the previous one lost: its
+    newest checkpoint may have committed after its last heartbeat reached us."""
+    if att.number <= 1:
+        return
+    prev = s.scalar(select(Attempt).where(Attempt.job_id == job.id, Attempt.number == att.number - 1))
+    if prev is not None and prev.steps_lost is not None:
+        prev.steps_lost = max(0, prev.last_step - att.resumed_from_step)
 
 
 def _recovery_s(s: Session, job: Job, att: Attempt, now: float) -> float | None:

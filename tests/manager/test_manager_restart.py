@@ -17,7 +17,7 @@ def test_manager_kill9_and_restart_loses_nothing(tmp_path):
     first = ServerProcess(data, port, FAKE_TRAINER).start()
     second = None
     try:
-        body = yaml.safe_dump(make_manifest(tmp_path, max_steps=40, every=5, labels={"fake-step-s": "0.1"}))
+        body = yaml.safe_dump(make_manifest(tmp_path, max_steps=60, every=5, labels={"fake-step-s": "0.2"}))
         job_id = first.http.post("/v1/jobs", content=body, params={"submission_id": "restart-1"}).json()["id"]
         first.wait(job_id, lambda j: j["step"] >= 8, 60)
         before = first.events(job_id)
@@ -27,14 +27,14 @@ def test_manager_kill9_and_restart_loses_nothing(tmp_path):
         again = second.http.post("/v1/jobs", content=body, params={"submission_id": "restart-1"})
         assert again.status_code == 200 and again.json()["id"] == job_id
         job = second.wait(job_id, terminal, 60)
-        assert job["phase"] == "SUCCEEDED" and job["step"] == 40
+        assert job["phase"] == "SUCCEEDED" and job["step"] == 60
         after = second.events(job_id)
         assert after[:len(before)] == before, "every event from before the crash survives"
         types = [e["type"] for e in after]
         assert types.count("launching") == 1 and "adopting" in types
         assert len(job["attempts"]) == 1 and job["attempts"][0]["exit_code"] == 0
         # checkpoints committed while the manager was down are learnt from the next heartbeat
-        assert job["checkpoint"]["step"] == 40 and job["checkpoints"] >= 2
+        assert job["checkpoint"]["step"] == 60 and job["checkpoints"] >= 2
         pgid = int((data / "jobs" / job_id / "attempt-1" / "pid").read_text())
         assert not group_alive(pgid)
     finally:

@@ -87,15 +87,20 @@ class LocalBackend:
                                                     "(killed while the manager was down?)")
 
     def terminate(self, job_id: str, attempt: int, handle: str, grace_s: float) -> None:
+        """SIGTERM the group (the trainer checkpoints and stops its Ray workers), wait grace_s, then
+        SIGKILL every process of the attempt's session: Ray workers have process groups of their
+        own but stay in the session the wrapper started, so the session is the attempt (fencing)."""
         pid = self._pid(self.attempt_dir(job_id, attempt), handle)
         if pid is None or not self._group_alive(pid):
             return
         _signal_group(pid, signal.SIGTERM)
         if self._wait_gone(pid, grace_s):
             return
+        for member in _members(pid):
+            _signal_pid(member, signal.SIGKILL)
         _signal_group(pid, signal.SIGKILL)
         if not self._wait_gone(pid, self.kill_wait_s):
-            raise TemporaryError(f"process group {pid} of {job_id} attempt {attempt} survived SIGKILL", 5.0)
+            raise TemporaryError(f"processes of {job_id} attempt {attempt} (session {pid}) survived SIGKILL", 5.0)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -122,7 +127,7 @@ class LocalBackend:
         child = self._child(pgid)
         if child is not None:
             child.poll()  # reap the leader so a zombie does not count as alive
-        return _group_members(pgid)
+        return bool(_members(pgid))
 
     def _wait_gone(self, pgid: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -149,13 +154,13 @@ def _shell_code(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _proc_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) from /proc, or None when there is no such process."""
+def _proc_state(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, process group, session) from /proc, or None when there is no such process."""
     stat = _read(Path(f"/proc/{pid}/stat"))
     if not stat:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[2])
+    return fields[0], int(fields[2]), int(fields[3])
 
 
 def _alive(pid: int) -> bool:
@@ -171,14 +176,26 @@ def _is_ours(pid: int, adir: Path) -> bool:
         return False
 
 
-def _group_members(pgid: int) -> bool:
-    """Is any live (non-zombie) process in this group? Zombies are dead: PID 1 may never reap them."""
+def _members(leader: int) -> list[int]:
+    """Live processes in the leader's process group or session (zombies are dead: PID 1 may never reap them)."""
+    found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             state = _proc_state(int(entry.name))
-            if state and state[1] == pgid and state[0] not in ("Z", "X"):
-                return True
-    return False
+            if state and leader in (state[1], state[2]) and state[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def _group_members(leader: int) -> bool:
+    return bool(_members(leader))
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
