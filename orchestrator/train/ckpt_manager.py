@@ -156,10 +156,14 @@ class CheckpointManager:
             raise CheckpointError("; ".join(errors))
         return Resume(ckpt, local, self.store.read_state(ckpt, local))
 
-    def restore(self, engine, resume: "Resume") -> TrainState:
-        """Load the DeepSpeed shards and this rank's RNG state of a checkpoint ``find`` returned."""
+    def restore(self, engine, resume: "Resume", plan=None) -> TrainState:
+        """Load the DeepSpeed shards and this rank's RNG state of a checkpoint ``find`` returned.
+
+        ``plan`` (train/universal.ResumePlan) says where to load from when the world size changed;
+        RNG states are per rank and only restored on the same world size.
+        """
         ckpt, local, state = resume.ckpt, resume.local, resume.state
-        self._load_engine(engine, ckpt, local, state)
+        self._load_engine(engine, ckpt, local, state, plan)
         rank_rng = local / ckpt.root / "rng" / f"rank-{self.rank:05d}.pt"
         if rank_rng.is_file() and state.world_size == self.world_size:
             rng.restore(rank_rng)
@@ -168,7 +172,7 @@ class CheckpointManager:
         return state
 
     def load(self, engine, max_step: int | None = None) -> TrainState | None:
-        """find + restore; None when there is no committed checkpoint."""
+        """find + restore on the same world size; None when there is no committed checkpoint."""
         resume = self.find(max_step)
         return None if resume is None else self.restore(engine, resume)
 
@@ -178,16 +182,15 @@ class CheckpointManager:
         except CheckpointError as exc:
             return None, f"rank {self.rank}: {exc}"
 
-    def _load_engine(self, engine, ckpt: Committed, local: Path, state: TrainState) -> None:
-        if state.world_size != self.world_size:
-            # Changing the world size goes through DeepSpeed's universal format (train/universal.py).
+    def _load_engine(self, engine, ckpt: Committed, local: Path, state: TrainState, plan=None) -> None:
+        if plan is None and state.world_size != self.world_size:
             raise CheckpointError(
                 f"checkpoint step {ckpt.step} was written by {state.world_size} workers, this run has "
-                f"{self.world_size}; run with {state.world_size} workers (world-size conversion is not "
-                "available in this build)")
-        load_path, _ = engine.load_checkpoint(str(local / ckpt.root), tag=DS_TAG)
+                f"{self.world_size}; resume through train/universal.prepare_resume")
+        load_dir, tag = (plan.load_dir, plan.tag) if plan is not None else (str(local / ckpt.root), DS_TAG)
+        load_path, _ = engine.load_checkpoint(load_dir, tag=tag)
         if load_path is None:
-            raise CheckpointError(f"DeepSpeed found no checkpoint in {local / ckpt.root}/{DS_TAG}")
+            raise CheckpointError(f"DeepSpeed found no checkpoint in {load_dir}/{tag}")
 
 
 _ERRORS = {"CheckpointError": CheckpointError, "StaleAttemptError": StaleAttemptError}

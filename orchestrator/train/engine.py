@@ -105,8 +105,20 @@ def lr_multiplier(schedule: str, warmup: int, max_steps: int) -> Callable[[int],
     return fn
 
 
-def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool):
-    """deepspeed.initialize on the process group Ray Train already set up."""
+def _with_universal(cfg: dict[str, Any], load_universal: bool) -> dict[str, Any]:
+    if not load_universal:
+        return cfg
+    from orchestrator.train.universal import universal_ds_config
+
+    return universal_ds_config(cfg)
+
+
+def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool, load_universal: bool = False):
+    """deepspeed.initialize on the process group Ray Train already set up.
+
+    ``load_universal``: the engine will load a universal checkpoint (a changed world size,
+    train/universal.py); DeepSpeed fixes that at initialize time.
+    """
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
 
@@ -115,7 +127,7 @@ def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool):
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(job, world_size, on_gpu),
+        config=_with_universal(deepspeed_config(job, world_size, on_gpu), load_universal),
         lr_scheduler=lambda opt: LambdaLR(opt, multiplier),
         dist_init_required=False,
     )

@@ -12,15 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.contract import CheckpointRef, EndReason, ExitCode, Heartbeat
+from orchestrator.contract import ENV_NOTICE_FILE, CheckpointRef, EndReason, ExitCode, Heartbeat
 from orchestrator.errors import BertctlError, ManifestError
 from orchestrator.spec import PretrainJob, load_manifest
 from orchestrator.train.outcome import classify
+from orchestrator.train.preemption import PreemptionWatcher
 from orchestrator.train.report import HeartbeatClient, Identity
 
 log = logging.getLogger("bertctl.train")
@@ -105,14 +107,19 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
         return
     scratch = work_dir / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
+    notice_file = os.environ.get(ENV_NOTICE_FILE) or str(work_dir / "preemption-notice")
     loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,
-                   "manager_url": identity.manager_url, "scratch_root": str(scratch)}
+                   "manager_url": identity.manager_url, "scratch_root": str(scratch), "notice_file": notice_file}
     owned = start_ray(job)
+    # After ray.init (which would replace it): SIGTERM only sets a flag and the relay writes the
+    # notice file the workers poll, so fit() returns after a committed checkpoint (exit 75).
+    watcher = PreemptionWatcher(job.spec.checkpoint.preemption_deadline_s, notice_file).install(relay=True)
     try:
         trainer = build_trainer(job, loop_config, work_dir / "ray", metrics_file,
                                 name=f"{identity.job_id}-attempt-{identity.attempt}")
         trainer.fit()
     finally:
+        watcher.uninstall()
         if owned:
             ray.shutdown()
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator import storage as st
 from orchestrator.contract import ENV_ATTEMPT_TOKEN, CheckpointRef, Heartbeat
@@ -25,8 +25,11 @@ from orchestrator.train import metrics as M
 from orchestrator.train import rng
 from orchestrator.train.checkpoint import CheckpointStore, TrainState
 from orchestrator.train.ckpt_manager import CheckpointManager
+from orchestrator.train.checkpoint import DS_TAG
 from orchestrator.train.engine import build_engine
-from orchestrator.train.outcome import FencedError, NanLossError
+from orchestrator.train.interval import IntervalTracker, mtbp_from_env
+from orchestrator.train.outcome import FencedError, NanLossError, PreemptedError
+from orchestrator.train.preemption import Decision, PreemptionWatcher
 from orchestrator.train.report import HeartbeatClient, Identity
 
 log = logging.getLogger("bertctl.train.loop")
@@ -35,9 +38,6 @@ log = logging.getLogger("bertctl.train.loop")
 # per-step rows are buffered and flushed when rank 0 says so (through the per-step all-reduce),
 # at most every REPORT_EVERY_S, and at every checkpoint and at the end.
 REPORT_EVERY_S = 2.0
-
-# Hook for train/preemption.py: a callable returning True once a stop was requested on this rank.
-StopProbe = Callable[[], bool]
 
 
 def _default_stream(job: PretrainJob, rank: int, world_size: int, cursor: dict | None):
@@ -81,7 +81,7 @@ def _to_device(micro: dict, device) -> dict:
 class Worker:
     """State of one rank; ``run`` is the whole loop."""
 
-    def __init__(self, config: dict[str, Any], stop_probe: StopProbe | None = None):
+    def __init__(self, config: dict[str, Any]):
         import ray.train
 
         ctx = ray.train.get_context()
@@ -92,7 +92,10 @@ class Worker:
                                  manager_url=config.get("manager_url"), token=os.environ.get(ENV_ATTEMPT_TOKEN))
         self.on_gpu = self.job.spec.resources.gpus_per_worker > 0
         self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.rank}-", dir=config.get("scratch_root")))
-        self.stop_probe = stop_probe or (lambda: False)
+        ckpt = self.job.spec.checkpoint
+        # The driver relays SIGTERM into this file (train/preemption.py); every rank polls it per step.
+        self.watcher = PreemptionWatcher(ckpt.preemption_deadline_s, config.get("notice_file"))
+        self.interval = IntervalTracker(ckpt.every_steps, mtbp_from_env(), max_steps=self.job.spec.training.max_steps)
         self.heartbeats = HeartbeatClient(self.identity) if self.rank == 0 else None
         self.rows: list[dict] = []
         self.last_flush = time.monotonic()
@@ -127,22 +130,36 @@ class Worker:
             self.device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
             model.to(self.device)
             rng.seed_rank(spec.data.seed, self.rank)
-            self.engine = build_engine(self.job, model, self.world_size, self.on_gpu)
-            state = self.ckpts.restore(self.engine, resume) if resume else None
+            plan = self._resume_plan(resume) if resume else None
+            self.engine = build_engine(self.job, model, self.world_size, self.on_gpu,
+                                       load_universal=bool(plan and plan.load_universal))
+            state = self.ckpts.restore(self.engine, resume, plan) if resume else None
             self._train(stream, state)
         finally:
             stream.close()
 
-    def _train(self, stream, state: TrainState | None) -> None:
+    def _resume_plan(self, resume):
+        """Same world size: load as saved; another one: convert to DeepSpeed's universal format first."""
         import ray.train
+        import torch.distributed as dist
 
+        from orchestrator.train.universal import prepare_resume
+
+        shared = Path(self.config.get("scratch_root") or self.scratch)  # node-local, shared by its ranks
+        work = shared / f"universal-{self.identity.attempt}-{resume.ckpt.step:08d}"
+        is_converter = ray.train.get_context().get_local_rank() == 0 if self.config.get("scratch_root") else True
+        return prepare_resume(str(resume.local / resume.ckpt.root), DS_TAG, resume.state.world_size,
+                              self.world_size, resume.state.zero_stage, str(work), is_converter=is_converter,
+                              barrier=dist.barrier if dist.is_initialized() else None)
+
+    def _train(self, stream, state: TrainState | None) -> None:
         t = self.job.spec.training
         step = state.step if state else 0
         tokens = state.tokens_seen if state else 0
         cursor = state.cursor if state else {"epoch": 0, "sample": 0}
         resumed_from = step
         last_saved = step if state else None
-        every = self._every_steps()
+        self.interval.last_save_step = step
         batches = iter(stream)
         self.step_end = time.perf_counter()
         while step < t.max_steps:
@@ -154,20 +171,25 @@ class Worker:
                                    "warmup_steps or check the data")
             if m.fenced:
                 raise FencedError(f"attempt {self.identity.attempt} was fenced by the manager at step {step}")
+            self.interval.record_step(m.seconds)
+            decision = self.watcher.poll(self.interval.save_cost_s)  # collective: same answer on every rank
             saved = None
-            if step % every == 0 or step == t.max_steps:
+            if m.save or step == t.max_steps or decision is Decision.CHECKPOINT_AND_STOP:
                 saved = self._save(step, tokens, cursor)
                 last_saved = step
-            self._report(m, step, tokens, batch, resumed_from, saved)
+            self._report(m, step, tokens, batch, resumed_from, saved, force_flush=decision is not Decision.CONTINUE)
             resumed_from = None
+            if decision is not Decision.CONTINUE:
+                raise PreemptedError(f"preempted after step {step}: "
+                                     + ("checkpoint committed" if saved else "too late to checkpoint"))
         if last_saved != step:  # resumed at max_steps with no checkpoint of it yet
             self._save(step, tokens, cursor)
         self._flush()
 
-    def _every_steps(self) -> int:
+    def _save_due(self, step: int) -> bool:
+        """Rank 0's view (the all-reduce makes it everyone's): a fixed interval, or Young-Daly for 'auto'."""
         every = self.job.spec.checkpoint.every_steps
-        # 'auto' (Young-Daly) is computed by train/interval.py; until it is wired, a fixed fallback.
-        return every if isinstance(every, int) else max(1, self.job.spec.training.max_steps // 10)
+        return step % every == 0 if isinstance(every, int) else self.interval.due(step)
 
     def _step(self, batch, step: int) -> M.StepMetrics:
         acc = M.StepAccumulator(started=self.step_end)
@@ -184,10 +206,10 @@ class Worker:
                     None if nsp_loss is None else float(nsp_loss.detach()), stats)
         if self.heartbeats and self.heartbeats.fenced.is_set():
             acc.raise_flag(M.FLAG_FENCED)
-        if self.stop_probe():
-            acc.raise_flag(M.FLAG_PREEMPT)
         if self.rank == 0 and time.monotonic() - self.last_flush >= REPORT_EVERY_S:
             acc.raise_flag(M.FLAG_REPORT)
+        if self.rank == 0 and self._save_due(step):
+            acc.raise_flag(M.FLAG_SAVE)
         metrics = M.sync_step(acc, step, lr)
         self.step_end = time.perf_counter()
         return metrics
@@ -200,9 +222,12 @@ class Worker:
             attempt=self.identity.attempt, zero_stage=ds.zero_stage,
             global_batch_size=self.job.spec.training.global_batch_size, job_id=self.identity.job_id,
             lr_scheduler=_scheduler_state(sched), model_config=self.model_config, nsp=self.job.spec.data.nsp)
-        return self.ckpts.save(self.engine, state)
+        result = self.ckpts.save(self.engine, state)
+        self.interval.record_save(step, result.seconds)
+        return result
 
-    def _report(self, m: M.StepMetrics, step: int, tokens: int, batch, resumed_from: int | None, saved) -> None:
+    def _report(self, m: M.StepMetrics, step: int, tokens: int, batch, resumed_from: int | None, saved,
+                force_flush: bool = False) -> None:
         if self.heartbeats:
             self.heartbeats.send(self._heartbeat(m, tokens, resumed_from))
         t = self.job.spec.training
@@ -212,7 +237,7 @@ class Worker:
             if saved is not None:
                 row["checkpoint_step"] = saved.step
             self.rows.append(row)
-        if m.report or saved is not None or step == t.max_steps:
+        if m.report or saved is not None or step == t.max_steps or force_flush:
             self._flush()
 
     def _flush(self) -> None:

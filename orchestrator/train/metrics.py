@@ -1,8 +1,8 @@
 """Per-step training metrics and the one all-reduce per step that agrees on them.
 
 Every rank accumulates raw sums over its micro-batches; one ``all_reduce`` per optimizer step
-turns them into global metrics *and* carries stop flags (a non-finite loss, a fenced attempt,
-a preemption request), so every rank takes the same decision at the same step and no rank is
+turns them into global metrics *and* carries flags (a non-finite loss, a fenced attempt, rank 0's
+"flush reports" and "checkpoint now"), so every rank takes the same decision at the same step and no rank is
 left waiting in a collective.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 # Indices into the synced vector. Flags are summed, so "> 0" means "some rank raised it".
 _LOSS, _MLM_LOSS, _NSP_LOSS, _MICRO, _MLM_OK, _MLM_N, _NSP_OK, _NSP_N, _TOKENS = range(9)
-FLAG_NONFINITE, FLAG_FENCED, FLAG_PREEMPT, FLAG_REPORT = 9, 10, 11, 12
+FLAG_NONFINITE, FLAG_FENCED, FLAG_REPORT, FLAG_SAVE = 9, 10, 11, 12
 _SIZE = 13
 
 
@@ -87,11 +87,11 @@ class StepMetrics:
     seconds: float
     nonfinite: bool
     fenced: bool
-    preempt: bool
+    save: bool    # rank 0 decided a checkpoint is due (the auto interval is measured on rank 0 only)
     report: bool  # rank 0 asks every rank to flush its buffered rows to ray.train.report now
 
     def as_row(self) -> dict:
-        skip = ("nonfinite", "fenced", "preempt", "report")
+        skip = ("nonfinite", "fenced", "save", "report")
         return {k: v for k, v in self.__dict__.items() if v is not None and k not in skip}
 
 
@@ -114,5 +114,5 @@ def sync_step(acc: StepAccumulator, step: int, lr: float) -> StepMetrics:
         nsp_accuracy=(v[_NSP_OK] / v[_NSP_N]) if v[_NSP_N] else None,
         tokens=int(v[_TOKENS]), tokens_per_s=v[_TOKENS] / seconds, lr=lr, seconds=seconds,
         nonfinite=v[FLAG_NONFINITE] > 0 or not math.isfinite(v[_LOSS]),
-        fenced=v[FLAG_FENCED] > 0, preempt=v[FLAG_PREEMPT] > 0, report=v[FLAG_REPORT] > 0,
+        fenced=v[FLAG_FENCED] > 0, save=v[FLAG_SAVE] > 0, report=v[FLAG_REPORT] > 0,
     )

@@ -103,3 +103,20 @@ def test_nan_loss_exits_with_its_code(tmp_path, shards, ray_cluster):
     code, _ = train(m, tmp_path / "w")
     assert code == ExitCode.NAN_LOSS
     assert CheckpointStore(str(tmp_path / "ckpt")).committed() == []
+
+
+def test_resume_on_another_world_size_keeps_global_batch_and_data_order(reference, tmp_path, shards):
+    """2 workers for 20 steps, then 1 worker to 24: universal-format load, same samples as 2 workers."""
+    _, ref = reference
+    ckpt = tmp_path / "ckpt"
+    code, _ = train(manifest(tmp_path / "a.yaml", shards, ckpt, steps=20, every=20), tmp_path / "w1")
+    assert code == ExitCode.SUCCEEDED
+    code, rows = train(manifest(tmp_path / "b.yaml", shards, ckpt, steps=24, every=20, workers=1), tmp_path / "w2")
+    assert code == ExitCode.SUCCEEDED
+    assert [r["step"] for r in rows] == [21, 22, 23, 24]
+    # The global order does not depend on the world size: the same 16 samples per step as the reference.
+    assert [sorted(r["sample_ids"]) for r in rows] == [sorted(r["sample_ids"]) for r in ref[20:24]]
+    # The model state carried over: losses continue near the 2-worker run's, far below a fresh start.
+    assert all(abs(mine["mlm_loss"] - theirs["mlm_loss"]) < 0.2 for mine, theirs in zip(rows, ref[20:24]))
+    state = json.loads((ckpt / "step-00000024" / "attempt-00000001" / "state.json").read_text())
+    assert state["world_size"] == 1 and state["global_batch_size"] == 16

@@ -2,7 +2,8 @@
 
 - a manager answering 409 fences the attempt: it stops without checkpointing, exits 69, and the
   attempt token appears in no output line (it only travels in the Authorization header);
-- SIGKILL of the process group leaves no Ray or worker process behind.
+- SIGTERM commits a checkpoint of the step in progress and exits 75; the next attempt resumes
+  at the following step; SIGKILL of the process group leaves no Ray or worker process behind.
 """
 
 from __future__ import annotations
@@ -71,16 +72,37 @@ def test_fenced_attempt_stops_without_checkpoint_and_hides_its_token(tmp_path, s
     assert not rows or rows[-1]["step"] < 100
 
 
-def test_sigkill_of_the_process_group_leaves_nothing_behind(tmp_path, shards):
+def _wait_for_steps(proc: subprocess.Popen, metrics: Path, timeout: float = 240) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (metrics.exists() and read_metrics(metrics)):
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
+        time.sleep(0.3)
+    rows = read_metrics(metrics) if metrics.exists() else []
+    assert rows, "training never started"
+    return rows
+
+
+def test_sigterm_commits_then_resume_continues_then_sigkill_leaves_nothing_behind(tmp_path, shards):
     job = manifest(tmp_path / "job.yaml", shards, tmp_path / "ckpt", steps=100000, every=100000)
-    proc = _start(job, tmp_path / "work", {})
-    metrics = tmp_path / "work" / "metrics.jsonl"
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    # 1. SIGTERM (what Kubernetes sends): finish the step, commit a checkpoint of it, exit 75.
+    proc = _start(job, tmp_path / "w1", {})
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not (metrics.exists() and read_metrics(metrics)):
-            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
-            time.sleep(0.5)
-        assert read_metrics(metrics), "training never started"
+        _wait_for_steps(proc, tmp_path / "w1" / "metrics.jsonl")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == ExitCode.PREEMPTED, out.decode(errors="replace")[-3000:]
+    last_step = read_metrics(tmp_path / "w1" / "metrics.jsonl")[-1]["step"]
+    assert [c.step for c in store.committed()] == [last_step]  # steps lost: 0
+
+    # 2. The next attempt resumes at the step after it; then SIGKILL its whole process group.
+    proc = _start(job, tmp_path / "w2", {"BERTCTL_ATTEMPT": "2"})
+    try:
+        rows = _wait_for_steps(proc, tmp_path / "w2" / "metrics.jsonl")
+        assert rows[0]["step"] == last_step + 1
         alive = _session_pids(proc.pid)
         assert len(alive) > 3  # the driver, Ray's head processes and the training workers
     finally:
