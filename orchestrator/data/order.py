@@ -36,8 +36,11 @@ class EpochOrder:
 
     def stream_index(self, positions: np.ndarray) -> np.ndarray:
         blocks = positions // self.window
+        b0, b1 = int(blocks.min()), int(blocks.max())
+        if b0 == b1:  # positions are contiguous: usually one window
+            return b0 * self.window + self._block_perm(b0)[positions - b0 * self.window]
         out = np.empty_like(positions)
-        for b in np.unique(blocks):
+        for b in range(b0, b1 + 1):
             sel = blocks == b
             out[sel] = b * self.window + self._block_perm(int(b))[positions[sel] - b * self.window]
         return out

@@ -184,17 +184,16 @@ class _SlotBuffer:
             self.slots[s] = (arrays, size)
 
     def gather(self, slots: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
-        for s in range(int(slots.max()) + 1):
-            if s >= int(slots.min()):
-                self._ensure(s)
-        names = ("input_ids", "length", "a_end", "next_sentence_label")
-        out = {}
-        for name in names:
-            parts = {int(s): self.slots[int(s)][0][name] for s in np.unique(slots)}
-            first = next(iter(parts.values()))
-            buf = np.empty((len(rows),) + first.shape[1:], dtype=first.dtype)
-            for s, arr in parts.items():
-                sel = slots == s
-                buf[sel] = arr[rows[sel]]
-            out[name] = buf
+        lo, hi = int(slots.min()), int(slots.max())
+        for s in range(lo, hi + 1):
+            self._ensure(s)
+        if lo == hi:  # the common case: the whole slice comes from one shard
+            return {name: arr[rows] for name, arr in self.slots[lo][0].items()}
+        first = self.slots[lo][0]
+        out = {name: np.empty((len(rows),) + arr.shape[1:], dtype=arr.dtype) for name, arr in first.items()}
+        for s in range(lo, hi + 1):
+            where = np.flatnonzero(slots == s)
+            if len(where):
+                for name, arr in self.slots[s][0].items():
+                    out[name][where] = arr[rows[where]]
         return out

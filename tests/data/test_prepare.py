@@ -173,3 +173,24 @@ def test_cli_prepare_writes_an_index_and_exits_2_on_error(tmp_path, small_corpus
     bad = subprocess.run(bertctl + ["prepare", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "x"),
                                     "--seq-len", "32", "--local"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "missing: input not found" in bad.stderr
+
+
+def test_prepare_for_job_prepares_once_then_reuses(small_corpus, tmp_path):
+    from orchestrator.data.prepare import prepare_for_job
+    from orchestrator.spec import parse_manifest
+
+    shards = str(tmp_path / "shards")
+    job = parse_manifest({
+        "apiVersion": "bertctl/v1", "kind": "PretrainJob", "metadata": {"name": "prep-test"},
+        "spec": {"tokenizer": {"vocab_size": 300},
+                 "data": {"shards": shards, "seq_len": 32, "nsp": False, "prepare": {"inputs": small_corpus[:1]}},
+                 "training": {"max_steps": 1, "global_batch_size": 4, "micro_batch_size": 4},
+                 "checkpoint": {"uri": str(tmp_path / "ckpt")}}})
+    first = prepare_for_job(job)
+    assert first.seq_len == 32 and not first.nsp and (tmp_path / "shards/tokenizer/vocab.txt").exists()
+    mtime = (tmp_path / "shards/index.json").stat().st_mtime_ns
+    assert prepare_for_job(job).to_json() == first.to_json()
+    assert (tmp_path / "shards/index.json").stat().st_mtime_ns == mtime  # skipped: a valid index exists
+    job.spec.data.seq_len = 64
+    with pytest.raises(DataError, match="seq_len=32.*seq_len=64"):
+        prepare_for_job(job)
