@@ -20,6 +20,7 @@ from orchestrator import storage as st
 from orchestrator.errors import CheckpointError
 from orchestrator.model import build_model
 from orchestrator.train.checkpoint import DS_TAG, MANIFEST, CheckpointStore, Committed, TrainState
+from orchestrator.train.heads import unwrap_state_dict
 
 log = logging.getLogger("bertctl.train.export")
 
@@ -98,7 +99,7 @@ def export_checkpoint(uri: str, output: str | Path) -> Exported:
         attempt_dir = local / ckpt.root
         state = TrainState.from_json((attempt_dir / "state.json").read_bytes())
         model = build_model(state.model_config, state.nsp)
-        weights = consolidated_state_dict(attempt_dir, state.zero_stage)
+        weights = unwrap_state_dict(consolidated_state_dict(attempt_dir, state.zero_stage))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         missing = [k for k in missing if not _tied(model, k)]
         if missing or unexpected:

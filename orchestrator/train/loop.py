@@ -27,6 +27,7 @@ from orchestrator.train.checkpoint import CheckpointStore, TrainState
 from orchestrator.train.ckpt_manager import CheckpointManager
 from orchestrator.train.checkpoint import DS_TAG
 from orchestrator.train.engine import build_engine
+from orchestrator.train.heads import MaskedPositionsPretraining
 from orchestrator.train.interval import IntervalTracker, mtbp_from_env
 from orchestrator.train.outcome import FencedError, NanLossError, PreemptedError
 from orchestrator.train.preemption import Decision, PreemptionWatcher
@@ -126,7 +127,8 @@ class Worker:
             rng.seed_everything(spec.data.seed)
             self.model_config = spec.model.bert_config(stream.index.vocab_size)
             pad_id = int((getattr(stream.index, "special_tokens", None) or {}).get("[PAD]", 0))
-            model = build_model(self.model_config, spec.data.nsp, pad_token_id=pad_id)
+            model = MaskedPositionsPretraining(build_model(self.model_config, spec.data.nsp, pad_token_id=pad_id),
+                                               spec.data.nsp)
             self.device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
             model.to(self.device)
             rng.seed_rank(spec.data.seed, self.rank)
@@ -194,16 +196,11 @@ class Worker:
     def _step(self, batch, step: int) -> M.StepMetrics:
         acc = M.StepAccumulator(started=self.step_end)
         lr = float(self.engine.get_lr()[0])
-        nsp = self.job.spec.data.nsp
         for micro in batch.micro_batches:
-            inputs = _to_device(micro, self.device)
-            labels = {k: inputs.pop(k) for k in ("labels", "next_sentence_label") if k in inputs}
-            outputs = self.engine(**inputs)
-            loss, mlm_loss, nsp_loss, stats = M.mlm_nsp_losses(outputs, {**inputs, **labels}, nsp)
-            self.engine.backward(loss)
+            out = self.engine(**_to_device(micro, self.device))
+            self.engine.backward(out["loss"])
             self.engine.step()
-            acc.add(float(loss.detach()), float(mlm_loss.detach()),
-                    None if nsp_loss is None else float(nsp_loss.detach()), stats)
+            acc.add_outputs(out)
         if self.heartbeats and self.heartbeats.fenced.is_set():
             acc.raise_flag(M.FLAG_FENCED)
         if self.rank == 0 and time.monotonic() - self.last_flush >= REPORT_EVERY_S:

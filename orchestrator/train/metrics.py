@@ -18,42 +18,19 @@ FLAG_NONFINITE, FLAG_FENCED, FLAG_REPORT, FLAG_SAVE = 9, 10, 11, 12
 _SIZE = 13
 
 
-def mlm_nsp_losses(outputs, batch, nsp: bool):
-    """(loss, mlm_loss, nsp_loss or None, stats) for one micro-batch; the loss equals HF's."""
-    import torch.nn.functional as F
-
-    logits = outputs.prediction_logits if nsp else outputs.logits
-    labels = batch["labels"]
-    mlm_loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.view(-1), ignore_index=-100)
-    stats = {}
-    with _no_grad():
-        mask = labels != -100
-        stats["mlm_ok"] = float((logits.argmax(-1)[mask] == labels[mask]).sum())
-        stats["mlm_n"] = float(mask.sum())
-        stats["tokens"] = float(batch["attention_mask"].sum())
-    if not nsp:
-        return mlm_loss, mlm_loss, None, stats
-    nsp_logits = outputs.seq_relationship_logits.float()
-    nsp_labels = batch["next_sentence_label"].view(-1)
-    nsp_loss = F.cross_entropy(nsp_logits, nsp_labels)
-    with _no_grad():
-        stats["nsp_ok"] = float((nsp_logits.argmax(-1) == nsp_labels).sum())
-        stats["nsp_n"] = float(nsp_labels.numel())
-    return mlm_loss + nsp_loss, mlm_loss, nsp_loss, stats
-
-
-def _no_grad():
-    import torch
-
-    return torch.no_grad()
-
-
 @dataclass
 class StepAccumulator:
     """Raw sums of one rank over the micro-batches of one optimizer step."""
 
     started: float = field(default_factory=time.perf_counter)  # end of the previous step: wall throughput
     values: list[float] = field(default_factory=lambda: [0.0] * _SIZE)
+
+    def add_outputs(self, out: dict) -> None:
+        """One micro-batch's outputs of train/heads.MaskedPositionsPretraining."""
+        stats = {k: float(out[k]) for k in ("mlm_ok", "mlm_n", "nsp_ok", "nsp_n", "tokens") if k in out}
+        nsp = out.get("nsp_loss")
+        self.add(float(out["loss"].detach()), float(out["mlm_loss"].detach()),
+                 None if nsp is None else float(nsp.detach()), stats)
 
     def add(self, loss: float, mlm_loss: float, nsp_loss: float | None, stats: dict[str, float]) -> None:
         v = self.values

@@ -120,3 +120,15 @@ def test_resume_on_another_world_size_keeps_global_batch_and_data_order(referenc
     assert all(abs(mine["mlm_loss"] - theirs["mlm_loss"]) < 0.2 for mine, theirs in zip(rows, ref[20:24]))
     state = json.loads((ckpt / "step-00000024" / "attempt-00000001" / "state.json").read_text())
     assert state["world_size"] == 1 and state["global_batch_size"] == 16
+
+
+def test_bertctl_export_of_one_step_directory(reference, tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    tmp, _ = reference
+    result = CliRunner().invoke(app, ["export", str(tmp / "ckpt" / "step-00000020"), "--output", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert "exported step 20" in result.output
+    assert (tmp_path / "hf" / "model.safetensors").is_file()

@@ -1,0 +1,50 @@
+"""`bertctl run` (prepare from a manifest's source -> train -> export -> fill-mask) and `bertctl export`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from tests.train.conftest import MODULES, manifest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bertctl_run_prepares_trains_exports_and_fills_masks(tmp_path):
+    from orchestrator.data.sources import module_docstrings, stdlib_files
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(module_docstrings(f) for f in stdlib_files() if f.stem in MODULES[:8]))
+    job = manifest(tmp_path / "job.yaml", tmp_path / "shards", tmp_path / "out" / "ckpt", steps=6, every=3,
+                   name="cli-run")
+    doc = yaml.safe_load(job.read_text())
+    doc["spec"]["data"]["prepare"] = {"inputs": [str(corpus)]}
+    job.write_text(yaml.safe_dump(doc))
+    out = subprocess.run([str(Path(sys.executable).with_name("bertctl")), "run", str(job)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (tmp_path / "shards" / "index.json").is_file()
+    assert "trained steps 1-6" in out.stdout
+    assert (tmp_path / "out" / "export" / "model.safetensors").is_file()
+    assert "[MASK]" in out.stdout and "->" in out.stdout  # the fill-mask example was printed
+
+
+def test_bertctl_run_rejects_a_bad_manifest_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: bertctl/v1\nkind: PretrainJob\nmetadata: {name: x}\nspec: {training: {}}\n")
+    out = subprocess.run([str(Path(sys.executable).with_name("bertctl")), "run", str(bad)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "spec.data" in out.stderr
+
+
+def test_bertctl_export_of_a_missing_checkpoint_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "nothing"), "--output", str(tmp_path / "hf")])
+    assert result.exit_code != 0
+    assert "no committed checkpoint" in str(result.exception) + (result.output or "")
