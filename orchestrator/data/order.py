@@ -35,6 +35,8 @@ class EpochOrder:
         return perm
 
     def stream_index(self, positions: np.ndarray) -> np.ndarray:
+        if self.window == 1:  # no row shuffle: the stream order itself
+            return positions.copy()
         blocks = positions // self.window
         b0, b1 = int(blocks.min()), int(blocks.max())
         if b0 == b1:  # positions are contiguous: usually one window
