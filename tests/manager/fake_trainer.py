@@ -68,6 +68,8 @@ def main():
     step_s = float(labels.get("fake-step-s", "0.05"))
     start = newest_checkpoint(root)
     print(f"attempt {attempt} starting at step {start} mtbp={os.environ.get('BERTCTL_MTBP_S')}", flush=True)
+    leaked = sorted(k for k in ("BERTCTL_ADMIN_TOKEN", "BERTCTL_TOKEN", "BERTCTL_DATABASE_URL") if k in os.environ)
+    print(f"manager secrets in my environment: {leaked}", flush=True)
     ckpt, ckpt_s = None, 0.0
     base = {"attempt": attempt, "max_steps": max_steps, "world_size": 1}
     silent = special and labels.get("fake-no-heartbeat") == "1"

@@ -35,6 +35,8 @@ def test_manager_kill9_and_restart_loses_nothing(tmp_path):
         assert len(job["attempts"]) == 1 and job["attempts"][0]["exit_code"] == 0
         # checkpoints committed while the manager was down are learnt from the next heartbeat
         assert job["checkpoint"]["step"] == 60 and job["checkpoints"] >= 2
+        log = (data / "jobs" / job_id / "attempt-1" / "trainer.log").read_text()
+        assert "manager secrets in my environment: []" in log, "the admin token never reaches a trainer"
         pgid = int((data / "jobs" / job_id / "attempt-1" / "pid").read_text())
         assert not group_alive(pgid)
     finally:
