@@ -2,8 +2,9 @@
 
 One thread reads whole shards in an epoch's shard order (crossing into the next epochs), checks
 each against the index and hands numpy arrays to the stream. Bytes held (queued or still used by
-the stream) stay within ``budget`` - except that one shard is always allowed when the stream is
-waiting, so a shard larger than the budget cannot deadlock it. The sha256 of a shard is computed
+the stream) stay within ``budget`` - except that one more shard is always allowed when the stream
+is waiting for data it needs, so a shard larger than the budget (or a shuffle window spanning more
+shards than fit in it) cannot deadlock it: the peak is at most max(budget, the shards one shuffle window spans) + one shard. The sha256 of a shard is computed
 on the bytes already read (never a second read) and only on the first read in this process:
 later epochs trust the verified bytes' digest, size, schema and row count.
 """
