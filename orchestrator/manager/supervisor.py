@@ -34,6 +34,7 @@ class Supervisor:
         self.cancel_grace_s = cancel_grace_s  # None: the manifest's preemption deadline + 5 s
         self.interval_s = interval_s
         self._adopted_at: dict[tuple[str, int], float] = {}
+        self._busy: set[str] = set()   # jobs whose attempt is being stopped in a background thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,6 +79,8 @@ class Supervisor:
     # -- one job --------------------------------------------------------------------------------
 
     def _reconcile(self, job: dict[str, Any], att: dict[str, Any] | None, now: float) -> None:
+        if job["id"] in self._busy:
+            return
         live = att is not None and att["state"] != AttemptState.ENDED.value
         if job["cancel_requested"]:
             self._cancel(job, att if live else None, now)
@@ -124,8 +127,8 @@ class Supervisor:
                       exit_code=status.exit_code, message=status.message)
         elif self._stalled(job, att, now):
             timeout = job["manifest"]["spec"]["recovery"]["heartbeat_timeout_s"]
-            self._end(job, att["number"], att["handle"], EndReason.HEARTBEAT_TIMEOUT, now,
-                      grace_s=self.stall_grace_s, message=f"no heartbeat for {timeout:g}s; killed")
+            self._end_in_background(job, att["number"], att["handle"], EndReason.HEARTBEAT_TIMEOUT, now,
+                                    grace_s=self.stall_grace_s, message=f"no heartbeat for {timeout:g}s; killed")
 
     def _stalled(self, job: dict[str, Any], att: dict[str, Any], now: float) -> bool:
         timeout = job["manifest"]["spec"]["recovery"]["heartbeat_timeout_s"]
@@ -151,8 +154,24 @@ class Supervisor:
         grace = self.cancel_grace_s
         if grace is None:
             grace = job["manifest"]["spec"]["checkpoint"]["preemption_deadline_s"] + 5.0
-        self._end(job, att["number"], att["handle"], EndReason.CANCELLED, now, grace_s=grace,
-                  message="cancelled by a user")
+        self._end_in_background(job, att["number"], att["handle"], EndReason.CANCELLED, now, grace_s=grace,
+                                message="cancelled by a user")
+
+    def _end_in_background(self, job: dict[str, Any], number: int, handle: str, reason: EndReason, now: float,
+                           grace_s: float, message: str) -> None:
+        """Stopping with a grace period takes seconds: do it beside the loop so other jobs are
+        still supervised meanwhile; the job is skipped until its attempt is fenced and recorded."""
+        self._busy.add(job["id"])
+
+        def run() -> None:
+            try:
+                self._end(job, number, handle, reason, now, message=message, grace_s=grace_s)
+            except Exception:
+                log.exception("stopping job %s attempt %d failed; will retry", job["id"], number)
+            finally:
+                self._busy.discard(job["id"])
+
+        threading.Thread(target=run, name=f"bertctl-stop-{job['id']}", daemon=True).start()
 
     def _end(self, job: dict[str, Any], number: int, handle: str, reason: EndReason, now: float,
              exit_code: int | None = None, message: str = "", grace_s: float = 0.0) -> None:
