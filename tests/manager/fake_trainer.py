@@ -6,6 +6,7 @@ spec.checkpoint.every_steps, handles SIGTERM like a preemption (checkpoint, repo
 Behaviour for tests comes from metadata.labels (only on the attempt named by fake-attempt, default 1):
   fake-step-s: seconds per step       fake-exit-at: "STEP:CODE" exit with CODE after STEP
   fake-hang-at: STEP stop reporting   fake-no-heartbeat: "1" never report
+  fake-ignore-term: "1" ignore SIGTERM (only SIGKILL stops it)
 """
 
 import json
@@ -60,7 +61,10 @@ def main():
     spec, labels = manifest["spec"], manifest["metadata"].get("labels", {})
     attempt = int(os.environ["BERTCTL_ATTEMPT"])
     special = attempt == int(labels.get("fake-attempt", "1"))
-    signal.signal(signal.SIGTERM, _on_term)
+    if special and labels.get("fake-ignore-term") == "1":
+        signal.signal(signal.SIGTERM, lambda *_: print("ignoring SIGTERM", flush=True))
+    else:
+        signal.signal(signal.SIGTERM, _on_term)
     root = Path(spec["checkpoint"]["uri"])
     every = spec["checkpoint"]["every_steps"]
     every = 5 if every == "auto" else int(every)

@@ -127,6 +127,32 @@ def test_cancel_while_running_stops_the_group(mgr, tmp_path):
     assert not _group_members(int(att["handle"]))
 
 
+def test_cancel_while_launching(mgr, tmp_path):
+    job_id = submit(mgr, make_manifest(tmp_path, max_steps=500))
+    mgr.supervisor.reconcile_once()
+    assert mgr.store.get_job(job_id)["phase"] == "LAUNCHING"
+    mgr.store.request_cancel(job_id, time.time())
+    job = drive(mgr, job_id, terminal)
+    att = mgr.store.attempts(job_id)[0]
+    assert job["phase"] == "CANCELLED" and not _group_members(int(att["handle"]))
+
+
+def test_a_slow_stop_does_not_hold_up_other_jobs(mgr, tmp_path):
+    stubborn = submit(mgr, make_manifest(tmp_path, name="stubborn", max_steps=10_000,
+                                         labels={"fake-ignore-term": "1"}))
+    drive(mgr, stubborn, lambda j: j["phase"] == "RUNNING")
+    mgr.store.request_cancel(stubborn, time.time())
+    mgr.supervisor.reconcile_once()  # starts stopping it: SIGTERM is ignored, SIGKILL after the grace
+    other = submit(mgr, make_manifest(tmp_path, name="other", max_steps=5))
+    job = drive(mgr, other, terminal)
+    done = drive(mgr, stubborn, terminal)
+    assert job["phase"] == "SUCCEEDED" and done["phase"] == "CANCELLED"
+    # a loop blocked by the 10 s grace could not even have launched `other` before the stop ended
+    assert mgr.store.attempts(other)[0]["created_at"] < done["ended_at"]
+    assert "ignoring SIGTERM" in Path(mgr.store.attempts(stubborn)[0]["log_path"]).read_text()
+    assert not _group_members(int(mgr.store.attempts(stubborn)[0]["handle"]))
+
+
 def test_cancel_while_recovering_never_relaunches(mgr, tmp_path):
     job_id = submit(mgr, make_manifest(tmp_path, max_steps=6, labels={"fake-exit-at": "2:69"},
                                        backoff_s=3600.0, max_backoff_s=3600.0))
