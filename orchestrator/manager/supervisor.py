@@ -176,7 +176,9 @@ class Supervisor:
     def _end(self, job: dict[str, Any], number: int, handle: str, reason: EndReason, now: float,
              exit_code: int | None = None, message: str = "", grace_s: float = 0.0) -> None:
         # Fence first: nothing of attempt `number` may run once it is recorded ENDED.
+        started = time.monotonic()
         self._backend(job).terminate(job["id"], number, handle, grace_s)
+        now += time.monotonic() - started  # recorded as ended when it was confirmed gone
         recovery = job["manifest"]["spec"]["recovery"]
         decision = decide(reason, job["restarts_used"], recovery["max_restarts"],
                           recovery["backoff_s"], recovery["max_backoff_s"])
