@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.contract import EndReason
-from orchestrator.errors import PermanentError
+from orchestrator.errors import PermanentError, TemporaryError
 from orchestrator.manager import db
 from orchestrator.manager.models import ACTIVE, TERMINAL, Attempt, AttemptState, Checkpoint, Event, Job, Phase, Token
 from orchestrator.manager.policy import INTERRUPTIONS, Action, Decision
@@ -41,7 +41,13 @@ class Store:
         return self.engine.dialect.name
 
     def migrate(self) -> None:
-        db.migrate(self.engine, self.schema)
+        try:
+            db.migrate(self.engine, self.schema)
+        except OperationalError as exc:
+            where = self.engine.url.render_as_string(hide_password=True)
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            raise TemporaryError(f"cannot open the database {where} ({first}); check --database-url / "
+                                 "BERTCTL_DATABASE_URL and that the server is up", 5.0) from None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -89,3 +89,15 @@ def test_errors_are_one_line_exit_2(server, case):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     if token and case == "bad-token":
         assert token not in r.stderr
+
+
+def test_server_without_token_or_database_is_one_line_exit_2(tmp_path):
+    r = bertctl("server", "--port", "0", "--data-dir", str(tmp_path), token=None)
+    assert r.returncode == 2 and "BERTCTL_ADMIN_TOKEN" in r.stderr and "Traceback" not in r.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTCTL_")}
+    env["BERTCTL_ADMIN_TOKEN"] = ADMIN
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "server", "--port", "0", "--data-dir",
+                        str(tmp_path), "--database-url", "postgresql://postgres:hunter2@127.0.0.1:1/x"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cannot open the database" in r.stderr
+    assert "hunter2" not in r.stderr and "Traceback" not in r.stderr
