@@ -23,7 +23,8 @@ from orchestrator import storage as st
 from orchestrator.cli.common import app, console, console_err
 from orchestrator.spec import PretrainJob, load_manifest
 
-FILL_MASK_EXAMPLES = ["the [MASK] of the module.", "return a new [MASK] object."]
+FILL_MASK_EXAMPLES = ["the [MASK] of the module.", "return a new [MASK] object.",
+                      "raise an [MASK] if the file does not exist."]
 
 
 def _default_dirs(job: PretrainJob, export_dir: Optional[Path]) -> tuple[Path, Path]:
@@ -80,11 +81,16 @@ def _launch(manifest: Path, work_dir: Path, metrics: Path, log_path: Path) -> su
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _fill_mask(export_dir: Path) -> None:
-    from transformers import pipeline
+def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _fill_mask(export_dir: Path) -> None:
+    from transformers import pipeline
+
     fill = pipeline("fill-mask", model=str(export_dir), device="cpu")
     for text in FILL_MASK_EXAMPLES:
         preds = fill(text, top_k=5)
@@ -130,6 +136,7 @@ def run_cmd(
         return
     from orchestrator.train.export import export_checkpoint
 
+    _quiet_transformers()
     out = export_checkpoint(job.spec.checkpoint.uri, export_to)
     console.print(f"exported step {out.step} ({out.parameters:,} parameters) to {out.output}", highlight=False)
     _fill_mask(out.output)

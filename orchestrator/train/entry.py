@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -162,4 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     beat = _final_beat(identity, job, code, reason, message, _last_metrics(metrics_file))
     HeartbeatClient(identity).send_final(beat)
     log.info("attempt ended: %s (exit %d) after %.1fs", reason.value, int(code), time.time() - started)
+    if args.work_dir is None:  # our own temporary directory (Ray results, scratch, metrics)
+        shutil.rmtree(work_dir, ignore_errors=True)
     return int(code)
