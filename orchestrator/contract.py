@@ -78,6 +78,15 @@ class CheckpointRef(BaseModel):
     save_seconds: float | None = Field(None, ge=0, description="Wall time of the save and commit.")
 
 
+class SkippedCheckpoint(BaseModel):
+    """A committed checkpoint the trainer refused to load (partial or corrupt), and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    step: int = Field(ge=0)
+    uri: str = Field(max_length=1000)
+    reason: str = Field(max_length=500)
+
+
 class Heartbeat(BaseModel):
     """POST /v1/jobs/{job_id}/heartbeat, with the attempt token as bearer.
 
@@ -101,3 +110,5 @@ class Heartbeat(BaseModel):
     checkpoint: CheckpointRef | None = Field(None, description="Newest committed checkpoint.")
     resumed_from_step: int | None = Field(None, ge=0, description="Set on an attempt's first report.")
     checkpoint_seconds: float | None = Field(None, ge=0, description="Time spent checkpointing so far.")
+    skipped_checkpoints: list[SkippedCheckpoint] | None = Field(
+        None, max_length=8, description="Checkpoints this attempt skipped when loading (recorded once as events).")

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.contract import EndReason, Heartbeat
-from orchestrator.manager.models import TERMINAL, Attempt, AttemptState, Checkpoint, Job, Phase
+from orchestrator.manager.models import TERMINAL, Attempt, AttemptState, Checkpoint, Event, Job, Phase
 from orchestrator.manager.store import Store
 
 _FINAL_REASONS = {"succeeded": EndReason.SUCCEEDED, "preempted": EndReason.PREEMPTED,
@@ -41,6 +41,7 @@ def apply_heartbeat(store: Store, job_id: str, hb: Heartbeat, now: float) -> Out
             return Outcome.STALE
         _progress(s, job, att, hb, now)
         changed = hb.checkpoint is not None and _checkpoint(store, s, job, att, hb, now)
+        changed = bool(hb.skipped_checkpoints) and _skipped(store, s, job, att, hb, now) or changed
         changed = changed or job.phase == Phase.LAUNCHING.value or hb.status != "running"
         if changed:
             # A progress-only heartbeat is superseded by the next one within seconds and need not
@@ -109,6 +110,22 @@ def _checkpoint(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat,
     store.event(s, job.id, "checkpoint", f"checkpoint committed at step {ref.step}: {ref.uri}", now,
                 attempt=att.number, step=ref.step, uri=ref.uri)
     return True
+
+
+def _skipped(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> bool:
+    """One event per skipped checkpoint and attempt (the trainer repeats them until one lands)."""
+    seen = s.scalars(select(Event.data).where(Event.job_id == job.id, Event.attempt == att.number,
+                                              Event.type == "checkpoint_skipped"))
+    seen_steps = {d.get("step") for d in seen if isinstance(d, dict)}
+    added = False
+    for sk in hb.skipped_checkpoints or []:
+        if sk.step in seen_steps:
+            continue
+        store.event(s, job.id, "checkpoint_skipped", f"checkpoint step {sk.step} at {sk.uri} skipped: {sk.reason}",
+                    now, attempt=att.number, step=sk.step, uri=sk.uri, reason=sk.reason)
+        seen_steps.add(sk.step)
+        added = True
+    return added
 
 
 def _final(store: Store, s: Session, att: Attempt, hb: Heartbeat, now: float) -> None:
