@@ -36,14 +36,24 @@ def server_cmd(
                                             "$BERTCTL_DATA_DIR or ~/.bertctl)."),
     supervise: bool = typer.Option(True, "--supervise/--no-supervise", help="Run the supervisor loop "
                                    "(--no-supervise: API only, e.g. for benchmarks)."),
+    backend: str = typer.Option("local", "--backend", envvar="BERTCTL_BACKEND", help="Where new jobs run: "
+                                "local (process groups on this machine) or kuberay (a RayJob per attempt)."),
+    check: bool = typer.Option(False, "--check-config", help="Check the token, backend and database URL, "
+                               "print the resolved settings and exit (no database, socket or cluster is touched)."),
 ) -> None:
     """Run the job manager (API + supervisor) in the foreground. Needs BERTCTL_ADMIN_TOKEN(_FILE)."""
-    from orchestrator.manager.server import Manager, ManagerConfig, default_data_dir
+    from orchestrator.manager.server import Manager, ManagerConfig, check_config, default_data_dir
 
     cfg = ManagerConfig(host=host, port=port, database_url=database_url, data_dir=data_dir or default_data_dir(),
-                        supervise=supervise)
+                        supervise=supervise, backend=backend)
+    if check:
+        settings = check_config(cfg)
+        console.print("config ok: " + " ".join(f"{k}={v}" for k, v in settings.items()), highlight=False,
+                      soft_wrap=True)
+        return
     manager = Manager(cfg)
-    console.print(f"bertctl manager on {manager.url} (database: {manager.store.dialect}, data: {cfg.data_dir})",
+    console.print(f"bertctl manager on {manager.url} (backend: {cfg.backend}, database: {manager.store.dialect}, "
+                  f"data: {cfg.data_dir})",
                   highlight=False)
     manager.serve_forever()
 

@@ -6,6 +6,7 @@ runs in threads. Binding the socket ourselves lets port 0 pick a free port.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shlex
@@ -27,6 +28,11 @@ from orchestrator.manager.store import Store
 from orchestrator.manager.supervisor import Supervisor
 
 ENV_DATABASE_URL = "BERTCTL_DATABASE_URL"
+ENV_BACKEND = "BERTCTL_BACKEND"
+# Backends register themselves when their module is imported (base.register); importing one
+# only on demand keeps a plain local manager from loading the Kubernetes client.
+BACKEND_MODULES = {"local": "orchestrator.manager.backends.local",
+                   "kuberay": "orchestrator.manager.backends.kuberay"}
 ENV_DATA_DIR = "BERTCTL_DATA_DIR"
 # A different trainer command (e.g. a site wrapper); the manifest path is appended as --manifest.
 ENV_TRAINER_COMMAND = "BERTCTL_TRAINER_COMMAND"
@@ -35,6 +41,13 @@ ENV_TRAINER_COMMAND = "BERTCTL_TRAINER_COMMAND"
 def trainer_command_from_env() -> list[str] | None:
     raw = os.environ.get(ENV_TRAINER_COMMAND)
     return shlex.split(raw) if raw else None
+
+
+def load_backend(name: str, **options) -> base.Backend:
+    """The backend called ``name``; an unknown name raises the registry's error listing every valid one."""
+    for module in ([BACKEND_MODULES[name]] if name in BACKEND_MODULES else BACKEND_MODULES.values()):
+        importlib.import_module(module)
+    return base.get_backend(name, **options)
 
 
 def default_data_dir() -> Path:
@@ -68,11 +81,11 @@ class Manager:
             raise PermanentError(f"no admin token: set {ENV_ADMIN_TOKEN} (or BERTCTL_ADMIN_TOKEN_FILE) "
                                  "to a random secret, e.g. `openssl rand -hex 32`")
         self.cfg = cfg
+        self.backends = self._backends()  # before the store: a bad --backend must not touch the database
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.resolved_url(), cfg.db_schema)
         self.store.migrate()
         self.auth = Authenticator(self.store, token)
-        self.backends = self._backends()
         self.app = create_app(self.store, self.auth, backend=cfg.backend)
         self.sock = _bind(cfg.host, cfg.port)
         self.port = self.sock.getsockname()[1]
@@ -90,7 +103,7 @@ class Manager:
         backends: dict[str, base.Backend] = {
             "local": LocalBackend(Path(self.cfg.data_dir), trainer_command=self.cfg.trainer_command)}
         if self.cfg.backend != "local":
-            backends[self.cfg.backend] = base.get_backend(self.cfg.backend)
+            backends[self.cfg.backend] = load_backend(self.cfg.backend)
         return backends
 
     def serve_forever(self) -> None:
@@ -102,6 +115,26 @@ class Manager:
         finally:
             self.supervisor.stop()
             self.store.close()
+
+
+def check_config(cfg: ManagerConfig) -> dict[str, str]:
+    """What `bertctl server --check-config` verifies without a database, a socket or a cluster:
+    the admin token is set, the backend exists and builds, the database URL parses."""
+    from orchestrator.manager.db import normalize_url
+    from sqlalchemy.engine import make_url
+
+    if not (cfg.admin_token or admin_token_from_env()):
+        raise PermanentError(f"no admin token: set {ENV_ADMIN_TOKEN} (or BERTCTL_ADMIN_TOKEN_FILE)")
+    load_backend(cfg.backend, **({"data_dir": cfg.data_dir} if cfg.backend == "local" else {}))
+    try:
+        dialect = make_url(normalize_url(cfg.resolved_url())).get_backend_name()
+    except Exception:  # the message would hold the URL and so maybe a password
+        raise PermanentError("cannot parse the database URL; use sqlite:////path/to/db or "
+                             "postgresql://user@host:port/db") from None
+    if dialect not in ("sqlite", "postgresql"):
+        raise PermanentError(f"unsupported database '{dialect}'; use sqlite or postgresql")
+    return {"listen": f"{cfg.host}:{cfg.port}", "backend": cfg.backend, "database": dialect,
+            "data_dir": str(cfg.data_dir), "supervise": str(cfg.supervise).lower()}
 
 
 class ServerThread:
