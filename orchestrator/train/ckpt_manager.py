@@ -70,19 +70,45 @@ class Resume:
 
 class CheckpointManager:
     def __init__(self, store: CheckpointStore, rank: int, world_size: int, attempt: int, scratch: Path,
-                 extra_dirs: dict[str, Path] | None = None):
+                 extra_dirs: dict[str, Path] | None = None, uploader=None, marker_timeout_s: float = 600.0):
         self.store = store
         self.rank = rank
         self.world_size = world_size
         self.attempt = attempt
         self.scratch = Path(scratch)
         self.extra_dirs = extra_dirs or {}  # rank 0 copies these (e.g. tokenizer/) into every checkpoint
-        self.seconds_total = 0.0
+        self.seconds_total = 0.0  # time training was blocked by checkpoints (the stall)
         self.last: SaveResult | None = None
+        # Async upload (checkpoint.async_upload): train/uploader.AsyncUploader; None = synchronous.
+        self.uploader = uploader
+        self.marker_timeout_s = marker_timeout_s
+        self.commit_cost_s: float | None = None  # last save's full time, write to commit (async too)
+        self.stale = False  # rank 0: a background commit was refused because a newer attempt exists
+        self.skipped: list[tuple[int, str, str]] = []
 
     # ----- save
     def save(self, engine, state: TrainState) -> SaveResult:
+        """Synchronous: returns after the commit. Async: returns once the shards are staged locally."""
         started = time.perf_counter()
+        staging = self._stage(engine, state)
+        if self.uploader is not None:
+            return self._save_async(staging, state, started)
+        entries, upload_error = self._upload(staging, state.step)
+        gathered = _gather((entries, upload_error))
+        outcome = self._commit(state, gathered) if self.rank == 0 else None
+        outcome = _broadcast(outcome)
+        shutil.rmtree(staging.parent, ignore_errors=True)
+        if outcome[0] != "ok":
+            raise _rebuild(outcome)
+        result = SaveResult(state.step, self.store.step_uri(state.step), self.world_size,
+                            time.perf_counter() - started)
+        self.seconds_total += result.seconds
+        self.commit_cost_s = result.seconds
+        self.last = result
+        return result
+
+    def _stage(self, engine, state: TrainState) -> Path:
+        """Collective: DeepSpeed shards, RNG state (+ state.json, tokenizer on rank 0) in local staging."""
         staging = self.scratch / f"save-{state.step:08d}" / f"rank-{self.rank:05d}"
         shutil.rmtree(staging, ignore_errors=True)
         error = self._prepare_step(state.step)
@@ -94,18 +120,87 @@ class CheckpointManager:
             (staging / STATE).write_bytes(state.to_json())
             for name, src in self.extra_dirs.items():
                 shutil.copytree(src, staging / name, dirs_exist_ok=True)
-        entries, upload_error = self._upload(staging, state.step)
-        gathered = _gather((entries, upload_error))
-        outcome = self._commit(state, gathered) if self.rank == 0 else None
-        outcome = _broadcast(outcome)
-        shutil.rmtree(staging.parent, ignore_errors=True)
-        if outcome[0] != "ok":
-            raise _rebuild(outcome)
-        result = SaveResult(state.step, self.store.step_uri(state.step), self.world_size,
-                            time.perf_counter() - started)
-        self.seconds_total += result.seconds
+        return staging
+
+    # ----- async save: upload in the background, commit when every rank's files landed
+    def _save_async(self, staging: Path, state: TrainState, started: float) -> SaveResult:
+        """No collective runs in the background: each rank writes a marker object when its uploads
+        landed (or failed); rank 0's committer waits for every marker, then writes the manifest."""
+        from orchestrator.train import uploader as up
+
+        self.raise_if_stale()
+        step_uri = self.store.step_uri(state.step)
+        futures = self.uploader.submit_dir(staging, step_uri, prefix=attempt_dir_name(self.attempt))
+        stall = time.perf_counter() - started
+
+        def commit(files: list) -> SaveResult | None:
+            up.write_rank_marker(self.store.storage, step_uri, self.rank, files)
+            if self.rank != 0:
+                return None
+            return self._commit_async(state, step_uri, started)
+
+        def failed(exc: BaseException) -> None:
+            log.warning("checkpoint step %d: rank %d upload failed, it stays uncommitted: %s",
+                        state.step, self.rank, exc)
+            try:
+                up.write_rank_failure(self.store.storage, step_uri, self.rank, f"{type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001 - rank 0 then times out waiting; still no commit
+                pass
+
+        self.uploader.commit_after(futures, commit, cleanup=lambda: shutil.rmtree(staging.parent, ignore_errors=True),
+                                   on_error=failed)
+        self.seconds_total += stall
+        return SaveResult(state.step, step_uri, self.world_size, stall)
+
+    def _commit_async(self, state: TrainState, step_uri: str, started: float) -> SaveResult:
+        from orchestrator.train import uploader as up
+
+        try:
+            files = up.gather_rank_markers(self.store.storage, step_uri, self.world_size, self.marker_timeout_s)
+            entries = [FileEntry(f.name, f.size, f.sha256) for f in files]
+            self.store.commit(state.step, self.attempt, self.world_size, entries,
+                              extra={"zero_stage": state.zero_stage, "tokens_seen": state.tokens_seen})
+        except StaleAttemptError:
+            self.stale = True  # the loop stops every rank at the next step (fenced)
+            raise
+        self.store.apply_retention()
+        result = SaveResult(state.step, step_uri, self.world_size, time.perf_counter() - started)
+        self.commit_cost_s = result.seconds
         self.last = result
+        log.info("checkpoint step %d committed in the background (%.2fs after it started)", state.step,
+                 result.seconds)
         return result
+
+    def raise_if_stale(self) -> None:
+        if self.stale:
+            raise StaleAttemptError(f"attempt {self.attempt} is stale: a newer attempt registered; "
+                                    "its background commit was refused")
+
+    def wait_committed(self, timeout_s: float | None) -> str | None:
+        """Collective: wait (bounded) for this rank's in-flight uploads/commit; None when every rank's
+        background work finished without error, else why not (the same answer on every rank)."""
+        if self.uploader is None:
+            return None
+        error = None
+        if not self.uploader.flush(timeout_s):
+            error = f"rank {self.rank}: checkpoint upload/commit still running after {timeout_s:.1f} s"
+        else:
+            try:
+                self.uploader.raise_if_failed()
+            except Exception as exc:  # noqa: BLE001 - every rank must learn the outcome
+                error = f"rank {self.rank}: {type(exc).__name__}: {exc}"
+        errors = [e for e in _gather(error) if e]
+        return "; ".join(errors) if errors else None
+
+    def background_failures(self) -> list[str]:
+        """Finished background saves that failed on this rank (logged; training goes on)."""
+        if self.uploader is None:
+            return []
+        try:
+            self.uploader.raise_if_failed()  # raises the first failure, forgets every finished one
+            return []
+        except Exception as exc:  # noqa: BLE001
+            return [f"{type(exc).__name__}: {exc}"]
 
     def _prepare_step(self, step: int) -> Exception | None:
         """Rank 0 refuses early when stale and clears a leftover uncommitted directory of this step."""
@@ -141,10 +236,16 @@ class CheckpointManager:
 
     # ----- load
     def find(self, max_step: int | None = None) -> "Resume | None":
-        """Collective: the newest committed, verified checkpoint, materialized on every rank."""
+        """Collective: the newest committed, verified checkpoint, materialized on every rank.
+
+        Rank 0 keeps the ones it skipped (partial or corrupt) in ``skipped`` as (step, uri, reason).
+        """
         choice = None
+        self.skipped: list[tuple[int, str, str]] = []
         if self.rank == 0:
-            found = self.store.newest_verified(self.scratch / "load", max_step=max_step)
+            found = self.store.newest_verified(
+                self.scratch / "load", max_step=max_step,
+                on_skip=lambda c, why: self.skipped.append((c.step, c.uri, why)))
             choice = found[0].step if found else None
         choice = _broadcast(choice)
         if choice is None:

@@ -123,7 +123,9 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     scratch.mkdir(parents=True, exist_ok=True)
     notice_file = os.environ.get(ENV_NOTICE_FILE) or str(work_dir / "preemption-notice")
     loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,
-                   "manager_url": identity.manager_url, "scratch_root": str(scratch), "notice_file": notice_file}
+                   "manager_url": identity.manager_url, "scratch_root": str(scratch), "notice_file": notice_file,
+                   # debugging / tests: rank 0 saves the module state right after a load (<path>-stepN.pt)
+                   "dump_loaded": os.environ.get("BERTCTL_DUMP_LOADED_STATE")}
     owned = start_ray(job)
     # After ray.init (which would replace it): SIGTERM only sets a flag and the relay writes the
     # notice file the workers poll, so fit() returns after a committed checkpoint (exit 75).

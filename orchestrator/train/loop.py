@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import storage as st
-from orchestrator.contract import ENV_ATTEMPT_TOKEN, CheckpointRef, Heartbeat
+from orchestrator.contract import ENV_ATTEMPT_TOKEN, CheckpointRef, Heartbeat, SkippedCheckpoint
+from orchestrator.errors import CheckpointError
 from orchestrator.model import build_model
 from orchestrator.spec import PretrainJob, parse_manifest
 from orchestrator.train import metrics as M
@@ -108,7 +109,18 @@ class Worker:
         finally:
             if self.heartbeats:
                 self.heartbeats.close()
+            uploader = getattr(getattr(self, "ckpts", None), "uploader", None)
+            if uploader is not None:
+                uploader.close(timeout=0)  # everything that had to land was waited for already
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _uploader(self):
+        """checkpoint.async_upload: shards upload in the background while training goes on."""
+        if not self.job.spec.checkpoint.async_upload:
+            return None
+        from orchestrator.train.uploader import AsyncUploader
+
+        return AsyncUploader(max_workers=4)
 
     def _run(self) -> None:
         import torch
@@ -116,7 +128,9 @@ class Worker:
         spec = self.job.spec
         ckpt_spec = spec.checkpoint
         store = CheckpointStore(ckpt_spec.uri, keep_last=ckpt_spec.keep_last)
-        self.ckpts = CheckpointManager(store, self.rank, self.world_size, self.identity.attempt, self.scratch)
+        self.ckpts = CheckpointManager(store, self.rank, self.world_size, self.identity.attempt, self.scratch,
+                                       uploader=self._uploader())
+        log.info("timing: load_start=%.3f", time.time())
         resume = self.ckpts.find(max_step=spec.training.max_steps)
         stream = _stream_factory(self.config)(self.job, self.rank, self.world_size,
                                               resume.state.cursor if resume else None)
@@ -136,6 +150,8 @@ class Worker:
             self.engine = build_engine(self.job, model, self.world_size, self.on_gpu,
                                        load_universal=bool(plan and plan.load_universal))
             state = self.ckpts.restore(self.engine, resume, plan) if resume else None
+            log.info("timing: loaded=%.3f", time.time())
+            self._dump_loaded(state)
             self._train(stream, state)
         finally:
             stream.close()
@@ -153,6 +169,23 @@ class Worker:
         return prepare_resume(str(resume.local / resume.ckpt.root), DS_TAG, resume.state.world_size,
                               self.world_size, resume.state.zero_stage, str(work), is_converter=is_converter,
                               barrier=dist.barrier if dist.is_initialized() else None)
+
+    def _dump_loaded(self, state: TrainState | None) -> None:
+        """Tests: rank 0 writes the full module state right after a load (ZeRO-1/2 keep full
+        parameters on every rank) so it can be compared with the saved checkpoint's fp32 weights."""
+        path = self.config.get("dump_loaded")
+        if not path or state is None or self.rank != 0:
+            return
+        import torch
+
+        torch.save({k: v.detach().cpu().clone() for k, v in self.engine.module.state_dict().items()},
+                   f"{path}-step{state.step:08d}.pt")
+
+    def _save_cost(self) -> float | None:
+        """For the preemption decision: the full time to a commit (with async upload: to the
+        background commit, which a preemption has to wait for), once one was measured."""
+        known = [x for x in (self.ckpts.commit_cost_s, self.interval.save_cost_s) if x is not None]
+        return max(known) if known else None
 
     def _train(self, stream, state: TrainState | None) -> None:
         t = self.job.spec.training
@@ -174,11 +207,15 @@ class Worker:
             if m.fenced:
                 raise FencedError(f"attempt {self.identity.attempt} was fenced by the manager at step {step}")
             self.interval.record_step(m.seconds)
-            decision = self.watcher.poll(self.interval.save_cost_s)  # collective: same answer on every rank
+            decision = self.watcher.poll(self._save_cost())  # collective: same answer on every rank
             saved = None
             if m.save or step == t.max_steps or decision is Decision.CHECKPOINT_AND_STOP:
                 saved = self._save(step, tokens, cursor)
                 last_saved = step
+            if decision is not Decision.CONTINUE:
+                # An async save (this one or an earlier one) must land within the deadline, or stay uncommitted.
+                failed = self.ckpts.wait_committed(max(0.0, self.watcher.time_left()))
+                saved = None if failed else saved
             self._report(m, step, tokens, batch, resumed_from, saved, force_flush=decision is not Decision.CONTINUE)
             resumed_from = None
             if decision is not Decision.CONTINUE:
@@ -186,6 +223,9 @@ class Worker:
                                      + ("checkpoint committed" if saved else "too late to checkpoint"))
         if last_saved != step:  # resumed at max_steps with no checkpoint of it yet
             self._save(step, tokens, cursor)
+        failed = self.ckpts.wait_committed(None)
+        if failed:
+            raise CheckpointError(f"the checkpoint of step {step} (max_steps) did not commit: {failed}")
         self._flush()
 
     def _save_due(self, step: int) -> bool:
@@ -201,7 +241,7 @@ class Worker:
             self.engine.backward(out["loss"])
             self.engine.step()
             acc.add_outputs(out)
-        if self.heartbeats and self.heartbeats.fenced.is_set():
+        if (self.heartbeats and self.heartbeats.fenced.is_set()) or self.ckpts.stale:
             acc.raise_flag(M.FLAG_FENCED)
         if self.rank == 0 and time.monotonic() - self.last_flush >= REPORT_EVERY_S:
             acc.raise_flag(M.FLAG_REPORT)
@@ -219,6 +259,8 @@ class Worker:
             attempt=self.identity.attempt, zero_stage=ds.zero_stage,
             global_batch_size=self.job.spec.training.global_batch_size, job_id=self.identity.job_id,
             lr_scheduler=_scheduler_state(sched), model_config=self.model_config, nsp=self.job.spec.data.nsp)
+        for failure in self.ckpts.background_failures():
+            log.warning("an earlier background checkpoint stayed uncommitted: %s", failure)
         result = self.ckpts.save(self.engine, state)
         self.interval.record_save(step, result.seconds)
         return result
@@ -233,6 +275,7 @@ class Worker:
                    "sample_ids": [int(i) for i in getattr(batch, "sample_ids", [])]}
             if saved is not None:
                 row["checkpoint_step"] = saved.step
+                row["checkpoint_stall_s"] = saved.seconds  # how long training waited for this save
             self.rows.append(row)
         if m.report or saved is not None or step == t.max_steps or force_flush:
             self._flush()
@@ -253,7 +296,9 @@ class Worker:
                          max_steps=self.job.spec.training.max_steps, loss=_finite(m.loss),
                          mlm_accuracy=m.mlm_accuracy, nsp_accuracy=m.nsp_accuracy, tokens_per_s=m.tokens_per_s,
                          lr=m.lr, tokens_seen=tokens, world_size=self.world_size, checkpoint=ckpt,
-                         resumed_from_step=resumed_from, checkpoint_seconds=self.ckpts.seconds_total)
+                         resumed_from_step=resumed_from, checkpoint_seconds=self.ckpts.seconds_total,
+                         skipped_checkpoints=[SkippedCheckpoint(step=s, uri=u[:1000], reason=r[:500])
+                                              for s, u, r in self.ckpts.skipped[:8]] or None)
 
 
 def _finite(x: float) -> float | None:

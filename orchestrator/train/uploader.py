@@ -111,15 +111,23 @@ class AsyncUploader:
 
     # --- commit ---------------------------------------------------------------------------------
     def commit_after(self, uploads: list[Future], commit_fn: Callable[[list[Uploaded]], object],
-                     cleanup: Callable[[], None] | None = None) -> Future:
+                     cleanup: Callable[[], None] | None = None,
+                     on_error: Callable[[BaseException], None] | None = None) -> Future:
         """In the background: wait for ``uploads``; only if all succeeded call ``commit_fn(files)``.
 
-        ``cleanup`` (e.g. removing the local staging directory) runs afterwards either way.
+        ``cleanup`` (e.g. removing the local staging directory) runs afterwards either way;
+        ``on_error(exc)`` runs when an upload failed (e.g. to tell rank 0 not to wait for this rank).
         The returned future raises what failed (the uploads or the commit).
         """
         def run():
             try:
-                return commit_fn(self.wait_all(list(uploads)))
+                try:
+                    files = self.wait_all(list(uploads))
+                except BaseException as exc:
+                    if on_error is not None:
+                        on_error(exc)
+                    raise
+                return commit_fn(files)
             finally:
                 if cleanup is not None:
                     cleanup()
@@ -170,6 +178,11 @@ def write_rank_marker(storage: st.Storage, step_uri: str, rank: int, files: list
     storage.write_bytes(rank_marker_uri(step_uri, rank), body)
 
 
+def write_rank_failure(storage: st.Storage, step_uri: str, rank: int, error: str) -> None:
+    """Written by a rank whose uploads failed, so rank 0 refuses to commit at once instead of waiting."""
+    storage.write_bytes(rank_marker_uri(step_uri, rank), json.dumps({"rank": rank, "error": error[:500]}).encode())
+
+
 def gather_rank_markers(storage: st.Storage, step_uri: str, world_size: int, timeout_s: float,
                         poll_s: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> list[Uploaded]:
     """Every rank's uploaded files, once all ``world_size`` markers exist; else CheckpointError."""
@@ -179,7 +192,11 @@ def gather_rank_markers(storage: st.Storage, step_uri: str, world_size: int, tim
         for rank in range(world_size):
             uri = rank_marker_uri(step_uri, rank)
             if rank not in found and storage.exists(uri):
-                found[rank] = [Uploaded(**f) for f in json.loads(storage.read_bytes(uri))["files"]]
+                marker = json.loads(storage.read_bytes(uri))
+                if marker.get("error"):
+                    raise CheckpointError(f"{step_uri}: rank {rank} failed to upload its files "
+                                          f"({marker['error']}); the checkpoint stays uncommitted")
+                found[rank] = [Uploaded(**f) for f in marker["files"]]
         if len(found) == world_size:
             return [f for rank in range(world_size) for f in found[rank]]
         if time.monotonic() >= deadline:
