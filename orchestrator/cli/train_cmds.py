@@ -1,8 +1,10 @@
-"""`bertctl run` (prepare -> train on local Ray -> export -> fill-mask) and `bertctl export`.
+"""`bertctl run` (prepare -> train through an embedded manager -> export -> fill-mask) and `bertctl export`.
 
-``run`` launches the trainer entry (``python -m orchestrator.train``) as its own process group,
-exactly as the manager's local backend does, and draws a progress bar from the metrics file
-that the Ray Train controller appends to after every worker report. Ctrl-C kills the group.
+``run`` starts an embedded job manager (loopback API, SQLite store, local backend, supervisor)
+with its data under ``--data-dir`` (default ``.bertctl/run``), submits the job to it and follows
+the job's view: the progress bar is fed by the trainer's heartbeats, and a preempted or lost
+attempt is retried from the newest checkpoint like any other job. Ctrl-C cancels the job (the
+trainer gets SIGTERM, checkpoints and stops) and waits until nothing of it runs.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orchestrator import storage as st
@@ -25,60 +27,123 @@ from orchestrator.spec import PretrainJob, load_manifest
 
 FILL_MASK_EXAMPLES = ["the [MASK] of the module.", "return a new [MASK] object.",
                       "raise an [MASK] if the file does not exist."]
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+DEFAULT_DATA_DIR = Path(".bertctl") / "run"
 
 
-def _default_dirs(job: PretrainJob, export_dir: Optional[Path]) -> tuple[Path, Path]:
-    """(work dir, export dir): next to a local checkpoint URI, else under ./runs/<job>."""
+def _default_export_dir(job: PretrainJob, export_dir: Optional[Path]) -> Path:
+    """Next to a local checkpoint URI, else under ./runs/<job>."""
     uri = job.spec.checkpoint.uri.rstrip("/")
     base = st.local_path(uri).parent if not st.is_s3(uri) else Path("runs") / job.metadata.name
-    return base / "run", (export_dir or base / "export")
+    return export_dir or base / "export"
 
 
-def _read_metrics(path: Path, offset: int) -> tuple[list[dict], int]:
+def _read_metrics(path: Path) -> list[dict]:
     try:
-        with open(path) as f:
-            f.seek(offset)
-            chunk = f.read()
+        lines = path.read_text().splitlines()
     except FileNotFoundError:
-        return [], offset
-    complete = chunk[: chunk.rfind("\n") + 1]
-    rows = [json.loads(line) for line in complete.splitlines() if line.strip()]
-    return rows, offset + len(complete)
+        return []
+    return [r for r in (json.loads(ln) for ln in lines if ln.strip()) if "loss" in r]
 
 
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}  mlm-acc {task.fields[acc]}  {task.fields[tps]} tok/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[attempt]}"),
+        console=console, transient=False,
     )
 
 
-def _follow(proc: subprocess.Popen, metrics: Path, max_steps: int) -> list[dict]:
-    """Update the progress bar until the trainer exits; returns every metrics row."""
-    rows: list[dict] = []
-    offset = 0
+def _bar_fields(view: dict[str, Any]) -> dict[str, Any]:
+    m = view.get("metrics") or {}
+    fmt = lambda k, f: "-" if m.get(k) is None else format(m[k], f)  # noqa: E731
+    attempt = f"attempt {view['current_attempt']}" if view["current_attempt"] else "pending"
+    if view["phase"] not in ("RUNNING", "SUCCEEDED"):
+        attempt += f" ({view['phase'].lower()})"
+    return {"completed": view["step"], "loss": fmt("loss", ".3f"), "acc": fmt("mlm_accuracy", ".3f"),
+            "tps": fmt("tokens_per_s", ",.0f"), "attempt": attempt}
+
+
+def _attempt_line(a: dict[str, Any]) -> str:
+    code = "" if a["exit_code"] is None else f", exit {a['exit_code']}"
+    return (f"attempt {a['number']} ended: {a['end_reason']}{code} at step {a['last_step']}"
+            + (f" ({a['message']})" if a.get("message") else ""))
+
+
+def _follow(client, job_id: str, max_steps: int, poll_s: float = 0.5) -> dict[str, Any]:
+    """Draw the job's progress from its view until it ends; print each attempt that ends on the way."""
+    told: set[int] = set()
     with _progress() as bar:
-        task = bar.add_task("train", total=max_steps, loss="-", acc="-", tps="-")
+        task = bar.add_task("train", total=max_steps, loss="-", acc="-", tps="-", attempt="pending")
         while True:
-            new, offset = _read_metrics(metrics, offset)
-            for row in (r for r in new if "loss" in r):
-                rows.append(row)
-                bar.update(task, completed=row["step"], loss=f"{row['loss']:.3f}",
-                           acc=f"{row.get('mlm_accuracy', 0.0):.3f}", tps=f"{row.get('tokens_per_s', 0.0):,.0f}")
-            if proc.poll() is not None:
-                new, offset = _read_metrics(metrics, offset)
-                rows += [r for r in new if "loss" in r]
-                return rows
-            time.sleep(0.5)
+            view = client.get(job_id)
+            # A final heartbeat may carry no metrics: keep the last values shown.
+            bar.update(task, **{k: v for k, v in _bar_fields(view).items() if v != "-"})
+            for a in view["attempts"]:
+                if a["state"] == "ended" and a["number"] not in told:
+                    told.add(a["number"])
+                    if a["end_reason"] != "succeeded":
+                        bar.console.print(_attempt_line(a), highlight=False, soft_wrap=True)
+            if view["phase"] in TERMINAL:
+                return view
+            time.sleep(poll_s)
 
 
-def _launch(manifest: Path, work_dir: Path, metrics: Path, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "orchestrator.train", "--manifest", str(manifest.resolve()),
-           "--work-dir", str(work_dir), "--metrics-file", str(metrics), "--no-prepare"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
-    log = open(log_path, "ab")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+def _trainer_command(metrics: Path) -> list[str] | None:
+    """The manager's local backend appends --manifest FILE. BERTCTL_TRAINER_COMMAND (a site wrapper,
+    a test's fake trainer) replaces it whole, as for `bertctl server`."""
+    from orchestrator.manager.server import trainer_command_from_env
+
+    return trainer_command_from_env() or [sys.executable, "-m", "orchestrator.train", "--metrics-file",
+                                          str(metrics), "--no-prepare"]
+
+
+def _submit_and_follow(job: PretrainJob, data_dir: Path) -> tuple[dict[str, Any], list[dict], Path]:
+    """Embedded manager up, leftovers of an earlier run cancelled, job submitted and followed to its end.
+    Returns (the job's final view, the trainer's metrics rows, the attempt logs' directory)."""
+    from orchestrator.manager.client import ManagerClient
+    from orchestrator.manager.embedded import EmbeddedManager
+
+    metrics = data_dir / "work" / job.metadata.name / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    stop_s = job.spec.checkpoint.preemption_deadline_s + 60.0  # SIGTERM grace (deadline + 5 s) + SIGKILL wait
+    em = EmbeddedManager(data_dir=data_dir, trainer_command=_trainer_command(metrics), interval_s=0.5).start()
+    try:
+        em.cancel_active(stop_s)
+        metrics.unlink(missing_ok=True)
+        client = ManagerClient(em.url, em.token)
+        job_id = client.submit(yaml.safe_dump(job.to_dict(), sort_keys=False))["id"]
+        logs = data_dir.resolve() / "jobs" / job_id
+        console.print(f"job [bold]{job_id}[/bold] on an embedded manager; store {em.manager.store.dialect} in "
+                      f"{data_dir.resolve()}, trainer logs {logs}/attempt-N/trainer.log", highlight=False,
+                      soft_wrap=True)
+        view = _follow(client, job_id, job.spec.training.max_steps)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the trainer running
+        console_err.print(f"cancelling: the trainer checkpoints and stops (up to {stop_s:.0f}s)")
+        raise
+    finally:
+        em.stop(cancel_jobs=True, timeout_s=stop_s)
+    return view, _read_metrics(metrics), logs
+
+
+def _report_failure(view: dict[str, Any], logs: Path) -> int:
+    attempts = view["attempts"]
+    last = attempts[-1] if attempts else None
+    if last is not None:
+        log_path = logs / f"attempt-{last['number']}" / "trainer.log"
+        try:
+            tail = log_path.read_text(errors="replace").splitlines()[-25:]
+        except OSError:
+            tail = []
+        console_err.print("\n".join(tail), highlight=False, markup=False)
+        console_err.print(f"full log: {log_path}", highlight=False, soft_wrap=True)
+    console_err.print(f"[red]training {view['phase'].lower()}[/red]: {view['message'] or '-'} "
+                      f"({len(attempts)} attempt(s), {view['restarts_used']} restart(s))", highlight=False,
+                      soft_wrap=True)
+    code = last["exit_code"] if last and last["exit_code"] else 1
+    return code if 0 < code < 256 else 1
 
 
 def _quiet_transformers() -> None:
@@ -104,34 +169,28 @@ def run_cmd(
     no_export: bool = typer.Option(False, "--no-export", help="Stop after training (no export, no fill-mask)."),
     export_dir: Optional[Path] = typer.Option(None, "--export-dir", help="Where the HF model goes "
                                               "(default: <checkpoint.uri>/../export)."),
+    data_dir: Path = typer.Option(DEFAULT_DATA_DIR, "--data-dir", help="The embedded manager's store, attempt "
+                                  "logs and metrics (kept after the run)."),
 ) -> None:
-    """Prepare the data if needed, train on a local Ray cluster with a progress bar, export, fill-mask."""
+    """Prepare the data if needed, train through an embedded job manager (retries preemptions and lost
+    workers from the newest checkpoint) with a progress bar, export, fill-mask."""
     from orchestrator.data.prepare import prepare_for_job
+    from orchestrator.train.entry import absolute_uris
 
     job = load_manifest(manifest)
     started = time.time()
-    work_dir, export_to = _default_dirs(job, export_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    export_to = _default_export_dir(job, export_dir)
     console.print(f"[bold]{job.metadata.name}[/bold]: preparing data in {job.spec.data.shards} (if needed)")
     index = prepare_for_job(job)
     console.print(f"data: {index.total_rows:,} sequences of {index.seq_len} tokens, vocabulary {index.vocab_size}",
                   highlight=False)
-    metrics, log_path = work_dir / "metrics.jsonl", work_dir / "trainer.log"
-    metrics.unlink(missing_ok=True)
-    proc = _launch(manifest, work_dir, metrics, log_path)
-    try:
-        rows = _follow(proc, metrics, job.spec.training.max_steps)
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    code = proc.wait()
-    if code != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-25:]
-        console_err.print("\n".join(tail), highlight=False, markup=False)
-        console_err.print(f"[red]training failed[/red] (exit {code}); full log: {log_path}")
-        raise typer.Exit(code)
-    train_s = time.time() - started
-    _summary(rows, train_s)
+    for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)  # inherited by the trainer through the local backend
+    # Absolute paths: the stored job means the same whatever directory its trainer starts in.
+    view, rows, logs = _submit_and_follow(absolute_uris(job), data_dir)
+    if view["phase"] != "SUCCEEDED":
+        raise typer.Exit(_report_failure(view, logs))
+    _summary(rows, view, time.time() - started)
     if no_export:
         return
     from orchestrator.train.export import export_checkpoint
@@ -143,9 +202,11 @@ def run_cmd(
     console.print(f"done in {time.time() - started:.0f}s", highlight=False)
 
 
-def _summary(rows: list[dict], seconds: float) -> None:
-    if not rows:
-        console.print("nothing to train: the newest checkpoint is already at max_steps")
+def _summary(rows: list[dict], view: dict[str, Any], seconds: float) -> None:
+    retried = f", {view['restarts_used']} restart(s)" if view["restarts_used"] else ""
+    if not rows:  # the trainer wrote no metrics: already at max_steps, or a trainer without a metrics file
+        console.print(f"job at step {view['step']}/{view['max_steps']} in {len(view['attempts'])} attempt(s)"
+                      f"{retried}, wall {seconds:.0f}s", highlight=False)
         return
     first, last = rows[: min(5, len(rows))], rows[-min(5, len(rows)):]
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
@@ -153,7 +214,8 @@ def _summary(rows: list[dict], seconds: float) -> None:
     compute = sum(r.get("seconds", 0.0) for r in rows)
     console.print(f"trained steps {rows[0]['step']}-{rows[-1]['step']}: mlm loss {mean(first, 'mlm_loss'):.3f} "
                   f"-> {mean(last, 'mlm_loss'):.3f}, mlm accuracy {mean(last, 'mlm_accuracy'):.3f}, "
-                  f"{tokens / max(compute, 1e-9):,.0f} tokens/s in steps, wall {seconds:.0f}s", highlight=False)
+                  f"{tokens / max(compute, 1e-9):,.0f} tokens/s in steps, {len(view['attempts'])} attempt(s)"
+                  f"{retried}, wall {seconds:.0f}s", highlight=False)
 
 
 @app.command("export")

@@ -1,4 +1,5 @@
-"""An in-process manager for `bertctl run` and tests: loopback port, temporary SQLite, local backend.
+"""An in-process manager for `bertctl run` and tests: loopback port, SQLite (temporary or in a given
+data dir), local backend. A given data dir is kept (store + attempt logs) so a user can read them later.
 
     with EmbeddedManager() as m:
         client = httpx.Client(base_url=m.url, headers={"Authorization": f"Bearer {m.token}"})
@@ -42,14 +43,17 @@ class EmbeddedManager:
     def stop(self, cancel_jobs: bool = True, timeout_s: float = 60.0) -> None:
         """Stop the manager; by default cancel its unfinished jobs first so nothing keeps running."""
         if self._thread and cancel_jobs:
-            self._cancel_all(timeout_s)
+            self.cancel_active(timeout_s)
         if self._thread:
             self._thread.stop()
             self._thread = None
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def _cancel_all(self, timeout_s: float) -> None:
+    def cancel_active(self, timeout_s: float = 60.0) -> None:
+        """Cancel every unfinished job and wait until they have ended. A persistent data dir may hold
+        jobs of an earlier embedded manager that died: call this before submitting so none of them
+        is adopted and trains beside the new job."""
         store = self.manager.store
         for job, _ in store.active_jobs():
             store.request_cancel(job["id"], time.time())
