@@ -1,4 +1,5 @@
-"""`bertctl run` (prepare from a manifest's source -> train -> export -> fill-mask) and `bertctl export`."""
+"""`bertctl run` (prepare from a manifest's source -> train through the embedded manager -> export ->
+fill-mask) and `bertctl export`, with the real trainer (Ray + DeepSpeed on CPU)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.manager.store import Store
 from tests.train.conftest import MODULES, manifest
 
 pytestmark = pytest.mark.e2e
@@ -27,13 +29,27 @@ def test_bertctl_run_prepares_trains_exports_and_fills_masks(tmp_path):
     doc = yaml.safe_load(job.read_text())
     doc["spec"]["data"]["prepare"] = {"inputs": [str(corpus)]}
     job.write_text(yaml.safe_dump(doc))
-    out = subprocess.run([str(Path(sys.executable).with_name("bertctl")), "run", str(job)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    data = tmp_path / "bertctl"
+    out = subprocess.run([str(Path(sys.executable).with_name("bertctl")), "run", str(job), "--data-dir", str(data)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "shards" / "index.json").is_file()
-    assert "trained steps 1-6" in out.stdout
+    assert "trained steps 1-6" in out.stdout and "1 attempt(s)" in out.stdout
     assert (tmp_path / "out" / "export" / "model.safetensors").is_file()
     assert "[MASK]" in out.stdout and "->" in out.stdout  # the fill-mask example was printed
+    # It went through the manager: the embedded store holds the job, its attempt, checkpoints, events.
+    store = Store(f"sqlite:///{data / 'manager.db'}")
+    try:
+        (row,) = store.list_jobs()
+        attempts, events = store.attempts(row["id"]), store.events(row["id"])
+        checkpoints = store.checkpoints(row["id"])
+    finally:
+        store.close()
+    assert row["phase"] == "SUCCEEDED" and row["step"] == 6
+    assert [(a["number"], a["end_reason"], a["exit_code"]) for a in attempts] == [(1, "succeeded", 0)]
+    assert attempts[0]["heartbeats"] >= 1 and {c["step"] for c in checkpoints} >= {6}
+    assert {"submitted", "succeeded"} <= {e["type"] for e in events}
+    assert (data / "jobs" / row["id"] / "attempt-1" / "trainer.log").is_file()
 
 
 def test_bertctl_run_rejects_a_bad_manifest_with_exit_2(tmp_path):
