@@ -109,6 +109,7 @@ def _submit_and_follow(job: PretrainJob, data_dir: Path) -> tuple[dict[str, Any]
     metrics.parent.mkdir(parents=True, exist_ok=True)
     stop_s = job.spec.checkpoint.preemption_deadline_s + 60.0  # SIGTERM grace (deadline + 5 s) + SIGKILL wait
     em = EmbeddedManager(data_dir=data_dir, trainer_command=_trainer_command(metrics), interval_s=0.5).start()
+    signal.signal(signal.SIGTERM, _interrupt)  # the trainer is in its own session: stop it like Ctrl-C does
     try:
         em.cancel_active(stop_s)
         metrics.unlink(missing_ok=True)
@@ -126,6 +127,10 @@ def _submit_and_follow(job: PretrainJob, data_dir: Path) -> tuple[dict[str, Any]
     finally:
         em.stop(cancel_jobs=True, timeout_s=stop_s)
     return view, _read_metrics(metrics), logs
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _report_failure(view: dict[str, Any], logs: Path) -> int:
