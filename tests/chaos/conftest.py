@@ -95,3 +95,32 @@ def attempt(manifest_path: Path, work: Path, n: int, monkeypatch) -> tuple[int, 
     """Attempt ``n`` through the real entry point on the session cluster."""
     monkeypatch.setenv("BERTCTL_ATTEMPT", str(n))
     return train(manifest_path, work / f"attempt-{n}")
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (by parent pid), so a test only ever kills its own processes."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        kids = [p for p, pp in parent.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def train_workers(root: int | None = None) -> list[int]:
+    """Ray Train worker processes below ``root`` (default: this process)."""
+    return sorted(p for p in descendants(root or os.getpid()) if "RayTrainWorker" in cmdline(p))
