@@ -49,10 +49,21 @@ def _precision(job: "PretrainJob") -> Problems:
 
 
 def _optimizer(job: "PretrainJob") -> Problems:
-    if job.spec.training.optimizer == "lamb" and job.spec.resources.gpus_per_worker == 0:
-        return [("spec.training.optimizer", "lamb is DeepSpeed's fused CUDA optimizer and needs GPUs; "
-                                            "use adamw on CPU or set resources.gpus_per_worker >= 1")]
-    return []
+    if job.spec.training.optimizer != "lamb":
+        return []
+    out = []
+    if job.spec.resources.gpus_per_worker == 0:
+        out.append(("spec.training.optimizer", "lamb is DeepSpeed's fused CUDA optimizer and needs GPUs; "
+                                               "use adamw on CPU or set resources.gpus_per_worker >= 1"))
+    if job.spec.training.precision == "bf16":
+        out.append(("spec.training.precision", "DeepSpeed's fused LAMB kernel has no bf16 version; use fp16 "
+                                               "or fp32 with lamb, or adamw with bf16"))
+    if job.spec.deepspeed.zero_stage > 0:
+        # ZeRO hands the optimizer flattened partitions, so LAMB's per-layer trust ratio would be
+        # computed over arbitrary slices of many layers: it would train, but not as LAMB.
+        out.append(("spec.deepspeed.zero_stage", "lamb needs zero_stage: 0 (ZeRO flattens parameters, which "
+                                                 "breaks LAMB's per-layer trust ratio); use adamw with ZeRO"))
+    return out
 
 
 def _positions(job: "PretrainJob") -> Problems:
