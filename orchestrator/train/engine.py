@@ -113,6 +113,18 @@ def _with_universal(cfg: dict[str, Any], load_universal: bool) -> dict[str, Any]
     return universal_ds_config(cfg)
 
 
+def _jit_friendly_arch_list() -> None:
+    """DeepSpeed's JIT op builder parses TORCH_CUDA_ARCH_LIST as plain numbers; CUDA images often
+    set arch-specific entries like '9.0a', which make every fused-op build (FusedAdam, FusedLamb)
+    fail. The plain architecture builds kernels that run on the same GPU."""
+    import os
+    import re
+
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if archs and re.search(r"\d[af]\b", archs):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d)[af]\b", r"\1", archs)
+
+
 def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool, load_universal: bool = False):
     """deepspeed.initialize on the process group Ray Train already set up.
 
@@ -123,6 +135,8 @@ def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool, load_un
     from torch.optim.lr_scheduler import LambdaLR
 
     t = job.spec.training
+    if on_gpu:
+        _jit_friendly_arch_list()
     multiplier = lr_multiplier(t.schedule, t.warmup_steps, t.max_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,

@@ -87,7 +87,9 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
 
     callbacks = [MetricsFile(str(metrics_file))] if metrics_file else []
     storage_path.mkdir(parents=True, exist_ok=True)
-    backend = "nccl" if job.spec.resources.gpus_per_worker else "gloo"
+    # On GPUs, CUDA tensors go over NCCL and the loop's small CPU all-reduces (step metrics,
+    # preemption flags, checkpoint outcomes) over gloo; pure NCCL rejects CPU tensors.
+    backend = "cpu:gloo,cuda:nccl" if job.spec.resources.gpus_per_worker else "gloo"
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
