@@ -208,6 +208,11 @@ class CheckpointManager:
         if self.rank == 0:
             try:
                 self.store.check_not_stale(self.attempt)
+                if step in {sk[0] for sk in self.skipped}:
+                    # A commit this attempt refused to load (corrupt / partial files): it would block the
+                    # new commit of the same step forever (a step is committed once), and it is worthless.
+                    log.warning("replacing checkpoint step %d, which failed verification at load", step)
+                    self.store.storage.delete_prefix(self.store.step_uri(step))
                 self.store.discard_uncommitted(step)
                 outcome = ("ok", "")
             except Exception as exc:  # noqa: BLE001 - every rank must learn the outcome
