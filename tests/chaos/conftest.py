@@ -80,11 +80,12 @@ def ray_cluster(s3_proxy):
 
 
 def job(path: Path, shards: Path, ckpt: str, *, async_upload: bool = False, deadline: float | None = None,
-        **kw) -> Path:  # noqa: F811
+        training: dict | None = None, **kw) -> Path:  # noqa: F811
     """tests/train's tiny manifest (2 layers, hidden 64, seq_len 64) with checkpoint options."""
     manifest(path, shards, Path("/unused"), **kw)
     doc = yaml.safe_load(path.read_text())
     doc["spec"]["checkpoint"].update({"uri": ckpt, "async_upload": async_upload})
+    doc["spec"]["training"].update(training or {})
     if deadline is not None:
         doc["spec"]["checkpoint"]["preemption_deadline_s"] = deadline
     path.write_text(yaml.safe_dump(doc))

@@ -20,7 +20,7 @@ from orchestrator.train.checkpoint import CheckpointStore
 from tests.chaos.conftest import attempt, job, read_metrics, train_workers
 
 pytestmark = pytest.mark.chaos
-STEPS, EVERY = 30, 5
+STEPS, EVERY = 20, 4
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def _kill_one_worker_at(step: int, metrics_path, done: threading.Event) -> dict:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_of_one_worker_resumes_exactly(seed, tmp_path, shards, ray_cluster, reference, monkeypatch):
-    kill_step = random.Random(seed).randint(3, STEPS - 12)
+    kill_step = random.Random(seed).randint(3, STEPS - 10)
     ckpt = tmp_path / "ckpt"
     m = job(tmp_path / "job.yaml", shards, str(ckpt), steps=STEPS, every=EVERY)
     done = threading.Event()
