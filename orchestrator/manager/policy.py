@@ -54,3 +54,11 @@ def decide(reason: EndReason, restarts_used: int, max_restarts: int,
     delay = backoff_delay(restarts_used, backoff_s, max_backoff_s)
     return Decision(Action.RETRY, delay_s=delay,
                     why=f"{reason.value}: restart {restarts_used + 1} of {max_restarts} in {delay:g}s")
+
+
+def unfenced_failure(decision: Decision, cause: Exception) -> Decision:
+    """An attempt whose end could not be confirmed: never relaunch beside it (cancel stays cancel)."""
+    if decision.action in (Action.CANCEL, Action.SUCCEED, Action.FAIL):
+        return decision
+    return Decision(Action.FAIL, why=f"the backend could not confirm the previous attempt stopped ({cause}); "
+                                     "check the backend's configuration and delete leftovers by hand, then resubmit")

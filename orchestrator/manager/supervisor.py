@@ -19,7 +19,7 @@ from orchestrator.errors import PermanentError
 from orchestrator.manager.auth import hash_token, new_token
 from orchestrator.manager.backends.base import AttemptStatus, Backend, LaunchRequest, RunState
 from orchestrator.manager.models import AttemptState, Phase
-from orchestrator.manager.policy import decide
+from orchestrator.manager.policy import decide, unfenced_failure
 from orchestrator.manager.store import Store
 
 log = logging.getLogger("bertctl.manager")
@@ -177,11 +177,18 @@ class Supervisor:
              exit_code: int | None = None, message: str = "", grace_s: float = 0.0) -> None:
         # Fence first: nothing of attempt `number` may run once it is recorded ENDED.
         started = time.monotonic()
-        self._backend(job).terminate(job["id"], number, handle, grace_s)
-        now += time.monotonic() - started  # recorded as ended when it was confirmed gone
         recovery = job["manifest"]["spec"]["recovery"]
         decision = decide(reason, job["restarts_used"], recovery["max_restarts"],
                           recovery["backoff_s"], recovery["max_backoff_s"])
+        try:
+            self._backend(job).terminate(job["id"], number, handle, grace_s)
+        except PermanentError as exc:
+            # The backend cannot confirm the attempt is gone (no cluster config, no rights), and
+            # retrying will not change that. Another attempt could run beside this one, so the
+            # job fails instead of hanging or relaunching.
+            decision = unfenced_failure(decision, exc)
+            message = f"{message}; could not confirm the attempt stopped: {exc}".lstrip("; ")
+        now += time.monotonic() - started  # recorded as ended when it was confirmed gone
         phase = self.store.end_attempt(job["id"], number, reason, decision, now, exit_code, message)
         self._adopted_at.pop((job["id"], number), None)
         if phase:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import PermanentError
 from orchestrator.manager.auth import hash_token, new_token
 from orchestrator.manager.backends.local import _group_members
 from orchestrator.manager.server import Manager, ManagerConfig, ServerThread
@@ -217,3 +218,38 @@ def test_restarted_manager_records_a_dead_attempt_lost(tmp_path):
     finally:
         _kill_all(second.manager)
         second.stop()
+
+
+class _Unreachable:
+    """A backend whose cluster cannot be reached at all: every call fails permanently."""
+
+    name = "unreachable"
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def launch(self, request):
+        self.calls.append("launch")
+        raise PermanentError("no Kubernetes configuration found; mount a kubeconfig or run in-cluster")
+
+    def poll(self, job_id, attempt, handle):
+        self.calls.append("poll")
+        raise PermanentError("no Kubernetes configuration found")
+
+    def terminate(self, job_id, attempt, handle, grace_s):
+        self.calls.append("terminate")
+        raise PermanentError("no Kubernetes configuration found")
+
+    def log_path(self, job_id, attempt, handle):
+        return None
+
+
+def test_a_backend_that_cannot_fence_fails_the_job_instead_of_hanging(mgr, tmp_path):
+    backend = _Unreachable()
+    mgr.supervisor.backends["local"] = backend
+    job_id = submit(mgr, make_manifest(tmp_path))
+    job = drive(mgr, job_id, terminal, timeout_s=20)
+    assert job["phase"] == "FAILED"
+    assert backend.calls == ["launch", "terminate"], "one launch, one fencing try, never a second attempt"
+    ended = [e for e in mgr.store.events(job_id) if e["type"] == "attempt_ended"]
+    assert len(ended) == 1 and "could not confirm the attempt stopped" in ended[0]["message"]
