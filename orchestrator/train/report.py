@@ -20,6 +20,8 @@ from orchestrator.contract import (
 from orchestrator.errors import ManifestError
 
 log = logging.getLogger("bertctl.train.report")
+# httpx logs every request at INFO: one line per heartbeat would bury the trainer's own output.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
