@@ -94,7 +94,10 @@ class ShardLoader:
 
     def _reserve(self, size: int) -> bool:
         with self._cond:
-            while not self._stop and self._held > 0 and self._held + size > self.budget and not self._waiting:
+            # Over the budget only while the consumer waits with nothing queued for it: once one
+            # shard is queued, a slow-to-wake consumer must not let the loader run ahead unbounded.
+            while (not self._stop and self._held > 0 and self._held + size > self.budget
+                   and not (self._waiting and not self._queue)):
                 self._cond.wait()
             self._held += size
             self.peak_held = max(self.peak_held, self._held)
