@@ -207,13 +207,17 @@ class CheckpointManager:
         outcome = None
         if self.rank == 0:
             try:
-                self.store.check_not_stale(self.attempt)
+                if self.uploader is None:  # async: both checks cost object-store round trips inside the
+                    # step; the commit re-checks staleness, and leftover files are never read (the
+                    # manifest names what a checkpoint is)
+                    self.store.check_not_stale(self.attempt)
                 if step in {sk[0] for sk in self.skipped}:
                     # A commit this attempt refused to load (corrupt / partial files): it would block the
                     # new commit of the same step forever (a step is committed once), and it is worthless.
                     log.warning("replacing checkpoint step %d, which failed verification at load", step)
                     self.store.storage.delete_prefix(self.store.step_uri(step))
-                self.store.discard_uncommitted(step)
+                if self.uploader is None:
+                    self.store.discard_uncommitted(step)
                 outcome = ("ok", "")
             except Exception as exc:  # noqa: BLE001 - every rank must learn the outcome
                 outcome = (type(exc).__name__, str(exc))
