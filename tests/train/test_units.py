@@ -48,12 +48,15 @@ def test_deepspeed_config_keeps_global_batch_and_merges_raw_config_last():
 def test_gpu_precisions_and_lamb():
     doc = _job().to_dict()
     doc["spec"]["resources"]["gpus_per_worker"] = 1
-    doc["spec"]["training"].update(precision="bf16", optimizer="lamb")
+    # LAMB runs as DeepSpeed's fused kernel: fp16 or fp32 only, and without ZeRO (spec_rules).
+    doc["spec"]["training"].update(precision="fp16", optimizer="lamb")
+    doc["spec"]["deepspeed"]["zero_stage"] = 0
     cfg = deepspeed_config(parse_manifest(doc), 2, on_gpu=True)
-    assert cfg["bf16"] == {"enabled": True} and cfg["optimizer"]["type"] == "Lamb"
-    doc["spec"]["training"].update(precision="fp16", optimizer="adamw")
+    assert cfg["fp16"]["enabled"] and cfg["optimizer"]["type"] == "Lamb"
+    doc["spec"]["training"].update(precision="bf16", optimizer="adamw")
+    doc["spec"]["deepspeed"]["zero_stage"] = 2
     cfg = deepspeed_config(parse_manifest(doc), 2, on_gpu=True)
-    assert cfg["fp16"]["enabled"] and "torch_adam" not in cfg["optimizer"]["params"]
+    assert cfg["bf16"] == {"enabled": True} and "torch_adam" not in cfg["optimizer"]["params"]
 
 
 @pytest.mark.parametrize("schedule,expected", [
