@@ -164,7 +164,7 @@ class Jobs:
             if until(j):
                 return j
             if j["phase"] in ("FAILED", "CANCELLED", "SUCCEEDED") or time.monotonic() > deadline:
-                raise RuntimeError(f"job {job_id} {j['phase']}: {j.get('message')}")
+                raise RuntimeError(f"job {job_id} {j['phase']} at step {j['step']}: {j.get('message')}")
             time.sleep(0.1)
 
     def trainer_pid(self, job_id: str, n: int) -> int:
@@ -191,7 +191,7 @@ class Jobs:
 
 def preempted_job(jobs: Jobs, shards: Path, tmp: Path, steps: int, every_n: int, ckpt_every: int) -> dict:
     """SIGTERM the trainer each time it reached N more steps; returns the job and the recovery split."""
-    job_id = jobs.submit(manifest(shards, str(tmp / "ckpt-pre"), "preempted", steps, ckpt_every))
+    job_id = jobs.submit(manifest(shards, str(tmp / "ckpt-pre"), "preempted", steps, ckpt_every, big=True))
     splits, n = [], 1
     while True:
         base = (jobs.get(job_id)["attempts"] or [{}])[-1].get("resumed_from_step") or 0
@@ -201,8 +201,14 @@ def preempted_job(jobs: Jobs, shards: Path, tmp: Path, steps: int, every_n: int,
         jobs.wait(job_id, lambda j: j["current_attempt"] == n and j["step"] >= target)
         killed_at = time.time()
         os.kill(jobs.trainer_pid(job_id, n), signal.SIGTERM)
-        j = jobs.wait(job_id, lambda j: j["current_attempt"] == n + 1
-                      and (j["attempts"][-1].get("first_step_at") is not None))
+        try:
+            j = jobs.wait(job_id, lambda j: j["current_attempt"] == n + 1
+                          and (j["attempts"][-1].get("first_step_at") is not None))
+        except RuntimeError as exc:  # the notice did not stop the attempt: say so, keep the logs
+            keep = Path(tempfile.mkdtemp(prefix="bench-recovery-logs-"))
+            shutil.copytree(jobs.em.data_dir / "jobs", keep / "jobs", dirs_exist_ok=True)
+            print(f"# SIGTERM at step >= {target} did not end attempt {n}: {exc} (logs in {keep})", flush=True)
+            break
         prev, cur = j["attempts"][-2], j["attempts"][-1]
         t = jobs.timings(job_id, n + 1)
         splits.append({"detect": prev["ended_at"] - killed_at, "relaunch": t["load_start"] - prev["ended_at"],
@@ -215,9 +221,9 @@ def preempted_job(jobs: Jobs, shards: Path, tmp: Path, steps: int, every_n: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--upload-mb", type=int, default=96)
-    ap.add_argument("--every-n", type=int, default=80, help="steps between preemptions")
-    ap.add_argument("--steps", type=int, default=200, help="max_steps of the goodput jobs")
-    ap.add_argument("--ckpt-every", type=int, default=50, help="checkpoint interval of the goodput jobs")
+    ap.add_argument("--every-n", type=int, default=30, help="steps between preemptions")
+    ap.add_argument("--steps", type=int, default=60, help="max_steps of the goodput jobs")
+    ap.add_argument("--ckpt-every", type=int, default=20, help="checkpoint interval of the goodput jobs")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     moto = start_s3(free_port())
@@ -233,7 +239,8 @@ def main() -> None:
         with EmbeddedManager(data_dir=tmp / "manager", interval_s=0.1) as em:
             jobs = Jobs(em)
             pre = preempted_job(jobs, shards, tmp, args.steps, args.every_n, args.ckpt_every)
-            calm_id = jobs.submit(manifest(shards, str(tmp / "ckpt-calm"), "calm", args.steps, args.ckpt_every))
+            calm_id = jobs.submit(manifest(shards, str(tmp / "ckpt-calm"), "calm", args.steps, args.ckpt_every,
+                                           big=True))
             calm = jobs.wait(calm_id, lambda j: j["phase"] == "SUCCEEDED")
         report(args, up, (sync_stall, n_sync), (async_stall, n_async), pre, calm)
     finally:
@@ -244,7 +251,8 @@ def main() -> None:
 
 def report(args, up, sync, async_, pre, calm) -> None:
     sp = pre["splits"]
-    mean = {k: sum(s[k] for s in sp) / len(sp) for k in sp[0]}
+    keys = ("detect", "relaunch", "load", "first_step", "total", "steps_lost")
+    mean = {k: (sum(s[k] for s in sp) / len(sp) if sp else float("nan")) for k in keys}
     g_pre, g_calm = pre["job"]["goodput"], calm["goodput"]
     rows = [
         (f"upload {up['mb']:.0f} MB to S3: checkpoint store (sha256 + upload, sync save path)", f"{up['store']:.1f} MB/s"),
@@ -266,7 +274,7 @@ def report(args, up, sync, async_, pre, calm) -> None:
     print(f"{'-' * width}-|-------")
     for a, b in rows:
         print(f"{a:<{width}} | {b}")
-    lost = max(s["steps_lost"] for s in sp)
+    lost = max((s["steps_lost"] for s in sp), default="n/a")
     print(f"ratios: upload/boto3={up['store'] / up['boto3']:.2f} stall/async_vs_sync={async_[0] / sync[0]:.3f} "
           f"recover_s={mean['total']:.1f} steps_lost_sigterm={lost}")
 
