@@ -203,7 +203,7 @@ def preempted_job(jobs: Jobs, shards: Path, tmp: Path, steps: int, every_n: int,
         os.kill(jobs.trainer_pid(job_id, n), signal.SIGTERM)
         try:
             j = jobs.wait(job_id, lambda j: j["current_attempt"] == n + 1
-                          and (j["attempts"][-1].get("first_step_at") is not None))
+                          and (j["attempts"][-1].get("first_step") is not None))
         except RuntimeError as exc:  # the notice did not stop the attempt: say so, keep the logs
             keep = Path(tempfile.mkdtemp(prefix="bench-recovery-logs-"))
             shutil.copytree(jobs.em.data_dir / "jobs", keep / "jobs", dirs_exist_ok=True)
@@ -211,9 +211,11 @@ def preempted_job(jobs: Jobs, shards: Path, tmp: Path, steps: int, every_n: int,
             break
         prev, cur = j["attempts"][-2], j["attempts"][-1]
         t = jobs.timings(job_id, n + 1)
+        rec = j["goodput"]["attempts"][-1]["recovery_s"] or 0.0  # previous end -> first new step (manager)
         splits.append({"detect": prev["ended_at"] - killed_at, "relaunch": t["load_start"] - prev["ended_at"],
-                       "load": t["loaded"] - t["load_start"], "first_step": cur["first_step_at"] - t["loaded"],
-                       "total": cur["first_step_at"] - killed_at, "steps_lost": prev["steps_lost"]})
+                       "load": t["loaded"] - t["load_start"],
+                       "first_step": rec - (t["loaded"] - prev["ended_at"]),
+                       "total": prev["ended_at"] - killed_at + rec, "steps_lost": prev["steps_lost"]})
         n += 1
     return {"job": jobs.wait(job_id, lambda j: j["phase"] == "SUCCEEDED"), "splits": splits}
 
