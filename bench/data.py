@@ -230,7 +230,7 @@ def main() -> None:
         s3_proc, s3_uri = upload_to_s3(uri)
         s3_memory = run_reader(s3_uri, args.batch, budget, memory=True)[1]
         import ray
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         r = best_of(args.rounds, {
             "minimal": lambda: run_minimal(uri, args.batch),
             "reader": lambda: run_reader(uri, args.batch, budget)[0],

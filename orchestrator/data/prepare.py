@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -225,8 +226,11 @@ def _run_on_ray(task: _UnitTask, units: list[Unit], bar) -> list[dict]:
     import ray
 
     started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=max(2, len(units)), include_dashboard=False, log_to_driver=False)
+    if started and os.environ.get("RAY_ADDRESS"):  # inside a cluster (KubeRay): use all of it
+        ray.init(log_to_driver=False)
+    elif started:
+        # address="local" never attaches to (and then fails on) another `ray start` cluster here.
+        ray.init(address="local", num_cpus=max(2, len(units)), include_dashboard=False, log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=task.config.cpus_per_task, max_retries=3)(_call_task)
         pending = {remote.remote(task, i, u): i for i, u in enumerate(units)}

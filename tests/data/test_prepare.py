@@ -121,7 +121,7 @@ def test_jsonl_and_parquet_inputs_give_the_same_shards_as_text(small_corpus, tmp
 def test_ray_tasks_give_the_same_shards_as_in_process(small_corpus, small_vocab, tmp_path):
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         cfg = dict(inputs=[str(Path(small_corpus[0]).parent)], seq_len=32, vocab=small_vocab, vocab_size=None,
                    shard_bytes=8192)

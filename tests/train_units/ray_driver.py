@@ -42,7 +42,7 @@ def main(mode: str, out: str, ray_tmp: str) -> int:
     from orchestrator.train.preemption import PreemptionWatcher
 
     notice = os.path.join(out, "notice")
-    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=ray_tmp,
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=ray_tmp,
              runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
     watcher = PreemptionWatcher(25, notice).install(relay=True) if mode == "watch" else None
     trainer = TorchTrainer(train_fn, train_loop_config={"notice": notice, "out": out},
