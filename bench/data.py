@@ -36,6 +36,7 @@ from orchestrator.data.prepare import PrepareConfig, prepare  # noqa: E402
 from orchestrator.data.shards import encode_shard, to_batch  # noqa: E402
 from orchestrator.data.sources import BUILTIN_STDLIB, list_units, read_documents  # noqa: E402
 from orchestrator.data.stream import BatchStream, build_features  # noqa: E402
+from tests.support.s3server import start_moto_process  # noqa: E402
 
 SEED = 17
 
@@ -149,25 +150,13 @@ def run_raydata(pq_dir: str, uri: str, batch: int) -> float:
     return n * index.seq_len / (time.perf_counter() - t0)
 
 
-def start_s3(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import urllib.request
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("moto server did not start")
-
 
 def upload_to_s3(local_uri: str) -> tuple[subprocess.Popen, str]:
     """A moto S3 server in its own process (not sharing our GIL), holding a copy of the shards."""
     from tests.support.s3server import free_port
 
     port = free_port()
-    proc = start_s3(port)
+    proc = start_moto_process(port)
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
                       AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
     import boto3

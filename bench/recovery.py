@@ -37,24 +37,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.s3server import free_port  # noqa: E402
+from tests.support.s3server import free_port, start_moto_process  # noqa: E402
 
 TIMING = re.compile(r"timing: (load_start|loaded)=([0-9.]+)")
 
-
-def start_s3(port: int) -> subprocess.Popen:
-    """moto in its own process (not sharing this process's GIL)."""
-    import urllib.request
-
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("moto server did not start")
 
 
 def s3_env(port: int) -> None:
@@ -228,7 +214,7 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=20, help="checkpoint interval of the goodput jobs")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
-    moto = start_s3(free_port())
+    moto = start_moto_process(free_port())
     try:
         s3_env(int(moto.args[-1]))
         from orchestrator.manager.embedded import EmbeddedManager
