@@ -45,7 +45,7 @@ class TriggerProxy(FaultProxy):
         self.trigger, self.blackhole, self.triggered_path = None, False, None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before the next test package starts its own Ray
 def s3_proxy(s3_server):  # noqa: F811
     """The proxy plus the S3 environment for this process and every Ray worker started later."""
     proxy = TriggerProxy(int(s3_server.rsplit(":", 1)[1]))
@@ -69,7 +69,7 @@ def bucket(s3_proxy, s3_server) -> str:  # noqa: F811
     return make_bucket(s3_server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before the next test package starts its own Ray
 def ray_cluster(s3_proxy):
     import ray
 

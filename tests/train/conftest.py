@@ -36,7 +36,7 @@ def shards(tmp_path_factory) -> Path:
     return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before the next test package starts its own Ray
 def ray_cluster():
     import ray
 
