@@ -92,7 +92,8 @@ class CheckpointManager:
         started = time.perf_counter()
         staging = self._stage(engine, state)
         if self.uploader is not None:
-            return self._save_async(staging, state, started)
+            # A snapshotting checkpoint engine (train/snapshot.py) may still be writing the files.
+            return self._save_async(staging, state, started, getattr(engine.checkpoint_engine, "drain", None))
         entries, upload_error = self._upload(staging, state.step)
         gathered = _gather((entries, upload_error))
         outcome = self._commit(state, gathered) if self.rank == 0 else None
@@ -123,14 +124,20 @@ class CheckpointManager:
         return staging
 
     # ----- async save: upload in the background, commit when every rank's files landed
-    def _save_async(self, staging: Path, state: TrainState, started: float) -> SaveResult:
+    def _save_async(self, staging: Path, state: TrainState, started: float, drain=None) -> SaveResult:
         """No collective runs in the background: each rank writes a marker object when its uploads
-        landed (or failed); rank 0's committer waits for every marker, then writes the manifest."""
+        landed (or failed); rank 0's committer waits for every marker, then writes the manifest.
+        ``drain`` (when given) returns once the local files are complete; it runs before the upload."""
         from orchestrator.train import uploader as up
 
         self.raise_if_stale()
         step_uri = self.store.step_uri(state.step)
-        futures = self.uploader.submit_dir(staging, step_uri, prefix=attempt_dir_name(self.attempt))
+
+        def uploads() -> list:
+            if drain is not None:
+                drain()
+            return self.uploader.submit_dir(staging, step_uri, prefix=attempt_dir_name(self.attempt))
+
         stall = time.perf_counter() - started
 
         def commit(files: list) -> SaveResult | None:
@@ -147,7 +154,7 @@ class CheckpointManager:
             except Exception:  # noqa: BLE001 - rank 0 then times out waiting; still no commit
                 pass
 
-        self.uploader.commit_after(futures, commit, cleanup=lambda: shutil.rmtree(staging.parent, ignore_errors=True),
+        self.uploader.commit_after(uploads, commit, cleanup=lambda: shutil.rmtree(staging.parent, ignore_errors=True),
                                    on_error=failed)
         self.seconds_total += stall
         return SaveResult(state.step, step_uri, self.world_size, stall)

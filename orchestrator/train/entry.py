@@ -24,6 +24,7 @@ from orchestrator.errors import BertctlError, ManifestError
 from orchestrator.spec import PretrainJob, load_manifest
 from orchestrator.train.outcome import classify
 from orchestrator.train.preemption import PreemptionWatcher
+from orchestrator.train.state_dump import ENV_DUMP_STATE
 from orchestrator.train.report import HeartbeatClient, Identity
 
 log = logging.getLogger("bertctl.train")
@@ -124,9 +125,11 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     notice_file = os.environ.get(ENV_NOTICE_FILE) or str(work_dir / "preemption-notice")
     loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,
                    "manager_url": identity.manager_url, "scratch_root": str(scratch), "notice_file": notice_file,
-                   # debugging / tests: rank 0 saves the module state right after a load (<path>-stepN.pt)
-                   "dump_loaded": os.environ.get("BERTCTL_DUMP_LOADED_STATE")}
+                   # debugging / tests: the full state around every save and load (train/state_dump.py)
+                   "dump_state": os.environ.get(ENV_DUMP_STATE)}
+    log.info("timing: ray_start=%.3f", time.time())
     owned = start_ray(job)
+    log.info("timing: ray_up=%.3f", time.time())
     # After ray.init (which would replace it): SIGTERM only sets a flag and the relay writes the
     # notice file the workers poll, so fit() returns after a committed checkpoint (exit 75).
     watcher = PreemptionWatcher(job.spec.checkpoint.preemption_deadline_s, notice_file).install(relay=True)
@@ -136,12 +139,15 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
         trainer.fit()
     finally:
         watcher.uninstall()
+        log.info("timing: fit_end=%.3f", time.time())
         if owned:
             ray.shutdown()
+        log.info("timing: ray_down=%.3f", time.time())
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("timing: process_main=%.3f", time.time())
     args = parse_args(argv)
     job: PretrainJob | None = None
     identity = Identity(job_id="unknown")

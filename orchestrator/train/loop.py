@@ -23,7 +23,7 @@ from orchestrator.errors import CheckpointError
 from orchestrator.model import build_model
 from orchestrator.spec import PretrainJob, parse_manifest
 from orchestrator.train import metrics as M
-from orchestrator.train import rng
+from orchestrator.train import rng, state_dump
 from orchestrator.train.checkpoint import CheckpointStore, TrainState
 from orchestrator.train.ckpt_manager import CheckpointManager
 from orchestrator.train.checkpoint import DS_TAG
@@ -132,6 +132,7 @@ class Worker:
                                        uploader=self._uploader())
         log.info("timing: load_start=%.3f", time.time())
         resume = self.ckpts.find(max_step=spec.training.max_steps)
+        log.info("timing: found=%.3f", time.time())
         stream = _stream_factory(self.config)(self.job, self.rank, self.world_size,
                                               resume.state.cursor if resume else None)
         try:
@@ -147,11 +148,19 @@ class Worker:
             model.to(self.device)
             rng.seed_rank(spec.data.seed, self.rank)
             plan = self._resume_plan(resume) if resume else None
+            log.info("timing: model_built=%.3f", time.time())
             self.engine = build_engine(self.job, model, self.world_size, self.on_gpu,
                                        load_universal=bool(plan and plan.load_universal))
+            if spec.checkpoint.async_upload:  # the step waits for an in-memory copy, not for torch.save
+                from orchestrator.train import snapshot
+
+                snapshot.install(self.engine)
+            log.info("timing: engine_built=%.3f", time.time())
             state = self.ckpts.restore(self.engine, resume, plan) if resume else None
             log.info("timing: loaded=%.3f", time.time())
-            self._dump_loaded(state)
+            if state is not None:
+                state_dump.dump(self.config.get("dump_state"), "loaded", state.step, self.engine, self.rank,
+                                self.world_size)
             self._train(stream, state)
         finally:
             stream.close()
@@ -169,17 +178,6 @@ class Worker:
         return prepare_resume(str(resume.local / resume.ckpt.root), DS_TAG, resume.state.world_size,
                               self.world_size, resume.state.zero_stage, str(work), is_converter=is_converter,
                               barrier=dist.barrier if dist.is_initialized() else None)
-
-    def _dump_loaded(self, state: TrainState | None) -> None:
-        """Tests: rank 0 writes the full module state right after a load (ZeRO-1/2 keep full
-        parameters on every rank) so it can be compared with the saved checkpoint's fp32 weights."""
-        path = self.config.get("dump_loaded")
-        if not path or state is None or self.rank != 0:
-            return
-        import torch
-
-        torch.save({k: v.detach().cpu().clone() for k, v in self.engine.module.state_dict().items()},
-                   f"{path}-step{state.step:08d}.pt")
 
     def _save_cost(self) -> float | None:
         """For the preemption decision: the full time to a commit (with async upload: to the
@@ -259,6 +257,7 @@ class Worker:
             attempt=self.identity.attempt, zero_stage=ds.zero_stage,
             global_batch_size=self.job.spec.training.global_batch_size, job_id=self.identity.job_id,
             lr_scheduler=_scheduler_state(sched), model_config=self.model_config, nsp=self.job.spec.data.nsp)
+        state_dump.dump(self.config.get("dump_state"), "saved", step, self.engine, self.rank, self.world_size)
         for failure in self.ckpts.background_failures():
             log.warning("an earlier background checkpoint stayed uncommitted: %s", failure)
         result = self.ckpts.save(self.engine, state)
@@ -316,4 +315,5 @@ def _scheduler_state(sched) -> dict:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point Ray Train runs on every worker."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("timing: worker_start=%.3f", time.time())
     Worker(config).run()

@@ -110,11 +110,14 @@ class AsyncUploader:
         return [f.result() for f in futures]
 
     # --- commit ---------------------------------------------------------------------------------
-    def commit_after(self, uploads: list[Future], commit_fn: Callable[[list[Uploaded]], object],
+    def commit_after(self, uploads: list[Future] | Callable[[], list[Future]],
+                     commit_fn: Callable[[list[Uploaded]], object],
                      cleanup: Callable[[], None] | None = None,
                      on_error: Callable[[BaseException], None] | None = None) -> Future:
         """In the background: wait for ``uploads``; only if all succeeded call ``commit_fn(files)``.
 
+        ``uploads`` may be a function that starts them, called on the committer thread (the local
+        files may still be being written: train/snapshot.py); if it raises, nothing is committed.
         ``cleanup`` (e.g. removing the local staging directory) runs afterwards either way;
         ``on_error(exc)`` runs when an upload failed (e.g. to tell rank 0 not to wait for this rank).
         The returned future raises what failed (the uploads or the commit).
@@ -122,7 +125,9 @@ class AsyncUploader:
         def run():
             try:
                 try:
-                    files = self.wait_all(list(uploads))
+                    started = uploads() if callable(uploads) else uploads
+                    self._adopt(started)
+                    files = self.wait_all(list(started))
                 except BaseException as exc:
                     if on_error is not None:
                         on_error(exc)
@@ -133,11 +138,17 @@ class AsyncUploader:
                     cleanup()
 
         fut = self._committer.submit(run)
+        if not callable(uploads):
+            self._adopt(uploads)
+        with self._lock:
+            self._commits.append(fut)
+        return fut
+
+    def _adopt(self, uploads: list[Future]) -> None:
+        """Uploads a commit waits for are its own: ``wait_all()`` with no argument skips them."""
         with self._lock:
             owned = {id(u) for u in uploads}
             self._uploads = [u for u in self._uploads if id(u) not in owned]
-            self._commits.append(fut)
-        return fut
 
     def in_flight(self) -> int:
         with self._lock:

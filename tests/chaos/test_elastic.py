@@ -1,8 +1,10 @@
 """Resume 2 -> 1 -> 3 workers under ZeRO-1 and ZeRO-2 (three attempts with different worker counts).
 
-The global batch (12 = micro 2 x grad-accum 3/6/2 x 2/1/3 workers) is kept; the consolidated fp32
-weights the checkpoint saved equal the module state right after each load (universal-format
-conversion in the load path); training continues to max_steps; across the whole run every step
+The global batch (12 = micro 2 x grad-accum 3/6/2 x 2/1/3 workers) is kept. Right after each load
+(universal-format conversion in the load path), every parameter's full fp32 weight and both Adam
+moments, gathered across the ZeRO partitions (so padding does not matter), equal what the previous
+attempt held on its other worker count when it saved, and the weights equal the consolidated fp32
+weights in the checkpoint files. Training continues to max_steps; across the whole run every step
 consumed exactly the uninterrupted stream's samples (none repeated, none skipped).
 """
 
@@ -38,10 +40,20 @@ def _saved_fp32(ckpt_root, step: int) -> dict:
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root / f"step-{step:08d}" / committed.root), tag="ds")
 
 
+def _assert_same_training_state(saved: dict, loaded: dict, where: str) -> None:
+    assert saved["world_size"] != loaded["world_size"], where
+    assert saved["adam_steps"] == loaded["adam_steps"] and saved["adam_steps"], where
+    assert saved["params"].keys() == loaded["params"].keys(), where
+    for name, per_key in saved["params"].items():
+        for key in ("fp32", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(per_key[key], loaded["params"][name][key]), f"{where}: {name}.{key} differs"
+    assert any(v["exp_avg_sq"].abs().sum() > 0 for v in saved["params"].values()), "moments must be real"
+
+
 @pytest.mark.parametrize("zero", [1, 2])
 def test_resume_2_to_1_to_3_workers(zero, tmp_path, shards, ray_cluster, monkeypatch):
-    ckpt, dump = tmp_path / "ckpt", tmp_path / "loaded"
-    monkeypatch.setenv("BERTCTL_DUMP_LOADED_STATE", str(dump))
+    ckpt, dump = tmp_path / "ckpt", tmp_path / "state"
+    monkeypatch.setenv("BERTCTL_DUMP_STATE", str(dump))
     rows: dict[int, dict] = {}
     for n, (workers, steps) in enumerate(PLAN, start=1):
         m = job(tmp_path / f"job-{n}.yaml", shards, str(ckpt), steps=steps, every=3, zero=zero, workers=workers,
@@ -52,11 +64,14 @@ def test_resume_2_to_1_to_3_workers(zero, tmp_path, shards, ray_cluster, monkeyp
         for r in got:
             rows[r["step"]] = r
         if n > 1:
-            loaded = torch.load(f"{dump}-step{steps - 3:08d}.pt")
-            saved = _saved_fp32(ckpt, steps - 3)
-            assert saved and set(saved) <= set(loaded)
-            for name, value in saved.items():
-                assert torch.equal(value.float(), loaded[name].float()), f"{name} differs after the load"
+            step, where = steps - 3, f"ZeRO-{zero}, {PLAN[n - 2][0]} -> {workers} workers"
+            loaded = torch.load(f"{dump}-loaded-step{step:08d}.pt")
+            _assert_same_training_state(torch.load(f"{dump}-saved-step{step:08d}.pt"), loaded, where)
+            in_files = _saved_fp32(ckpt, step)
+            shared = set(in_files) & set(loaded["params"])
+            assert shared == set(loaded["params"]), f"{where}: the checkpoint files lack parameters"
+            for name in shared:
+                assert torch.equal(in_files[name].float(), loaded["params"][name]["fp32"]), f"{where}: {name}"
     expected = _expected_samples(tmp_path / "job-3.yaml", 9)
     for step in range(1, 10):
         ids = rows[step]["sample_ids"]
