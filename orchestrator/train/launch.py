@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.train import UserCallback
+from ray.train.torch import TorchTrainer
 
 from orchestrator.spec import PretrainJob
 
@@ -72,16 +73,39 @@ def start_ray(job: PretrainJob) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return True
+    # Ray Train's own preemption watcher polls Ray Core for draining nodes: a one-node local cluster
+    # never drains, SIGTERM reaches the workers through our notice relay (train/preemption.py), and
+    # the watcher's actor would cost a process start inside every recovery. Read by the controller.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     # address="local" never attaches to someone else's `ray start` cluster on this machine.
     ray.init(address="local", num_cpus=local_cluster_cpus(job), include_dashboard=False,
              log_to_driver=True, configure_logging=False)
     return True
 
 
+def _without_idle_dataset_manager(callbacks: list) -> list:
+    """Ray Train starts a DatasetManager actor even when a run has no Ray Datasets (ours streams
+    its own shards): one more process start on the path from a preemption to the first resumed step.
+    Only that callback is dropped; if Ray moves it, nothing is dropped."""
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:
+        return callbacks
+    return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+
+
+class PretrainTrainer(TorchTrainer):
+    """TorchTrainer without the idle DatasetManager when no Ray Dataset is given."""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        return callbacks if self.datasets else _without_idle_dataset_manager(callbacks)
+
+
 def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: Path,
                   metrics_file: Path | None, name: str):
     from ray.train import FailureConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from orchestrator.train.loop import train_loop_per_worker
 
@@ -90,7 +114,7 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
     # On GPUs, CUDA tensors go over NCCL and the loop's small CPU all-reduces (step metrics,
     # preemption flags, checkpoint outcomes) over gloo; pure NCCL rejects CPU tensors.
     backend = "cpu:gloo,cuda:nccl" if job.spec.resources.gpus_per_worker else "gloo"
-    return TorchTrainer(
+    return PretrainTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend),

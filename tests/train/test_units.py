@@ -197,3 +197,18 @@ def test_no_manager_url_is_a_silent_no_op():
     client = HeartbeatClient(Identity("job-a"))
     client.send(Heartbeat(attempt=1))
     assert client.send_final(Heartbeat(attempt=1, status="succeeded")) is False
+
+
+def test_the_trainer_starts_no_dataset_manager_but_keeps_its_backend_and_callbacks(tmp_path):
+    """Ray Train's DatasetManager actor is a process start in every recovery; we pass no Ray Dataset."""
+    from pathlib import Path
+
+    from orchestrator.spec import load_manifest
+    from orchestrator.train.launch import build_trainer
+
+    root = Path(__file__).resolve().parents[2]
+    trainer = build_trainer(load_manifest(str(root / "jobs" / "quickstart.yaml")), {}, tmp_path / "ray",
+                            tmp_path / "metrics.jsonl", "t")
+    names = [type(c).__name__ for c in trainer._create_default_callbacks()]
+    assert "DatasetsCallback" not in names
+    assert {"BackendSetupCallback", "PlacementGroupCleanerCallback", "UserCallbackHandler"} <= set(names)
