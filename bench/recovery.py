@@ -47,7 +47,9 @@ def s3_env(port: int) -> None:
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
                       AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
                       AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}", AWS_EC2_METADATA_DISABLED="true",
-                      RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false")
+                      RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false",
+                      # the timing lines of both ranks differ only in numbers: Ray would fold them
+                      RAY_DEDUP_LOGS="0")
     import boto3
 
     boto3.client("s3").create_bucket(Bucket="bench")

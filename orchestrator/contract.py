@@ -18,9 +18,15 @@ ENV_JOB_ID = "BERTCTL_JOB_ID"
 ENV_ATTEMPT = "BERTCTL_ATTEMPT"
 ENV_MANAGER_URL = "BERTCTL_MANAGER_URL"
 ENV_ATTEMPT_TOKEN = "BERTCTL_ATTEMPT_TOKEN"
+# Trainer driver -> its Ray workers on a shared local head: a 0600 file holding the attempt token
+# (workers there inherit the head's environment, and a token in Ray's job metadata is one too many).
+ENV_ATTEMPT_TOKEN_FILE = "BERTCTL_ATTEMPT_TOKEN_FILE"
 ENV_NOTICE_FILE = "BERTCTL_PREEMPTION_NOTICE_FILE"
 # Mean time between preemptions this job has seen, for checkpoint.every_steps: auto.
 ENV_MTBP_S = "BERTCTL_MTBP_S"
+# Local backend -> trainer: the address of the warm local Ray head to connect to (instead of
+# starting a cluster for the attempt); KubeRay sets RAY_ADDRESS itself.
+ENV_RAY_ADDRESS = "BERTCTL_RAY_ADDRESS"
 
 
 class ExitCode(enum.IntEnum):

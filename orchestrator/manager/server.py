@@ -24,6 +24,7 @@ from orchestrator.manager.api import create_app
 from orchestrator.manager.auth import Authenticator, admin_token_from_env, ENV_ADMIN_TOKEN
 from orchestrator.manager.backends import base
 from orchestrator.manager.backends.local import LocalBackend
+from orchestrator.manager.backends.local_ray import LocalRayCluster
 from orchestrator.manager.store import Store
 from orchestrator.manager.supervisor import Supervisor
 
@@ -68,6 +69,7 @@ class ManagerConfig:
     cancel_grace_s: float | None = None
     db_schema: str | None = None             # PostgreSQL schema (tests use a fresh one)
     supervise: bool = True                   # False: API only (benchmarks, a second read-only API)
+    warm_ray: bool = True                    # local attempts of the bundled trainer share one Ray head
 
     def resolved_url(self) -> str:
         url = self.database_url or os.environ.get(ENV_DATABASE_URL)
@@ -100,8 +102,12 @@ class Manager:
         return f"http://{host}:{self.port}"
 
     def _backends(self) -> dict[str, base.Backend]:
+        # A custom trainer command (tests' fakes) may not use Ray at all: it gets no head.
+        warm = self.cfg.warm_ray and not self.cfg.trainer_command
+        cluster = LocalRayCluster(Path(self.cfg.data_dir) / "ray") if warm else None
         backends: dict[str, base.Backend] = {
-            "local": LocalBackend(Path(self.cfg.data_dir), trainer_command=self.cfg.trainer_command)}
+            "local": LocalBackend(Path(self.cfg.data_dir), trainer_command=self.cfg.trainer_command,
+                                  ray_cluster=cluster)}
         if self.cfg.backend != "local":
             backends[self.cfg.backend] = load_backend(self.cfg.backend)
         return backends
@@ -114,7 +120,14 @@ class Manager:
             self.server.run(sockets=[self.sock])
         finally:
             self.supervisor.stop()
+            self.close_backends()
             self.store.close()
+
+    def close_backends(self) -> None:
+        for backend in self.backends.values():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
 
 
 def check_config(cfg: ManagerConfig) -> dict[str, str]:
@@ -160,6 +173,7 @@ class ServerThread:
         self.manager.supervisor.stop()
         self.manager.server.should_exit = True
         self._thread.join(10)
+        self.manager.close_backends()
         self.manager.store.close()
 
 

@@ -128,7 +128,7 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
                    # debugging / tests: the full state around every save and load (train/state_dump.py)
                    "dump_state": os.environ.get(ENV_DUMP_STATE)}
     log.info("timing: ray_start=%.3f", time.time())
-    owned = start_ray(job)
+    owned = start_ray(job, work_dir)
     log.info("timing: ray_up=%.3f", time.time())
     # After ray.init (which would replace it): SIGTERM only sets a flag and the relay writes the
     # notice file the workers poll, so fit() returns after a committed checkpoint (exit 75).

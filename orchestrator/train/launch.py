@@ -15,6 +15,7 @@ from typing import Any
 from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 
+from orchestrator.contract import ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_RAY_ADDRESS
 from orchestrator.spec import PretrainJob
 
 # In-attempt retries are off: the manager's supervisor classifies each failure and decides on a
@@ -60,8 +61,23 @@ def local_cluster_cpus(job: PretrainJob) -> int:
     return max(8, int(most * r.cpus_per_worker) + 4)
 
 
-def start_ray(job: PretrainJob) -> bool:
-    """Connect to RAY_ADDRESS (KubeRay) or start a fresh local cluster owned by this process.
+def env_for_workers(work_dir: Path) -> dict[str, str]:
+    """This attempt's BERTCTL_* variables for its workers on a shared head, which otherwise inherit
+    the head's environment; the attempt token goes by a 0600 file, never by value."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("BERTCTL_") and k != ENV_ATTEMPT_TOKEN}
+    token = os.environ.get(ENV_ATTEMPT_TOKEN)
+    if token:
+        path = work_dir / "attempt-token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)
+        env[ENV_ATTEMPT_TOKEN_FILE] = str(path)
+    return env
+
+
+def start_ray(job: PretrainJob, work_dir: Path) -> bool:
+    """Connect to RAY_ADDRESS (KubeRay) or the local backend's warm head, or start a fresh local
+    cluster owned by this process.
 
     Returns True when this call connected (the caller then shuts Ray down); an already
     initialized Ray (tests share one cluster per session) is used as it is.
@@ -77,6 +93,11 @@ def start_ray(job: PretrainJob) -> bool:
     # never drains, SIGTERM reaches the workers through our notice relay (train/preemption.py), and
     # the watcher's actor would cost a process start inside every recovery. Read by the controller.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    warm = os.environ.get(ENV_RAY_ADDRESS)
+    if warm:  # the local backend's warm head (manager/backends/local_ray.py)
+        ray.init(address=warm, log_to_driver=True, configure_logging=False,
+                 runtime_env={"env_vars": env_for_workers(work_dir)})
+        return True
     # address="local" never attaches to someone else's `ray start` cluster on this machine.
     ray.init(address="local", num_cpus=local_cluster_cpus(job), include_dashboard=False,
              log_to_driver=True, configure_logging=False)

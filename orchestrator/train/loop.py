@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import storage as st
-from orchestrator.contract import ENV_ATTEMPT_TOKEN, CheckpointRef, Heartbeat, SkippedCheckpoint
+from orchestrator.contract import CheckpointRef, Heartbeat, SkippedCheckpoint
 from orchestrator.errors import CheckpointError
 from orchestrator.model import build_model
 from orchestrator.spec import PretrainJob, parse_manifest
@@ -91,7 +91,7 @@ class Worker:
         self.config = config
         self.job = parse_manifest(config["manifest"])
         self.identity = Identity(job_id=config["job_id"], attempt=int(config["attempt"]),
-                                 manager_url=config.get("manager_url"), token=os.environ.get(ENV_ATTEMPT_TOKEN))
+                                 manager_url=config.get("manager_url"), token=Identity.token_from_env())
         self.on_gpu = self.job.spec.resources.gpus_per_worker > 0
         self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.rank}-", dir=config.get("scratch_root")))
         ckpt = self.job.spec.checkpoint

@@ -13,9 +13,10 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from orchestrator.contract import (
-    ENV_ATTEMPT, ENV_ATTEMPT_TOKEN, ENV_JOB_ID, ENV_MANAGER_URL, Heartbeat,
+    ENV_ATTEMPT, ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_JOB_ID, ENV_MANAGER_URL, Heartbeat,
 )
 from orchestrator.errors import ManifestError
 
@@ -41,6 +42,21 @@ class Identity:
             raise ManifestError([(ENV_ATTEMPT, f"must be a positive integer, got {raw!r}")])
         return cls(job_id=env.get(ENV_JOB_ID) or default_job_id, attempt=int(raw),
                    manager_url=(env.get(ENV_MANAGER_URL) or None), token=(env.get(ENV_ATTEMPT_TOKEN) or None))
+
+    @staticmethod
+    def token_from_env(env: dict[str, str] | None = None) -> str | None:
+        """The attempt token by value, or from the file a driver on a shared Ray head wrote."""
+        env = dict(os.environ if env is None else env)
+        if env.get(ENV_ATTEMPT_TOKEN):
+            return env[ENV_ATTEMPT_TOKEN]
+        path = env.get(ENV_ATTEMPT_TOKEN_FILE)
+        if not path:
+            return None
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:  # heartbeats then get 401 and say so; training goes on
+            log.warning("cannot read the attempt token file %s: %s", path, exc.strerror)
+            return None
 
     def __repr__(self) -> str:  # keeps the token out of any log line or traceback
         return f"Identity(job_id={self.job_id!r}, attempt={self.attempt}, manager_url={self.manager_url!r})"

@@ -7,6 +7,7 @@ a manager that restarted (and is no longer the parent) can still tell how an att
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -22,19 +23,26 @@ import orchestrator
 from orchestrator import contract
 from orchestrator.errors import TemporaryError
 from orchestrator.manager.backends.base import AttemptStatus, LaunchRequest, RunState, register
+from orchestrator.manager.backends.local_ray import SCRUBBED_ENV as _SCRUBBED_ENV
+from orchestrator.manager.backends.local_ray import LocalRayCluster
+from orchestrator.manager.backends.procfs import alive as _alive
+from orchestrator.manager.backends.procfs import members as _members
+from orchestrator.manager.backends.procfs import read_text as _read
+from orchestrator.manager.backends.procfs import signal_group as _signal_group
+from orchestrator.manager.backends.procfs import signal_pid as _signal_pid
 
+log = logging.getLogger("bertctl.manager.local")
 _WRAPPER = str(Path(__file__).with_name("local_wrapper.py"))
 _REPO_ROOT = str(Path(orchestrator.__file__).resolve().parents[1])
-# The manager's own credentials never reach a trainer: it gets only its attempt token.
-_SCRUBBED_ENV = ("BERTCTL_ADMIN_TOKEN", "BERTCTL_ADMIN_TOKEN_FILE", "BERTCTL_TOKEN", "BERTCTL_DATABASE_URL")
 
 
 class LocalBackend:
     name = "local"
 
     def __init__(self, data_dir: str | os.PathLike, trainer_command: Sequence[str] | None = None,
-                 workdir: str | None = None, kill_wait_s: float = 30.0):
+                 workdir: str | None = None, kill_wait_s: float = 30.0, ray_cluster: LocalRayCluster | None = None):
         self.data_dir = Path(data_dir)
+        self.ray_cluster = ray_cluster  # None: every attempt starts a Ray cluster of its own
         self.trainer_command = list(trainer_command or [sys.executable, "-m", "orchestrator.train"])
         self.workdir = workdir or os.getcwd()
         self.kill_wait_s = kill_wait_s
@@ -59,9 +67,10 @@ class LocalBackend:
         manifest = adir / "manifest.yaml"
         manifest.write_text(yaml.safe_dump(request.manifest, sort_keys=False))
         cmd = [sys.executable, _WRAPPER, str(adir / "exit_code"), *self.trainer_command, "--manifest", str(manifest)]
+        env = self._env(request) | self._ray_env(request)
         with open(adir / "trainer.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self._env(request), cwd=self.workdir, start_new_session=True)
+                                    env=env, cwd=self.workdir, start_new_session=True)
         with self._lock:
             self._children[proc.pid] = proc
         (adir / "pid").write_text(str(proc.pid))
@@ -102,7 +111,22 @@ class LocalBackend:
         if not self._wait_gone(pid, self.kill_wait_s):
             raise TemporaryError(f"processes of {job_id} attempt {attempt} (session {pid}) survived SIGKILL", 5.0)
 
+    def close(self) -> None:
+        """Stop the warm Ray head (attempts still running lose their cluster: stop them first)."""
+        if self.ray_cluster is not None:
+            self.ray_cluster.stop()
+
     # -- helpers --------------------------------------------------------------------------------
+
+    def _ray_env(self, request: LaunchRequest) -> dict[str, str]:
+        """The warm head's address when it has room for the job; else the attempt starts its own cluster."""
+        if self.ray_cluster is None or not self.ray_cluster.fits(_logical_cpus(request.manifest)):
+            return {}
+        try:
+            return self.ray_cluster.attempt_env()
+        except TemporaryError as exc:  # never hold a job back for the warm head: the slower path works
+            log.warning("attempt %d of %s starts its own Ray cluster: %s", request.attempt, request.job_id, exc)
+            return {}
 
     def _env(self, request: LaunchRequest) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
@@ -138,13 +162,6 @@ class LocalBackend:
         return True
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:  # includes a process vanishing while /proc is read
-        return None
-
-
 def _recorded(adir: Path) -> int | None:
     text = _read(adir / "exit_code")
     return int(text) if text and text.strip().lstrip("-").isdigit() else None
@@ -152,20 +169,6 @@ def _recorded(adir: Path) -> int | None:
 
 def _shell_code(code: int) -> int:
     return 128 - code if code < 0 else code
-
-
-def _proc_state(pid: int) -> tuple[str, int, int] | None:
-    """(state letter, process group, session) from /proc, or None when there is no such process."""
-    stat = _read(Path(f"/proc/{pid}/stat"))
-    if not stat:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[2]), int(fields[3])
-
-
-def _alive(pid: int) -> bool:
-    state = _proc_state(pid)
-    return state is not None and state[0] not in ("Z", "X")
 
 
 def _is_ours(pid: int, adir: Path) -> bool:
@@ -176,33 +179,16 @@ def _is_ours(pid: int, adir: Path) -> bool:
         return False
 
 
-def _members(leader: int) -> list[int]:
-    """Live processes in the leader's process group or session (zombies are dead: PID 1 may never reap them)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            state = _proc_state(int(entry.name))
-            if state and leader in (state[1], state[2]) and state[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
+def _logical_cpus(manifest: dict) -> float:
+    """Logical CPUs an attempt asks Ray for: every worker at its maximum count, plus the controller."""
+    resources = (manifest.get("spec") or {}).get("resources") or {}
+    workers = resources.get("workers", 1)
+    most = workers.get("max", 1) if isinstance(workers, dict) else workers
+    return float(most) * float(resources.get("cpus_per_worker", 1)) + 1.0
 
 
 def _group_members(leader: int) -> bool:
     return bool(_members(leader))
-
-
-def _signal_pid(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 register("local", LocalBackend)

@@ -1,0 +1,152 @@
+"""A warm local Ray cluster shared by the local backend's attempts.
+
+Starting a Ray head (GCS, raylet, agents, pre-started workers) costs several seconds of CPU, and
+on a small machine that lands inside every recovery: kill -> new attempt -> first resumed step.
+The local backend therefore keeps one head running (``ray start --head --block`` in a session of
+its own) and points each attempt's driver at it. What still starts per attempt is the driver, the
+Ray Train controller and the worker group: Ray kills a job's actors when its driver dies, so
+killing an attempt's session still ends its workers, and a stale attempt that lingers for a
+moment cannot commit (checkpoint fencing) or report (heartbeat fencing).
+
+The manager itself never imports Ray: the head runs as a subprocess, and its state
+(``cluster.json``: pid and port) lets a restarted manager adopt it instead of starting another.
+Attempts that need more logical CPUs than the warm head has get a cluster of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from orchestrator import contract
+from orchestrator.errors import TemporaryError
+from orchestrator.manager.backends.procfs import alive as _alive
+from orchestrator.manager.backends.procfs import members, signal_group, signal_pid
+
+# The manager's own credentials never reach a trainer or a Ray worker (which inherit the head's env).
+SCRUBBED_ENV = ("BERTCTL_ADMIN_TOKEN", "BERTCTL_ADMIN_TOKEN_FILE", "BERTCTL_TOKEN", "BERTCTL_DATABASE_URL")
+DEFAULT_LOGICAL_CPUS = 32  # a scheduling budget, not cores: room for a few concurrent small jobs
+_READY_LINE = "Ray runtime started"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalRayCluster:
+    def __init__(self, root: str | os.PathLike, logical_cpus: int = DEFAULT_LOGICAL_CPUS,
+                 start_timeout_s: float = 120.0):
+        self.root = Path(root)
+        self.logical_cpus = logical_cpus
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen | None = None
+        self._state: dict | None = None
+
+    @property
+    def token_file(self) -> Path:
+        return self.root / "auth_token"
+
+    def fits(self, logical_cpus_needed: float) -> bool:
+        return logical_cpus_needed <= self.logical_cpus
+
+    def attempt_env(self) -> dict[str, str]:
+        """Environment for an attempt's driver: the head's address and its token file (never the token)."""
+        state = self.ensure()
+        return {contract.ENV_RAY_ADDRESS: f"127.0.0.1:{state['port']}", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": str(self.token_file)}
+
+    def ensure(self) -> dict:
+        """The running head (adopted or started); TemporaryError when it does not come up."""
+        if self._state and self._healthy(self._state):
+            return self._state
+        adopted = self._read_state()
+        if adopted and self._healthy(adopted):
+            self._state = adopted
+            return adopted
+        self.stop()
+        self._state = self._start()
+        return self._state
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the head's session (GCS, raylet, agents); SIGKILL what is left after grace_s."""
+        state = self._state or self._read_state()
+        self._state = None
+        if state and members(state["pid"]):
+            signal_group(state["pid"], signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while members(state["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for pid in members(state["pid"]):  # Ray workers: own process groups, same session
+                signal_pid(pid, signal.SIGKILL)
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._proc = None
+        (self.root / "cluster.json").unlink(missing_ok=True)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _healthy(self, state: dict) -> bool:
+        return _alive(state["pid"]) and _port_open(state["port"])
+
+    def _read_state(self) -> dict | None:
+        try:
+            state = json.loads((self.root / "cluster.json").read_text())
+            return {"pid": int(state["pid"]), "port": int(state["port"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_token(self) -> None:
+        if not self.token_file.exists():
+            self.token_file.touch(mode=0o600)
+            self.token_file.write_text(secrets.token_hex(32))
+
+    def _start(self) -> dict:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._write_token()
+        port = _free_port()
+        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
+               "--node-ip-address=127.0.0.1", f"--num-cpus={self.logical_cpus}", "--include-dashboard=false",
+               "--disable-usage-stats"]
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV and not k.startswith("BERTCTL_")}
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file), RAY_USAGE_STATS_ENABLED="0")
+        log_path = self.root / "ray-head.log"
+        with open(log_path, "ab") as log:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=env, start_new_session=True)
+        state = {"pid": self._proc.pid, "port": port}
+        self._wait_ready(state, log_path)
+        tmp = self.root / "cluster.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.root / "cluster.json")
+        return state
+
+    def _wait_ready(self, state: dict, log_path: Path) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                break
+            if _port_open(state["port"]) and _READY_LINE in log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        tail = log_path.read_text(errors="replace")[-1500:]
+        self.stop()
+        raise TemporaryError(f"the local Ray head did not start within {self.start_timeout_s:.0f} s "
+                             f"(log {log_path}): {tail}", delay_s=10.0)

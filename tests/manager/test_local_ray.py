@@ -1,0 +1,71 @@
+"""The warm local Ray head: started once (a real `ray start --head --block`), adopted by a restarted
+manager instead of started twice, reachable with its token file only, free of the manager's
+credentials, and gone with every process of its session after stop()."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator import contract
+from orchestrator.manager.backends.local import _logical_cpus
+from orchestrator.manager.backends.local_ray import LocalRayCluster
+from orchestrator.manager.backends.procfs import members
+
+
+@pytest.fixture
+def head(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTCTL_ADMIN_TOKEN", "manager-secret-never-in-the-head")
+    cluster = LocalRayCluster(tmp_path / "ray", logical_cpus=8)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def test_start_adopt_and_stop(head, tmp_path):
+    env = head.attempt_env()
+    state = json.loads((tmp_path / "ray" / "cluster.json").read_text())
+    assert env[contract.ENV_RAY_ADDRESS] == f"127.0.0.1:{state['port']}"
+    assert env["RAY_AUTH_TOKEN_PATH"] == str(head.token_file) and "RAY_AUTH_TOKEN" not in env
+    assert oct(head.token_file.stat().st_mode & 0o777) == "0o600"
+    assert "BERTCTL_ADMIN_TOKEN" not in _environ(state["pid"])
+
+    adopted = LocalRayCluster(tmp_path / "ray", logical_cpus=8)  # a restarted manager
+    assert adopted.attempt_env() == env, "a running head is adopted, not started twice"
+    pids = members(state["pid"])
+    assert len(pids) >= 3  # the `ray start` process, GCS and raylet at least
+
+    adopted.stop()
+    assert not members(state["pid"])
+    assert not [p for p in pids if _alive_cmd(p)], "a Ray process of the head survived stop()"
+    assert not (tmp_path / "ray" / "cluster.json").exists()
+
+
+def _alive_cmd(pid: int) -> bool:
+    try:
+        return b"ray" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_a_dead_head_is_replaced(head, tmp_path):
+    first = json.loads(json.dumps(head.ensure()))
+    head.stop()
+    second = head.ensure()
+    assert second["pid"] != first["pid"] and members(second["pid"])
+
+
+def test_jobs_larger_than_the_head_get_their_own_cluster(tmp_path):
+    cluster = LocalRayCluster(tmp_path / "ray", logical_cpus=8)
+    small = {"spec": {"resources": {"workers": 2, "cpus_per_worker": 1}}}
+    big = {"spec": {"resources": {"workers": {"min": 2, "max": 8}, "cpus_per_worker": 2}}}
+    assert cluster.fits(_logical_cpus(small)) and _logical_cpus(small) == 3.0
+    assert not cluster.fits(_logical_cpus(big)) and _logical_cpus(big) == 17.0
