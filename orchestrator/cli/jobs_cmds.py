@@ -38,6 +38,8 @@ def server_cmd(
                                    "(--no-supervise: API only, e.g. for benchmarks)."),
     backend: str = typer.Option("local", "--backend", envvar="BERTCTL_BACKEND", help="Where new jobs run: "
                                 "local (process groups on this machine) or kuberay (a RayJob per attempt)."),
+    warm_ray: bool = typer.Option(True, "--warm-ray/--no-warm-ray", help="Local backend: keep one Ray head "
+                                  "for every attempt (--no-warm-ray: each attempt starts its own cluster)."),
     check: bool = typer.Option(False, "--check-config", help="Check the token, backend and database URL, "
                                "print the resolved settings and exit (no database, socket or cluster is touched)."),
 ) -> None:
@@ -45,7 +47,7 @@ def server_cmd(
     from orchestrator.manager.server import Manager, ManagerConfig, check_config, default_data_dir
 
     cfg = ManagerConfig(host=host, port=port, database_url=database_url, data_dir=data_dir or default_data_dir(),
-                        supervise=supervise, backend=backend)
+                        supervise=supervise, backend=backend, warm_ray=warm_ray)
     if check:
         settings = check_config(cfg)
         console.print("config ok: " + " ".join(f"{k}={v}" for k, v in settings.items()), highlight=False,

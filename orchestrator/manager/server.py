@@ -123,7 +123,12 @@ class Manager:
             self.close_backends()
             self.store.close()
 
-    def close_backends(self) -> None:
+    def close_backends(self, force: bool = False) -> None:
+        """Release what the backends hold (the warm Ray head). While jobs are active a graceful stop
+        leaves it running: their attempts train on, and the next manager adopts both."""
+        if not force and self.store.active_jobs():
+            log.info("jobs are active: the local Ray head keeps running for the next manager to adopt")
+            return
         for backend in self.backends.values():
             close = getattr(backend, "close", None)
             if close is not None:
@@ -153,8 +158,9 @@ def check_config(cfg: ManagerConfig) -> dict[str, str]:
 class ServerThread:
     """Runs a Manager's HTTP server and supervisor in background threads (embedded mode, tests)."""
 
-    def __init__(self, manager: Manager, supervise: bool = True):
+    def __init__(self, manager: Manager, supervise: bool = True, force_close: bool = True):
         self.manager, self.supervise = manager, supervise
+        self.force_close = force_close  # embedded: the head goes with the manager
         self._thread = threading.Thread(target=manager.server.run, kwargs={"sockets": [manager.sock]},
                                         name="bertctl-api", daemon=True)
 
@@ -173,7 +179,7 @@ class ServerThread:
         self.manager.supervisor.stop()
         self.manager.server.should_exit = True
         self._thread.join(10)
-        self.manager.close_backends()
+        self.manager.close_backends(force=self.force_close)
         self.manager.store.close()
 
 
@@ -192,3 +198,4 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 logging.getLogger("bertctl.manager").addHandler(logging.NullHandler())
+log = logging.getLogger("bertctl.manager.server")

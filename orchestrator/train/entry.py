@@ -1,10 +1,10 @@
 """`python -m orchestrator.train --manifest PATH`: one training attempt, ending in a contract exit code.
 
-The manager's local backend runs exactly this command as its own process group. This process
-starts its own local Ray cluster (``ray.init(address="local")``), so the Ray head processes are
-its children in that group; Ray workers sit in their own process groups but exit by themselves
-within seconds once their raylet is gone, so killing the group leaves nothing behind
-(tests/train/test_entry.py checks it).
+The manager's local backend runs exactly this command as its own process group, pointed at its
+warm Ray head (``BERTCTL_RAY_ADDRESS``). Run without one, this process starts its own local Ray
+cluster (``ray.init(address="local")``), so the Ray head processes are its children in that
+group; Ray workers sit in their own process groups but exit by themselves within seconds once
+their raylet is gone, so killing the group leaves nothing behind (tests/train/test_entry_process.py).
 """
 
 from __future__ import annotations

@@ -253,3 +253,34 @@ def test_a_backend_that_cannot_fence_fails_the_job_instead_of_hanging(mgr, tmp_p
     assert backend.calls == ["launch", "terminate"], "one launch, one fencing try, never a second attempt"
     ended = [e for e in mgr.store.events(job_id) if e["type"] == "attempt_ended"]
     assert len(ended) == 1 and "could not confirm the attempt stopped" in ended[0]["message"]
+
+
+class _RecordingBackend:
+    name = "recording"
+
+    def __init__(self):
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_graceful_stop_keeps_backend_resources_while_jobs_are_active(tmp_path):
+    """The warm Ray head outlives a graceful server stop while attempts train on it (the next
+    manager adopts both); with no active job, or forced (embedded), it is released."""
+    thread = start_manager(tmp_path / "data")
+    manager = thread.manager
+    recording = manager.backends["recording"] = _RecordingBackend()
+    try:
+        job_id = submit(manager, make_manifest(tmp_path))
+        manager.close_backends()
+        assert recording.closed == 0, "an active job keeps the head"
+        manager.close_backends(force=True)
+        assert recording.closed == 1
+        manager.store.request_cancel(job_id, time.time())
+        drive(manager, job_id, terminal)
+        manager.close_backends()
+        assert recording.closed == 2
+    finally:
+        _kill_all(manager)
+        thread.stop()
