@@ -54,16 +54,9 @@ def train_step(engine, step: int, rank: int) -> float:
 
 def full_state(engine) -> dict:
     """Full fp32 weights and Adam moments per parameter (collective: every rank calls it)."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+    from orchestrator.train.state_dump import full_state as gathered
 
-    state = {}
-    for name, p in engine.module.named_parameters():
-        state[name] = {
-            "fp32": safe_get_full_fp32_param(p).detach().cpu().clone(),
-            "exp_avg": safe_get_full_optimizer_state(p, "exp_avg").detach().cpu().clone(),
-            "exp_avg_sq": safe_get_full_optimizer_state(p, "exp_avg_sq").detach().cpu().clone(),
-        }
-    return state
+    return gathered(engine)["params"]
 
 
 def run_stage(args: dict, stage: int, rank: int, world: int) -> None:
