@@ -84,7 +84,10 @@ def test_export_loads_in_transformers_and_fills_masks(reference, tmp_path):
     assert len(preds) == 3 and all(p["token_str"] and 0 < p["score"] <= 1 for p in preds)
 
 
-@pytest.mark.parametrize("zero", [0, 1, 3])
+# ZeRO-2 is the reference run's stage; ZeRO-1 trains, checkpoints and resumes (onto other worker
+# counts, moments checked) in tests/chaos/test_elastic.py, and exports through the same
+# zero_to_fp32 path as ZeRO-2. A resize through this file was dropped for CI time for the same reason.
+@pytest.mark.parametrize("zero", [0, 3])
 def test_zero_stage_trains_checkpoints_and_exports(zero, tmp_path, shards, ray_cluster):
     from orchestrator.train.export import export_checkpoint
 
@@ -103,23 +106,6 @@ def test_nan_loss_exits_with_its_code(tmp_path, shards, ray_cluster):
     code, _ = train(m, tmp_path / "w")
     assert code == ExitCode.NAN_LOSS
     assert CheckpointStore(str(tmp_path / "ckpt")).committed() == []
-
-
-def test_resume_on_another_world_size_keeps_global_batch_and_data_order(reference, tmp_path, shards):
-    """2 workers for 20 steps, then 1 worker to 24: universal-format load, same samples as 2 workers."""
-    _, ref = reference
-    ckpt = tmp_path / "ckpt"
-    code, _ = train(manifest(tmp_path / "a.yaml", shards, ckpt, steps=20, every=20), tmp_path / "w1")
-    assert code == ExitCode.SUCCEEDED
-    code, rows = train(manifest(tmp_path / "b.yaml", shards, ckpt, steps=24, every=20, workers=1), tmp_path / "w2")
-    assert code == ExitCode.SUCCEEDED
-    assert [r["step"] for r in rows] == [21, 22, 23, 24]
-    # The global order does not depend on the world size: the same 16 samples per step as the reference.
-    assert [sorted(r["sample_ids"]) for r in rows] == [sorted(r["sample_ids"]) for r in ref[20:24]]
-    # The model state carried over: losses continue near the 2-worker run's, far below a fresh start.
-    assert all(abs(mine["mlm_loss"] - theirs["mlm_loss"]) < 0.2 for mine, theirs in zip(rows, ref[20:24]))
-    state = json.loads((ckpt / "step-00000024" / "attempt-00000001" / "state.json").read_text())
-    assert state["world_size"] == 1 and state["global_batch_size"] == 16
 
 
 def test_bertctl_export_of_one_step_directory(reference, tmp_path):

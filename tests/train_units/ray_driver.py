@@ -24,8 +24,10 @@ def train_fn(config):
     watcher = PreemptionWatcher(25, config["notice"]).install()  # a thread here: it only polls
     for step in range(1, 6000):
         time.sleep(0.05)  # one optimizer step
-        with open(f"{config['out']}/alive{rank}", "w") as f:
+        # Replaced atomically: the test reads it while this loop runs (open("w") shows it empty).
+        with open(f"{config['out']}/alive{rank}.tmp", "w") as f:
             f.write(str(step))
+        os.replace(f"{config['out']}/alive{rank}.tmp", f"{config['out']}/alive{rank}")
         decision = watcher.poll(save_cost_s=1.0)
         if decision is not Decision.CONTINUE:
             with open(f"{config['out']}/stopped{rank}", "w") as f:
