@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import shlex
+import signal
 import socket
 import threading
 import time
@@ -113,15 +114,22 @@ class Manager:
         return backends
 
     def serve_forever(self) -> None:
-        """Foreground: supervisor thread + HTTP server until SIGINT / SIGTERM."""
-        if self.cfg.supervise:
-            self.supervisor.start()
+        """Foreground until SIGINT / SIGTERM, then a clean stop (supervisor, backends, store).
+
+        The HTTP server runs on a thread: on the main thread uvicorn re-raises the SIGTERM it caught
+        after its own shutdown, which killed this process before any cleanup ran (a warm Ray head
+        outlived every stopped server; found by CI leaving heads behind)."""
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        thread = ServerThread(self, supervise=self.cfg.supervise, force_close=False).start()
         try:
-            self.server.run(sockets=[self.sock])
+            while not stop.wait(1.0):
+                if not thread.alive():
+                    break
         finally:
-            self.supervisor.stop()
-            self.close_backends()
-            self.store.close()
+            thread.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def close_backends(self, force: bool = False) -> None:
         """Release what the backends hold (the warm Ray head). While jobs are active a graceful stop
@@ -174,6 +182,9 @@ class ServerThread:
         if self.supervise:
             self.manager.supervisor.start()
         return self
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self.manager.supervisor.stop()
