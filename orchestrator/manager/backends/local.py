@@ -77,6 +77,20 @@ class LocalBackend:
         return str(proc.pid)
 
     def poll(self, job_id: str, attempt: int, handle: str) -> AttemptStatus:
+        status = self._poll_session(job_id, attempt, handle)
+        if status.state is RunState.RUNNING or self.ray_cluster is None:
+            return status
+        # On the warm head the attempt's Ray workers are not in its session; Ray ends them once it
+        # sees the driver gone. Until they are, the attempt has not ended (no second attempt beside
+        # them); they can do nothing useful without their driver, so they are killed.
+        leftovers = _ray_workers(job_id, attempt)
+        if not leftovers:
+            return status
+        for pid in leftovers:
+            _signal_pid(pid, signal.SIGKILL)
+        return AttemptStatus(RunState.RUNNING, message="waiting for the attempt's Ray workers to exit")
+
+    def _poll_session(self, job_id: str, attempt: int, handle: str) -> AttemptStatus:
         adir = self.attempt_dir(job_id, attempt)
         pid = self._pid(adir, handle)
         if pid is None:
@@ -100,8 +114,12 @@ class LocalBackend:
         SIGKILL every process of the attempt's session: Ray workers have process groups of their
         own but stay in the session the wrapper started, so the session is the attempt (fencing)."""
         pid = self._pid(self.attempt_dir(job_id, attempt), handle)
-        if pid is None or not self._group_alive(pid):
-            return
+        if pid is not None and self._group_alive(pid):
+            self._stop_session(job_id, attempt, pid, grace_s)
+        if self.ray_cluster is not None:  # its workers on the warm head, outside the session
+            self._kill_ray_workers(job_id, attempt)
+
+    def _stop_session(self, job_id: str, attempt: int, pid: int, grace_s: float) -> None:
         _signal_group(pid, signal.SIGTERM)
         if self._wait_gone(pid, grace_s):
             return
@@ -110,6 +128,15 @@ class LocalBackend:
         _signal_group(pid, signal.SIGKILL)
         if not self._wait_gone(pid, self.kill_wait_s):
             raise TemporaryError(f"processes of {job_id} attempt {attempt} (session {pid}) survived SIGKILL", 5.0)
+
+    def _kill_ray_workers(self, job_id: str, attempt: int) -> None:
+        deadline = time.monotonic() + self.kill_wait_s
+        while leftovers := _ray_workers(job_id, attempt):
+            if time.monotonic() >= deadline:
+                raise TemporaryError(f"Ray workers {leftovers} of {job_id} attempt {attempt} survived SIGKILL", 5.0)
+            for member in leftovers:
+                _signal_pid(member, signal.SIGKILL)
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Stop the warm Ray head (attempts still running lose their cluster: stop them first)."""
@@ -185,6 +212,23 @@ def _logical_cpus(manifest: dict) -> float:
     workers = resources.get("workers", 1)
     most = workers.get("max", 1) if isinstance(workers, dict) else workers
     return float(most) * float(resources.get("cpus_per_worker", 1)) + 1.0
+
+
+def _ray_workers(job_id: str, attempt: int) -> list[int]:
+    """Live processes whose environment names this job and attempt: on the warm head, the attempt's
+    Ray workers (the driver hands them these variables through the job's runtime environment)."""
+    wanted = {f"{contract.ENV_JOB_ID}={job_id}".encode(), f"{contract.ENV_ATTEMPT}={attempt}".encode()}
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = set(Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if wanted <= env and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def _group_members(leader: int) -> bool:
