@@ -160,6 +160,10 @@ class ResourcesSpec(_Strict):
             return range(self.workers, self.workers + 1)
         return range(self.workers.min, self.workers.max + 1)
 
+    def workers_cpus(self) -> float:
+        """Logical CPUs the workers ask Ray for at their largest count."""
+        return max(self.worker_counts()) * self.cpus_per_worker
+
 
 class CheckpointSpec(_Strict):
     uri: str = Field(description="Where checkpoints go (local path or s3://).")

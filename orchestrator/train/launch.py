@@ -56,9 +56,7 @@ def local_cluster_cpus(job: PretrainJob) -> int:
 
     Logical CPUs are a scheduling budget, not cores; too few deadlocks on a 2-core machine.
     """
-    r = job.spec.resources
-    most = r.workers if isinstance(r.workers, int) else r.workers.max
-    return max(8, int(most * r.cpus_per_worker) + 4)
+    return max(8, int(job.spec.resources.workers_cpus()) + 4)
 
 
 def env_for_workers(work_dir: Path) -> dict[str, str]:

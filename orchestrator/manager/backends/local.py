@@ -22,6 +22,7 @@ import yaml
 import orchestrator
 from orchestrator import contract
 from orchestrator.errors import TemporaryError
+from orchestrator.spec import ResourcesSpec
 from orchestrator.manager.backends.base import AttemptStatus, LaunchRequest, RunState, register
 from orchestrator.manager.backends.local_ray import SCRUBBED_ENV as _SCRUBBED_ENV
 from orchestrator.manager.backends.local_ray import LocalRayCluster
@@ -209,9 +210,7 @@ def _is_ours(pid: int, adir: Path) -> bool:
 def _logical_cpus(manifest: dict) -> float:
     """Logical CPUs an attempt asks Ray for: every worker at its maximum count, plus the controller."""
     resources = (manifest.get("spec") or {}).get("resources") or {}
-    workers = resources.get("workers", 1)
-    most = workers.get("max", 1) if isinstance(workers, dict) else workers
-    return float(most) * float(resources.get("cpus_per_worker", 1)) + 1.0
+    return ResourcesSpec.model_validate(resources).workers_cpus() + 1.0
 
 
 def _ray_workers(job_id: str, attempt: int) -> list[int]:

@@ -125,7 +125,8 @@ class LocalRayCluster:
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
                "--node-ip-address=127.0.0.1", f"--num-cpus={self.logical_cpus}", "--include-dashboard=false",
                "--disable-usage-stats"]
-        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV and not k.startswith("BERTCTL_")}
+        # Not a BERTCTL_* variable at all: the manager's credentials (SCRUBBED_ENV) and no attempt's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTCTL_")}
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file), RAY_USAGE_STATS_ENABLED="0")
         log_path = self.root / "ray-head.log"
         with open(log_path, "ab") as log:
