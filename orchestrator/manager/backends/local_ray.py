@@ -87,12 +87,9 @@ class LocalRayCluster:
         state = self._state or self._read_state()
         self._state = None
         if state and members(state["pid"]):
-            signal_group(state["pid"], signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while members(state["pid"]) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for pid in members(state["pid"]):  # Ray workers: own process groups, same session
-                signal_pid(pid, signal.SIGKILL)
+            # Every member, not just the group: Ray workers have process groups of their own.
+            _signal_members(state["pid"], signal.SIGTERM, grace_s)
+            _signal_members(state["pid"], signal.SIGKILL, 10.0)
         if self._proc is not None:
             try:
                 self._proc.wait(timeout=5)
@@ -151,3 +148,15 @@ class LocalRayCluster:
         self.stop()
         raise TemporaryError(f"the local Ray head did not start within {self.start_timeout_s:.0f} s "
                              f"(log {log_path}): {tail}", delay_s=10.0)
+
+
+def _signal_members(leader: int, sig: int, wait_s: float) -> None:
+    """Signal every live process of the leader's group or session; wait up to wait_s for none left."""
+    signal_group(leader, sig)
+    deadline = time.monotonic() + wait_s
+    while pids := members(leader):
+        for pid in pids:
+            signal_pid(pid, sig)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
