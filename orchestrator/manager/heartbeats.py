@@ -83,12 +83,14 @@ def _progress(s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> 
 
 def _settle_steps_lost(s: Session, job: Job, att: Attempt) -> None:
     """The step this attempt resumed from is the truth about what the previous one lost: its
-    newest checkpoint may have committed after its last heartbeat reached us."""
+    newest checkpoint may have committed after its last heartbeat reached us, and then the
+    previous attempt did reach that step."""
     if att.number <= 1:
         return
     prev = s.scalar(select(Attempt).where(Attempt.job_id == job.id, Attempt.number == att.number - 1))
     if prev is not None and prev.steps_lost is not None:
-        prev.steps_lost = max(0, prev.last_step - att.resumed_from_step)
+        prev.last_step = max(prev.last_step, att.resumed_from_step)
+        prev.steps_lost = prev.last_step - att.resumed_from_step
 
 
 def _recovery_s(s: Session, job: Job, att: Attempt, now: float) -> float | None:

@@ -21,10 +21,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class TriggerProxy(FaultProxy):
-    """FaultProxy that turns ``blackhole`` on at the first write whose path contains ``trigger``."""
+    """FaultProxy that turns ``blackhole`` on at the first write whose path contains ``trigger``.
+
+    With ``armed_by`` set, the trigger counts only once a write whose path contains it has been
+    answered: ranks upload independently, so a rank's first write of step K can come before the
+    commit of the step before it, and a blackhole then would stop that commit too.
+    """
 
     def __init__(self, upstream_port: int):
         self.trigger: str | None = None
+        self.armed_by: str | None = None
+        self.armed = False
         self.triggered_path: str | None = None
         super().__init__(upstream_port)
 
@@ -33,16 +40,21 @@ class TriggerProxy(FaultProxy):
 
         class Handler(base):
             def _handle(self) -> None:
-                if proxy.trigger and self.command in ("PUT", "POST") and proxy.trigger in self.path:
+                write = self.command in ("PUT", "POST")
+                armed = proxy.armed or not proxy.armed_by
+                if write and armed and proxy.trigger and proxy.trigger in self.path and not proxy.blackhole:
                     proxy.blackhole, proxy.triggered_path = True, self.path
-                return super()._handle()
+                super()._handle()
+                if write and proxy.armed_by and proxy.armed_by in self.path and not proxy.blackhole:
+                    proxy.armed = True
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         return Handler
 
     def reset(self) -> None:
-        self.trigger, self.blackhole, self.triggered_path = None, False, None
+        self.trigger, self.armed_by, self.armed = None, None, False
+        self.blackhole, self.triggered_path = False, None
 
 
 @pytest.fixture(scope="package")  # torn down before the next test package starts its own Ray

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from orchestrator.errors import StaleAttemptError
-from orchestrator.train.checkpoint import CheckpointStore, step_dir_name
+from orchestrator.train.checkpoint import MANIFEST, CheckpointStore, step_dir_name
 from orchestrator.train.uploader import AsyncUploader
 from tests.chaos.conftest import attempt, job, train_workers
 
@@ -45,12 +45,15 @@ def test_kill_during_s3_upload_uses_the_previous_checkpoint(tmp_path, shards, bu
                                                             monkeypatch):
     uri = f"s3://{bucket}/ck"
     m = job(tmp_path / "job.yaml", shards, uri, async_upload=True, steps=10, every=2)
-    s3_proxy.trigger = f"/ck/{step_dir_name(6)}/"  # the first write of step 6's files
+    # the first write of step 6's files once step 4's commit (its manifest) has been answered
+    s3_proxy.armed_by = f"/ck/{step_dir_name(4)}/{MANIFEST}"
+    s3_proxy.trigger = f"/ck/{step_dir_name(6)}/"
     done = threading.Event()
     killed = _kill_worker_when_blackholed(s3_proxy, done)
     code1, _ = attempt(m, tmp_path, 1, monkeypatch)
     done.set()
     assert killed and code1 != 0, (killed, code1)
+    assert step_dir_name(6) in killed["path"], killed
     s3_proxy.reset()
     store = CheckpointStore(uri)
     committed = [c.step for c in store.committed()]

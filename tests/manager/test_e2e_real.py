@@ -90,7 +90,8 @@ def test_kill9_of_the_trainer_group_resumes_from_the_newest_checkpoint(server, c
     assert a1["end_reason"] == "worker_lost"
     assert a2["resumed_from_step"] == newest_at_kill >= 3, "attempt 2 resumed from the newest checkpoint"
     assert a2["first_step"] == a2["resumed_from_step"] + 1 and job["step"] == 12
-    assert a1["steps_lost"] == a1["last_step"] - newest_at_kill
+    # its last heartbeats may not have reached the manager: its newest commit proves how far it got
+    assert a1["last_step"] >= newest_at_kill and a1["steps_lost"] == a1["last_step"] - newest_at_kill
     msgs = [e["message"] for e in server.events(job_id)]
     assert any("attempt 1 ended: worker_lost" in m for m in msgs)
     assert any(f"resumed from step {newest_at_kill}" in m for m in msgs)

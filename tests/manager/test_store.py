@@ -78,6 +78,20 @@ def test_attempt_lifecycle_each_change_has_its_event(store, tmp_path):
     assert store.mtbp_s(jid, 110.0) == pytest.approx(3.0 + 3.0)
 
 
+def test_a_commit_newer_than_the_last_heartbeat_settles_the_previous_attempt(store, tmp_path):
+    """Attempt 1 committed step 6 after its last heartbeat (step 5) reached the manager; attempt 2
+    resumes from 6. Attempt 1 did reach step 6, and lost nothing."""
+    job, _ = _submit(store, tmp_path)
+    jid = job["id"]
+    _start(store, jid, 1)
+    assert apply_heartbeat(store, jid, Heartbeat(attempt=1, step=5, resumed_from_step=0), 101.0) is Outcome.OK
+    store.end_attempt(jid, 1, EndReason.WORKER_LOST, Decision(Action.RETRY, 0.0, "lost"), 102.0, -9)
+    _start(store, jid, 2, now=103.0)
+    assert apply_heartbeat(store, jid, Heartbeat(attempt=2, step=7, resumed_from_step=6), 104.0) is Outcome.OK
+    a1 = store.attempts(jid)[0]
+    assert (a1["last_step"], a1["steps_lost"]) == (6, 0)
+
+
 def test_cancel_in_each_phase(store, tmp_path):
     pending, _ = _submit(store, tmp_path, name="p")
     assert store.request_cancel(pending["id"], 101.0) == "CANCELLED"
