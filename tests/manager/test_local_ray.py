@@ -5,14 +5,20 @@ credentials, and gone with every process of its session after stop()."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator import contract
-from orchestrator.manager.backends.local import _logical_cpus
+from orchestrator.manager.backends.local import LocalBackend, _logical_cpus, _train_workers
 from orchestrator.manager.backends.local_ray import LocalRayCluster
-from orchestrator.manager.backends.procfs import members
+from orchestrator.manager.backends.procfs import alive, members
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -69,3 +75,31 @@ def test_jobs_larger_than_the_head_get_their_own_cluster(tmp_path):
     big = {"spec": {"resources": {"workers": {"min": 2, "max": 8}, "cpus_per_worker": 2}}}
     assert cluster.fits(_logical_cpus(small)) and _logical_cpus(small) == 3.0
     assert not cluster.fits(_logical_cpus(big)) and _logical_cpus(big) == 17.0
+
+
+def test_only_the_attempts_train_workers_are_fenced_not_a_detached_actor_it_created(head, tmp_path):
+    """A detached actor created by the attempt's job carries its variables but belongs to the head,
+    and Ray restarts it when killed: the attempt has ended once its train workers are gone."""
+    env = {**os.environ, **head.attempt_env(), contract.ENV_JOB_ID: "fence-job", contract.ENV_ATTEMPT: "1",
+           "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen([sys.executable, str(ROOT / "tests/manager/attempt_actors.py")], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pids = _first_json_line(driver)
+        assert _train_workers("fence-job", 1) == [pids["worker"]]
+        assert _train_workers("fence-job", 2) == [] and _train_workers("other-job", 1) == []
+        backend = LocalBackend(tmp_path / "data", ray_cluster=head, kill_wait_s=10)
+        backend._kill_ray_workers("fence-job", 1)  # what terminate does after the attempt's session
+        assert not alive(pids["worker"]) and _train_workers("fence-job", 1) == []
+        time.sleep(1.0)
+        assert alive(pids["coordinator"]), "the detached actor is the head's, not the attempt's"
+    finally:
+        driver.stdin.close()
+        driver.wait(30)
+
+
+def _first_json_line(proc: subprocess.Popen) -> dict:
+    for line in proc.stdout:  # Ray may print to stdout first
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError(f"the driver ended (code {proc.wait()}) before it printed its actors")

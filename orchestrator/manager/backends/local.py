@@ -84,7 +84,7 @@ class LocalBackend:
         # On the warm head the attempt's Ray workers are not in its session; Ray ends them once it
         # sees the driver gone. Until they are, the attempt has not ended (no second attempt beside
         # them); they can do nothing useful without their driver, so they are killed.
-        leftovers = _ray_workers(job_id, attempt)
+        leftovers = _train_workers(job_id, attempt)
         if not leftovers:
             return status
         for pid in leftovers:
@@ -132,7 +132,7 @@ class LocalBackend:
 
     def _kill_ray_workers(self, job_id: str, attempt: int) -> None:
         deadline = time.monotonic() + self.kill_wait_s
-        while leftovers := _ray_workers(job_id, attempt):
+        while leftovers := _train_workers(job_id, attempt):
             if time.monotonic() >= deadline:
                 raise TemporaryError(f"Ray workers {leftovers} of {job_id} attempt {attempt} survived SIGKILL", 5.0)
             for member in leftovers:
@@ -213,15 +213,27 @@ def _logical_cpus(manifest: dict) -> float:
     return ResourcesSpec.model_validate(resources).workers_cpus() + 1.0
 
 
-def _ray_workers(job_id: str, attempt: int) -> list[int]:
-    """Live processes whose environment names this job and attempt: on the warm head, the attempt's
-    Ray workers (the driver hands them these variables through the job's runtime environment)."""
+# Ray sets an actor's process title to ``ray::<Class>[.<method>]``.
+_TRAIN_WORKER_TITLE = b"ray::RayTrainWorker"
+
+
+def _train_workers(job_id: str, attempt: int) -> list[int]:
+    """Live Ray Train workers of this job and attempt on the warm head, found by the variables the
+    driver hands them through the job's runtime environment.
+
+    Only the training workers: they are what can still heartbeat or commit a checkpoint. A detached
+    actor that the attempt's job happened to create first (Ray Train's cluster-wide autoscaling
+    coordinator) carries the same variables but belongs to the head, and Ray restarts it whenever
+    it is killed: matching it kept an ended attempt "running" until its heartbeat timed out.
+    """
     wanted = {f"{contract.ENV_JOB_ID}={job_id}".encode(), f"{contract.ENV_ATTEMPT}={attempt}".encode()}
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
+            if not Path(f"/proc/{entry.name}/cmdline").read_bytes().startswith(_TRAIN_WORKER_TITLE):
+                continue
             env = set(Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"))
         except OSError:
             continue
