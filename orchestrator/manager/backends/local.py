@@ -22,7 +22,6 @@ import yaml
 import orchestrator
 from orchestrator import contract
 from orchestrator.errors import TemporaryError
-from orchestrator.spec import ResourcesSpec
 from orchestrator.manager.backends.base import AttemptStatus, LaunchRequest, RunState, register
 from orchestrator.manager.backends.local_ray import SCRUBBED_ENV as _SCRUBBED_ENV
 from orchestrator.manager.backends.local_ray import LocalRayCluster
@@ -31,6 +30,8 @@ from orchestrator.manager.backends.procfs import members as _members
 from orchestrator.manager.backends.procfs import read_text as _read
 from orchestrator.manager.backends.procfs import signal_group as _signal_group
 from orchestrator.manager.backends.procfs import signal_pid as _signal_pid
+from orchestrator.manager.backends.procfs import with_title_and_env
+from orchestrator.spec import ResourcesSpec
 
 log = logging.getLogger("bertctl.manager.local")
 _WRAPPER = str(Path(__file__).with_name("local_wrapper.py"))
@@ -227,19 +228,7 @@ def _train_workers(job_id: str, attempt: int) -> list[int]:
     it is killed: matching it kept an ended attempt "running" until its heartbeat timed out.
     """
     wanted = {f"{contract.ENV_JOB_ID}={job_id}".encode(), f"{contract.ENV_ATTEMPT}={attempt}".encode()}
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if not Path(f"/proc/{entry.name}/cmdline").read_bytes().startswith(_TRAIN_WORKER_TITLE):
-                continue
-            env = set(Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"))
-        except OSError:
-            continue
-        if wanted <= env and _alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    return with_title_and_env(_TRAIN_WORKER_TITLE, wanted)
 
 
 def _group_members(leader: int) -> bool:

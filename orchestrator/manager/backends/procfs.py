@@ -41,6 +41,24 @@ def members(leader: int) -> list[int]:
     return found
 
 
+def with_title_and_env(title_prefix: bytes, env: set[bytes]) -> list[int]:
+    """Live processes whose command line starts with title_prefix and whose environment holds
+    every ``NAME=value`` entry of env."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not Path(f"/proc/{entry.name}/cmdline").read_bytes().startswith(title_prefix):
+                continue
+            present = set(Path(f"/proc/{entry.name}/environ").read_bytes().split(b"\0"))
+        except OSError:  # gone meanwhile
+            continue
+        if env <= present and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
 def signal_pid(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
