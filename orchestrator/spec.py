@@ -63,7 +63,7 @@ class Metadata(_Strict):
 
 
 class ModelSpec(_Strict):
-    preset: Literal["bert-tiny", "bert-mini", "bert-small", "bert-medium", "bert-base", "bert-large"] = "bert-tiny"
+    preset: Literal[tuple(PRESETS)] = "bert-tiny"  # type: ignore[valid-type]  (the names are PRESETS' keys)
     overrides: dict[str, Any] = Field(default_factory=dict, description="BertConfig fields that replace the preset's.")
 
     @field_validator("overrides")
@@ -228,6 +228,16 @@ class PretrainJob(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+    def with_absolute_paths(self) -> "PretrainJob":
+        """Local data and checkpoint paths made absolute (a URI with a scheme is kept as it is):
+        the stored job means the same whatever directory its trainer or Ray workers start in."""
+        doc = self.to_dict()
+        for section, key in (("data", "shards"), ("checkpoint", "uri")):
+            uri = doc["spec"][section][key]
+            if "://" not in uri:
+                doc["spec"][section][key] = str(Path(uri).resolve())
+        return parse_manifest(doc)
 
 
 from orchestrator.spec_rules import consistency_problems  # noqa: E402  (rules read the models above)

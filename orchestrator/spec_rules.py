@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from orchestrator.errors import ManifestError
+
 if TYPE_CHECKING:
     from orchestrator.spec import PretrainJob
 
@@ -18,6 +20,21 @@ MIN_NSP_SEQ_LEN = 16
 def valid_worker_counts(global_batch: int, micro_batch: int, candidates: range) -> list[int]:
     """Worker counts that keep the global batch: global = micro x workers x grad_accum."""
     return [w for w in candidates if global_batch % (micro_batch * w) == 0]
+
+
+def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """The batch rule, the one place it is written: grad_accum = global / (micro x world).
+
+    The global batch never changes with the world size, so a world size that does not divide it
+    is a manifest error naming the world sizes that work.
+    """
+    if not valid_worker_counts(global_batch, micro_batch, range(world_size, world_size + 1)):
+        good = valid_worker_counts(global_batch, micro_batch, range(1, global_batch + 1))
+        raise ManifestError([("spec.training.global_batch_size",
+                              f"{global_batch} is not divisible by micro_batch_size {micro_batch} x "
+                              f"world_size {world_size}; world sizes that work: {good}; pick one of them "
+                              "or change the batch sizes")])
+    return global_batch // (micro_batch * world_size)
 
 
 def _batch(job: "PretrainJob") -> Problems:

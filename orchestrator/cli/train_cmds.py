@@ -180,7 +180,6 @@ def run_cmd(
     """Prepare the data if needed, train through an embedded job manager (retries preemptions and lost
     workers from the newest checkpoint) with a progress bar, export, fill-mask."""
     from orchestrator.data.prepare import prepare_for_job
-    from orchestrator.train.entry import absolute_uris
 
     job = load_manifest(manifest)
     started = time.time()
@@ -191,8 +190,7 @@ def run_cmd(
                   highlight=False)
     for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(key, value)  # inherited by the trainer through the local backend
-    # Absolute paths: the stored job means the same whatever directory its trainer starts in.
-    view, rows, logs = _submit_and_follow(absolute_uris(job), data_dir)
+    view, rows, logs = _submit_and_follow(job.with_absolute_paths(), data_dir)
     if view["phase"] != "SUCCEEDED":
         raise typer.Exit(_report_failure(view, logs))
     _summary(rows, view, time.time() - started)

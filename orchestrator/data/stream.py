@@ -20,6 +20,7 @@ from orchestrator.data.masking import Masker, MaskingConfig
 from orchestrator.data.order import EpochOrder
 from orchestrator.data.vocab import continuation_ids
 from orchestrator.errors import DataError, PermanentError
+from orchestrator.spec_rules import grad_accum_steps
 from orchestrator.storage import storage_for
 
 
@@ -48,15 +49,6 @@ class StepBatch:
     sample_ids: np.ndarray    # global sample ids this rank consumed in this step, in order
 
 
-def check_batch_geometry(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
-    """grad_accum for this world size, or a PermanentError listing the world sizes that work."""
-    if global_batch_size % (micro_batch_size * world_size):
-        ok = [w for w in range(1, global_batch_size + 1) if global_batch_size % (micro_batch_size * w) == 0]
-        raise PermanentError(f"global_batch_size {global_batch_size} is not divisible by micro_batch_size "
-                             f"{micro_batch_size} x world_size {world_size}; world sizes that work: {ok}")
-    return global_batch_size // (micro_batch_size * world_size)
-
-
 class BatchStream:
     def __init__(self, shards_uri: str, *, global_batch_size: int, micro_batch_size: int, rank: int,
                  world_size: int, seed: int, mlm_probability: float = 0.15, whole_word_masking: bool = False,
@@ -64,7 +56,7 @@ class BatchStream:
                  verify: str = "once") -> None:
         if not 0 <= rank < world_size:
             raise PermanentError(f"rank {rank} is outside world_size {world_size}")
-        self.grad_accum = check_batch_geometry(global_batch_size, micro_batch_size, world_size)
+        self.grad_accum = grad_accum_steps(global_batch_size, micro_batch_size, world_size)
         self.index = ShardIndex.load(shards_uri)
         self.B, self.micro, self.rank, self.world = global_batch_size, micro_batch_size, rank, world_size
         self.seed, self.window, self.budget, self.verify = seed, max(1, shuffle_window), prefetch_bytes, verify

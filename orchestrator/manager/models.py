@@ -12,19 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-class Phase(str, enum.Enum):
-    PENDING = "PENDING"
-    LAUNCHING = "LAUNCHING"
-    RUNNING = "RUNNING"
-    RECOVERING = "RECOVERING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
-ACTIVE = frozenset(set(Phase) - TERMINAL)
+from orchestrator.manager.phases import ACTIVE, TERMINAL, Phase  # noqa: F401  (re-exported for now)
 
 
 class AttemptState(str, enum.Enum):

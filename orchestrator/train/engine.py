@@ -13,20 +13,14 @@ import copy
 import math
 from typing import Any, Callable
 
-from orchestrator.errors import ManifestError
 from orchestrator.spec import PretrainJob
+from orchestrator.spec_rules import grad_accum_steps as batch_rule
 
 
 def grad_accum_steps(job: PretrainJob, world_size: int) -> int:
-    """grad_accum = global / (micro x world); a world size that does not fit is a user error."""
+    """grad_accum for this world size (the batch rule lives in spec_rules)."""
     t = job.spec.training
-    per_step = t.micro_batch_size * world_size
-    if t.global_batch_size % per_step:
-        raise ManifestError([("spec.training.global_batch_size",
-                              f"{t.global_batch_size} is not divisible by micro_batch_size "
-                              f"({t.micro_batch_size}) x {world_size} workers; pick a worker count "
-                              "that divides it or change the batch sizes")])
-    return t.global_batch_size // per_step
+    return batch_rule(t.global_batch_size, t.micro_batch_size, world_size)
 
 
 def _optimizer_config(job: PretrainJob, on_gpu: bool) -> dict[str, Any]:

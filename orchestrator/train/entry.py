@@ -80,19 +80,6 @@ def _final_beat(identity: Identity, job: PretrainJob | None, code: ExitCode, rea
         checkpoint=_newest_checkpoint(job) if job else None)
 
 
-def absolute_uris(job: PretrainJob) -> PretrainJob:
-    """Relative local paths in the manifest made absolute: Ray workers need not share our cwd."""
-    from orchestrator import storage as st
-    from orchestrator.spec import parse_manifest
-
-    doc = job.to_dict()
-    for section, key in (("data", "shards"), ("checkpoint", "uri")):
-        uri = doc["spec"][section][key]
-        if not st.is_s3(uri) and not uri.startswith("file://"):
-            doc["spec"][section][key] = str(Path(uri).resolve())
-    return parse_manifest(doc)
-
-
 def _already_done(store, job: PretrainJob, work_dir: Path) -> bool:
     """A verified checkpoint at max_steps means the job is complete: no cluster is started."""
     newest = next((c for c in store.committed() if c.step <= job.spec.training.max_steps), None)
@@ -155,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics_file = Path(args.metrics_file) if args.metrics_file else work_dir / "metrics.jsonl"
     started = time.time()
     try:
-        job = absolute_uris(load_manifest(args.manifest))
+        job = load_manifest(args.manifest).with_absolute_paths()
         identity = Identity.from_env(default_job_id=job.metadata.name)
         log.info("attempt %d of job %s starting (work dir %s)", identity.attempt, identity.job_id, work_dir)
         run_attempt(job, identity, work_dir, metrics_file, prepare=not args.no_prepare)
