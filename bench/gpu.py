@@ -30,12 +30,11 @@ from orchestrator.data.prepare import PrepareConfig, prepare  # noqa: E402
 from orchestrator.data.stream import BatchStream  # noqa: E402
 from orchestrator.model import build_model  # noqa: E402
 from orchestrator.spec import parse_manifest  # noqa: E402
-from orchestrator.train import metrics as M  # noqa: E402
-from orchestrator.train.checkpoint import CheckpointStore, TrainState  # noqa: E402
-from orchestrator.train.ckpt_manager import CheckpointManager  # noqa: E402
-from orchestrator.train.engine import build_engine  # noqa: E402
-from orchestrator.train.heads import MaskedPositionsPretraining  # noqa: E402
-from orchestrator.train.preemption import Decision, PreemptionWatcher  # noqa: E402
+from orchestrator.train.worker import metrics as M  # noqa: E402
+from orchestrator.train.checkpoint import Checkpointer, CheckpointStore, TrainState  # noqa: E402
+from orchestrator.train.worker.engine import build_engine  # noqa: E402
+from orchestrator.train.worker.heads import MaskedPositionsPretraining  # noqa: E402
+from orchestrator.train.worker import PreemptionWatcher, StopRequest  # noqa: E402
 
 WARMUP_STEPS = 5
 
@@ -83,7 +82,7 @@ def run_config(args, shards: str, index, precision: str, optimizer: str, work: P
         if device.type == "cuda":
             torch.cuda.synchronize()
         m = M.sync_step(acc, step, float(engine.get_lr()[0]))  # the CPU all-reduce (gloo) next to NCCL
-        if watcher.poll(None) is not Decision.CONTINUE:
+        if watcher.poll(None) is not StopRequest.CONTINUE:
             raise RuntimeError("unexpected preemption decision")
         losses.append(m.loss)
         if step > WARMUP_STEPS:
@@ -98,13 +97,13 @@ def run_config(args, shards: str, index, precision: str, optimizer: str, work: P
 def checkpoint_roundtrip(job, engine, index, cfg, device, work: Path, cursor: dict, step: int) -> bool:
     """Save transactionally, restore into a fresh engine, compare every parameter."""
     store = CheckpointStore(job.spec.checkpoint.uri, keep_last=1)
-    manager = CheckpointManager(store, 0, 1, 1, Path(tempfile.mkdtemp(dir=work)))
+    saver = Checkpointer(store, 0, 1, 1, Path(tempfile.mkdtemp(dir=work)))
     state = TrainState(step=step, tokens_seen=0, cursor=cursor, world_size=1, attempt=1, zero_stage=job.spec.deepspeed.zero_stage,
                        global_batch_size=job.spec.training.global_batch_size, job_id="gpu-check",
                        model_config=cfg, nsp=True)
-    manager.save(engine, state)
+    saver.save(engine, state)
     fresh, _ = build(job, index, device)
-    loader = CheckpointManager(store, 0, 1, 2, Path(tempfile.mkdtemp(dir=work)))
+    loader = Checkpointer(store, 0, 1, 2, Path(tempfile.mkdtemp(dir=work)))
     resume = loader.find()
     restored = loader.restore(fresh, resume)
     same = all(torch.equal(a, b) for a, b in zip(engine.module.parameters(), fresh.module.parameters()))

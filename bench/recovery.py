@@ -60,7 +60,7 @@ def upload_bench(tmp: Path, total_mb: int, rounds: int = 3) -> dict[str, float]:
     import boto3
 
     from orchestrator.train.checkpoint import CheckpointStore
-    from orchestrator.train.uploader import AsyncUploader
+    from orchestrator.train.checkpoint import AsyncUploader
 
     src = tmp / "upload-src"
     src.mkdir()

@@ -19,6 +19,7 @@ from orchestrator.errors import ManifestError
 
 API_VERSION = "bertctl/v1"
 KIND = "PretrainJob"
+DEFAULT_VOCAB_SIZE = 8000  # trained when a manifest or `bertctl prepare` names no vocabulary
 
 # Preset sizes (layers, hidden, heads) follow the compact BERT family of Turc et al. (2019)
 # and the original BERT-base/large. Values are BertConfig fields.
@@ -210,7 +211,7 @@ class KubernetesSpec(_Strict):
 
 class JobSpec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
-    tokenizer: TokenizerSpec = Field(default_factory=lambda: TokenizerSpec(vocab_size=8000))
+    tokenizer: TokenizerSpec = Field(default_factory=lambda: TokenizerSpec(vocab_size=DEFAULT_VOCAB_SIZE))
     data: DataSpec
     training: TrainingSpec
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
@@ -221,8 +222,8 @@ class JobSpec(_Strict):
 
 
 class PretrainJob(_Strict):
-    api_version: Literal["bertctl/v1"] = Field(alias="apiVersion")
-    kind: Literal["PretrainJob"]
+    api_version: Literal[API_VERSION] = Field(alias="apiVersion")  # type: ignore[valid-type]
+    kind: Literal[KIND]  # type: ignore[valid-type]
     metadata: Metadata
     spec: JobSpec
 
@@ -296,8 +297,13 @@ def load_manifest_text(text: str, source: str = "<manifest>") -> PretrainJob:
     return parse_manifest(data)
 
 
-def load_manifest(path: str | Path) -> PretrainJob:
+def read_manifest_text(path: str | Path) -> str:
+    """A manifest file's text; a missing file is a manifest error naming the path."""
     p = Path(path)
     if not p.is_file():
         raise ManifestError([(str(p), "file not found; pass the path of a PretrainJob YAML file")])
-    return load_manifest_text(p.read_text(), str(p))
+    return p.read_text()
+
+
+def load_manifest(path: str | Path) -> PretrainJob:
+    return load_manifest_text(read_manifest_text(path), str(Path(path)))

@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from orchestrator.cli.common import app, console
+from orchestrator.spec import DEFAULT_VOCAB_SIZE
 
 
 @app.command("prepare")
@@ -29,7 +30,7 @@ def prepare_cmd(
     from orchestrator.data.prepare import PrepareConfig, prepare
 
     if vocab is None and vocab_size is None:
-        vocab_size = 8000
+        vocab_size = DEFAULT_VOCAB_SIZE
     cfg = PrepareConfig(inputs=list(input), output=output, seq_len=seq_len, vocab_size=vocab_size, vocab=vocab,
                         lowercase=not cased, nsp=not no_nsp, seed=seed, text_column=text_column,
                         shard_bytes=int(shard_mb * 2**20), use_ray=not local)

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from orchestrator.data import pack, vocab as vocab_mod
 from orchestrator.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, ShardInfo
+from orchestrator.data.ray_cluster import local_cpus, start_or_join_ray
 from orchestrator.data.shards import write_shards
 from orchestrator.data.sources import Unit, list_units, read_documents, sentence_starts
 from orchestrator.errors import DataError, PermanentError
+from orchestrator.spec import DEFAULT_VOCAB_SIZE
 from orchestrator.storage import join, storage_for
 
 STATE_DIR = "_prepare"
@@ -37,7 +37,7 @@ class PrepareConfig:
     inputs: list[str]                     # files, directories, s3:// prefixes or builtin:python-stdlib-docs
     output: str                           # shard directory (local or s3://); index.json goes here last
     seq_len: int = 128                    # tokens per row including [CLS]/[SEP]
-    vocab_size: int | None = 8000         # train a WordPiece vocabulary of this size ...
+    vocab_size: int | None = DEFAULT_VOCAB_SIZE  # train a WordPiece vocabulary of this size ...
     vocab: str | None = None              # ... or use this vocab.txt as is
     lowercase: bool = True
     nsp: bool = True                      # sentence pairs with next-sentence labels
@@ -96,7 +96,7 @@ def prepare_for_job(job) -> ShardIndex:
         _check_matches(index, data.seq_len, data.nsp, data.shards)
         return index
     cfg = PrepareConfig(inputs=list(data.prepare.inputs), output=data.shards, seq_len=data.seq_len,
-                        vocab_size=None if tok.vocab else (tok.vocab_size or 8000), vocab=tok.vocab,
+                        vocab_size=None if tok.vocab else (tok.vocab_size or DEFAULT_VOCAB_SIZE), vocab=tok.vocab,
                         lowercase=tok.lowercase, nsp=data.nsp, seed=data.seed,
                         text_column=data.prepare.text_column, shard_bytes=data.prepare.shard_bytes)
     return prepare(cfg, progress=True)
@@ -225,12 +225,8 @@ def _run_units(task: _UnitTask, units: list[Unit], progress: bool) -> list[dict]
 def _run_on_ray(task: _UnitTask, units: list[Unit], bar) -> list[dict]:
     import ray
 
-    started = not ray.is_initialized()
-    if started and os.environ.get("RAY_ADDRESS"):  # inside a cluster (KubeRay): use all of it
-        ray.init(log_to_driver=False)
-    elif started:
-        # address="local" never attaches to (and then fails on) another `ray start` cluster here.
-        ray.init(address="local", num_cpus=max(2, len(units)), include_dashboard=False, log_to_driver=False)
+    # A fresh local cluster gets one CPU slot per unit (units are what runs in parallel), at least 2.
+    started = start_or_join_ray(local_cpus(len(units), floor=2), log_to_driver=False)
     try:
         remote = ray.remote(num_cpus=task.config.cpus_per_task, max_retries=3)(_call_task)
         pending = {remote.remote(task, i, u): i for i, u in enumerate(units)}
@@ -250,5 +246,3 @@ def _run_on_ray(task: _UnitTask, units: list[Unit], bar) -> list[dict]:
 def _call_task(task: _UnitTask, i: int, unit: Unit) -> dict:
     return task(i, unit)
 
-
-__all__ = ["PrepareConfig", "prepare", "prepare_for_job", "time"]

@@ -1,10 +1,10 @@
-"""`python -m orchestrator.train --manifest PATH` (see orchestrator/train/entry.py)."""
+"""`python -m orchestrator.train --manifest PATH` (see orchestrator/train/driver/entry.py)."""
 
 import logging
 import os
 import sys
 
-from orchestrator.train.entry import main
+from orchestrator.train.driver.entry import main
 
 if __name__ == "__main__":
     code = main()

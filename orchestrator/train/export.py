@@ -19,8 +19,8 @@ from pathlib import Path
 from orchestrator import storage as st
 from orchestrator.errors import CheckpointError
 from orchestrator.model import build_model
-from orchestrator.train.checkpoint import DS_TAG, MANIFEST, CheckpointStore, Committed, TrainState
-from orchestrator.train.heads import unwrap_state_dict
+from orchestrator.train.checkpoint.store import DS_TAG, MANIFEST, CheckpointStore, Committed, TrainState
+from orchestrator.train.worker.heads import unwrap_state_dict
 
 log = logging.getLogger("bertctl.train.export")
 

@@ -10,12 +10,16 @@ consumed exactly the uninterrupted stream's samples (none repeated, none skipped
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from orchestrator.spec import load_manifest
 from orchestrator.train.checkpoint import CheckpointStore
+from orchestrator.train.worker import loop
 from tests.chaos.conftest import attempt, job
+from tests.train_units.state_dump import train_loop_dumping_state
 
 pytestmark = pytest.mark.chaos
 GLOBAL = 12
@@ -23,9 +27,7 @@ PLAN = [(2, 3), (1, 6), (3, 9)]  # (workers, max_steps) of attempts 1, 2, 3
 
 
 def _expected_samples(manifest_path, steps: int) -> list[list[int]]:
-    from orchestrator.train.loop import _default_stream
-
-    stream = _default_stream(load_manifest(str(manifest_path)), 0, 1, None)
+    stream = loop.job_stream(load_manifest(str(manifest_path)), 0, 1, None)
     try:
         it = iter(stream)
         return [sorted(int(i) for i in next(it).sample_ids) for _ in range(steps)]
@@ -53,7 +55,8 @@ def _assert_same_training_state(saved: dict, loaded: dict, where: str) -> None:
 @pytest.mark.parametrize("zero", [1, 2])
 def test_resume_2_to_1_to_3_workers(zero, tmp_path, shards, ray_cluster, monkeypatch):
     ckpt, dump = tmp_path / "ckpt", tmp_path / "state"
-    monkeypatch.setenv("BERTCTL_DUMP_STATE", str(dump))
+    # The workers run the production loop plus state dumps around every save and load (a test aid).
+    monkeypatch.setattr(loop, "train_loop_per_worker", functools.partial(train_loop_dumping_state, str(dump)))
     rows: dict[int, dict] = {}
     for n, (workers, steps) in enumerate(PLAN, start=1):
         m = job(tmp_path / f"job-{n}.yaml", shards, str(ckpt), steps=steps, every=3, zero=zero, workers=workers,

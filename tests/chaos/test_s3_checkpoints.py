@@ -17,8 +17,7 @@ import time
 import pytest
 
 from orchestrator.errors import StaleAttemptError
-from orchestrator.train.checkpoint import MANIFEST, CheckpointStore, step_dir_name
-from orchestrator.train.uploader import AsyncUploader
+from orchestrator.train.checkpoint import MANIFEST, AsyncUploader, CheckpointStore, step_dir_name
 from tests.chaos.conftest import attempt, job, train_workers
 
 pytestmark = pytest.mark.chaos

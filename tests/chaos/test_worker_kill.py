@@ -27,8 +27,8 @@ STEPS, EVERY = 20, 4
 def reference(tmp_path_factory, shards, ray_cluster):
     tmp = tmp_path_factory.mktemp("ref")
     m = job(tmp / "job.yaml", shards, str(tmp / "ckpt"), steps=STEPS, every=EVERY)
-    os.environ["BERTCTL_ATTEMPT"] = "1"
-    code, rows = attempt(m, tmp, 1, pytest.MonkeyPatch())
+    with pytest.MonkeyPatch.context() as mp:  # BERTCTL_ATTEMPT is restored after the reference run
+        code, rows = attempt(m, tmp, 1, mp)
     assert code == 0 and [r["step"] for r in rows] == list(range(1, STEPS + 1))
     return {r["step"]: r for r in rows}
 

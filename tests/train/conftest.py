@@ -2,7 +2,7 @@
 
 The corpus is real English prose: the docstrings of a few standard-library modules, written
 to a text file and prepared into shards (seq_len 64, a 1000-token WordPiece vocabulary).
-Training runs go through the real entry point (``orchestrator.train.entry.main``) on the
+Training runs go through the real entry point (``orchestrator.train.driver.entry.main``) on the
 shared cluster, so each run costs a Ray Train start, not a Ray cluster start.
 """
 
@@ -76,7 +76,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def train(manifest_path: Path, work: Path) -> tuple[int, list[dict]]:
     """One attempt through the real entry point on the session's Ray cluster."""
-    from orchestrator.train.entry import main
+    from orchestrator.train.driver.entry import main
 
     work.mkdir(parents=True, exist_ok=True)
     metrics = work / "metrics.jsonl"

@@ -17,7 +17,7 @@ def _state(step: int, attempt: int = 1) -> TrainState:
 
 
 def _save(store: CheckpointStore, tmp: Path, step: int, attempt: int = 1, commit: bool = True):
-    """What CheckpointManager does per rank: stage files, upload into the attempt dir, then commit."""
+    """What Checkpointer does per rank: stage files, upload into the attempt dir, then commit."""
     staging = tmp / f"staging-{step}-{attempt}"
     (staging / "ds").mkdir(parents=True, exist_ok=True)
     (staging / "ds" / "shard-0.pt").write_bytes(f"weights {step} {attempt}".encode() * 50)

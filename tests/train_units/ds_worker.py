@@ -2,7 +2,7 @@
 
 Usage: python ds_worker.py '<json>' with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT in the
 environment. Phases: "train" trains a tiny BERT a few steps and saves a checkpoint; "resume"
-prepares an elastic resume with orchestrator.train.universal, loads, and trains one more step.
+prepares an elastic resume with orchestrator.train.checkpoint.universal, loads, and trains one more step.
 Both dump the full (gathered) fp32 parameters and Adam states from rank 0 for the test to compare.
 """
 
@@ -54,7 +54,7 @@ def train_step(engine, step: int, rank: int) -> float:
 
 def full_state(engine) -> dict:
     """Full fp32 weights and Adam moments per parameter (collective: every rank calls it)."""
-    from orchestrator.train.state_dump import full_state as gathered
+    from tests.train_units.state_dump import full_state as gathered
 
     return gathered(engine)["params"]
 
@@ -67,7 +67,7 @@ def run_stage(args: dict, stage: int, rank: int, world: int) -> None:
     save_dir, dump = f"{args['save_dir']}/zero{stage}", f"{args['dump']}.zero{stage}.pt"
     plan = None
     if args["phase"] == "resume":
-        from orchestrator.train.universal import prepare_resume, universal_ds_config
+        from orchestrator.train.checkpoint.universal import prepare_resume, universal_ds_config
 
         plan = prepare_resume(save_dir, args["tag"], args["saved_world_size"], world, stage,
                               f"{args['work_dir']}/zero{stage}", is_converter=(rank == 0),

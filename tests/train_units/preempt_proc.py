@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from orchestrator.contract import ExitCode  # noqa: E402
-from orchestrator.train.preemption import Decision, PreemptionWatcher  # noqa: E402
+from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest  # noqa: E402
 
 
 def driver(args: dict) -> int:
@@ -53,7 +53,7 @@ def rank_main(args: dict) -> int:
         if step == 5:
             open(f"{args['out']}.started{rank}", "w").close()
         decision = watcher.poll(save_cost_s=args["save_cost_s"])
-        if decision is not Decision.CONTINUE:
+        if decision is not StopRequest.CONTINUE:
             with open(f"{args['out']}.rank{rank}", "w") as f:
                 json.dump({"step": step, "decision": decision.value, "time_left": watcher.time_left(),
                            "local_notice": watcher.notice_file == args["notice_file"]}, f)

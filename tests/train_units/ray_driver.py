@@ -18,7 +18,7 @@ sys.path.insert(0, ROOT)
 def train_fn(config):
     import ray.train
 
-    from orchestrator.train.preemption import Decision, PreemptionWatcher
+    from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest
 
     rank = ray.train.get_context().get_world_rank()
     watcher = PreemptionWatcher(25, config["notice"]).install()  # a thread here: it only polls
@@ -29,7 +29,7 @@ def train_fn(config):
             f.write(str(step))
         os.replace(f"{config['out']}/alive{rank}.tmp", f"{config['out']}/alive{rank}")
         decision = watcher.poll(save_cost_s=1.0)
-        if decision is not Decision.CONTINUE:
+        if decision is not StopRequest.CONTINUE:
             with open(f"{config['out']}/stopped{rank}", "w") as f:
                 json.dump({"step": step, "decision": decision.value}, f)
             return
@@ -41,7 +41,7 @@ def main(mode: str, out: str, ray_tmp: str) -> int:
     from ray.train.torch import TorchTrainer
 
     from orchestrator.contract import ExitCode
-    from orchestrator.train.preemption import PreemptionWatcher
+    from orchestrator.train.worker.preemption import PreemptionWatcher
 
     notice = os.path.join(out, "notice")
     ray.init(address="local", num_cpus=4, include_dashboard=False, _temp_dir=ray_tmp,

@@ -17,8 +17,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ds_worker import build_model, ds_config, train_step  # noqa: E402
 
-from orchestrator.train import snapshot  # noqa: E402
-from orchestrator.train.state_dump import full_state  # noqa: E402
+from orchestrator.train.checkpoint import snapshot  # noqa: E402
+from tests.train_units.state_dump import full_state  # noqa: E402
 
 
 def main() -> None:

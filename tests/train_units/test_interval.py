@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.contract import ENV_MTBP_S
 from orchestrator.errors import PermanentError
-from orchestrator.train.interval import (PRIOR_MTBP_S, Ewma, IntervalTracker, mtbp_from_env,
+from orchestrator.train.checkpoint.interval import (PRIOR_MTBP_S, Ewma, IntervalTracker, mtbp_from_env,
                                          young_daly_interval_steps)
 
 

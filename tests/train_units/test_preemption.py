@@ -14,23 +14,23 @@ import pytest
 
 from orchestrator.contract import ENV_NOTICE_FILE, ExitCode
 from orchestrator.errors import PermanentError
-from orchestrator.train.preemption import Decision, PreemptionWatcher, decide, write_notice
+from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, stop_request, write_notice
 from tests.train_units.procs import HERE, ROOT, free_port
 
 PROC = HERE / "preempt_proc.py"
 
 
 @pytest.mark.parametrize("stop,left,cost,expected", [
-    (False, 0.0, 100.0, Decision.CONTINUE),
-    (True, 25.0, None, Decision.CHECKPOINT_AND_STOP),      # no estimate yet: try
-    (True, 25.0, 10.0, Decision.CHECKPOINT_AND_STOP),
-    (True, 25.0, 20.0, Decision.CHECKPOINT_AND_STOP),      # 20 * 1.25 = 25 fits exactly
-    (True, 25.0, 20.1, Decision.STOP_WITHOUT_CHECKPOINT),
-    (True, -1.0, 0.0, Decision.STOP_WITHOUT_CHECKPOINT),   # deadline already passed
-    (True, 0.0, None, Decision.STOP_WITHOUT_CHECKPOINT),
+    (False, 0.0, 100.0, StopRequest.CONTINUE),
+    (True, 25.0, None, StopRequest.CHECKPOINT_AND_STOP),      # no estimate yet: try
+    (True, 25.0, 10.0, StopRequest.CHECKPOINT_AND_STOP),
+    (True, 25.0, 20.0, StopRequest.CHECKPOINT_AND_STOP),      # 20 * 1.25 = 25 fits exactly
+    (True, 25.0, 20.1, StopRequest.STOP_WITHOUT_CHECKPOINT),
+    (True, -1.0, 0.0, StopRequest.STOP_WITHOUT_CHECKPOINT),   # deadline already passed
+    (True, 0.0, None, StopRequest.STOP_WITHOUT_CHECKPOINT),
 ])
-def test_decide(stop, left, cost, expected):
-    assert decide(stop, left, cost) is expected
+def test_stop_request(stop, left, cost, expected):
+    assert stop_request(stop, left, cost) is expected
 
 
 class FakeClock:
@@ -170,7 +170,7 @@ def test_sigterm_to_the_driver_stops_every_rank_after_the_same_step(tmp_path):
         proc.send_signal(signal.SIGTERM)  # what Kubernetes does to the driver's container
         assert proc.wait(timeout=60) == ExitCode.PREEMPTED
         res = _results(args)
-        assert {r["decision"] for r in res} == {Decision.CHECKPOINT_AND_STOP.value}
+        assert {r["decision"] for r in res} == {StopRequest.CHECKPOINT_AND_STOP.value}
         assert res[0]["step"] == res[1]["step"] >= 5
         assert all(0 < r["time_left"] <= 25.0 for r in res)
     finally:
@@ -187,7 +187,7 @@ def test_notice_on_one_pod_only_stops_all_ranks(tmp_path):
         res = _results(args)
         assert res[0]["step"] == res[1]["step"]
         assert [r["local_notice"] for r in res] == [True, False]
-        assert {r["decision"] for r in res} == {Decision.CHECKPOINT_AND_STOP.value}
+        assert {r["decision"] for r in res} == {StopRequest.CHECKPOINT_AND_STOP.value}
     finally:
         _reap(proc, tmp_path)
 
@@ -199,7 +199,7 @@ def test_deadline_too_short_for_a_save_stops_without_checkpoint_on_all_ranks(tmp
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == ExitCode.PREEMPTED
         res = _results(args)
-        assert {r["decision"] for r in res} == {Decision.STOP_WITHOUT_CHECKPOINT.value}
+        assert {r["decision"] for r in res} == {StopRequest.STOP_WITHOUT_CHECKPOINT.value}
         assert res[0]["step"] == res[1]["step"]
     finally:
         _reap(proc, tmp_path)

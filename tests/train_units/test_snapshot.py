@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from orchestrator.errors import CheckpointError
-from orchestrator.train.snapshot import SnapshotCheckpointEngine, host_copy
+from orchestrator.train.checkpoint.snapshot import SnapshotCheckpointEngine, host_copy
 from tests.train_units.procs import HERE, run_ranks
 
 

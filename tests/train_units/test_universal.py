@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from orchestrator.errors import CheckpointError
-from orchestrator.train.universal import ResumePlan, prepare_resume, universal_ds_config
+from orchestrator.train.checkpoint.universal import ResumePlan, prepare_resume, universal_ds_config
 from tests.train_units.procs import HERE, run_ranks, start_ranks, wait_ranks
 
 WORKER = HERE / "ds_worker.py"
@@ -145,12 +145,12 @@ def test_universal_ds_config_copies():
 
 
 def test_an_earlier_conversion_is_reused_only_for_the_same_checkpoint(tmp_path):
-    from orchestrator.train import universal as U
+    from orchestrator.train.checkpoint import universal as U
 
     _fake_shards(tmp_path / "t", 2)  # garbage: converting it would fail
     out = tmp_path / "w" / U.universal_tag("t")
     out.mkdir(parents=True)
-    (out / U._DONE).write_text(U._fingerprint(str(tmp_path / "t")))
+    (out / U.DONE_MARKER).write_text(U.shard_fingerprint(str(tmp_path / "t")))
     plan = prepare_resume(str(tmp_path), "t", 2, 3, 2, str(tmp_path / "w"))
     assert plan == ResumePlan(str(tmp_path / "w"), "t_universal", load_universal=True)
     # Same tag, different shards (a newer step saved under the same DeepSpeed tag): reconvert.

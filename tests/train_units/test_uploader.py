@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.errors import CheckpointError, TransientStorageError
 from orchestrator.storage import LocalStorage, storage_for
-from orchestrator.train.uploader import (AsyncUploader, Uploaded, gather_rank_markers, rank_marker_uri,
+from orchestrator.train.checkpoint.uploader import (AsyncUploader, Uploaded, gather_rank_markers, rank_marker_uri,
                                          write_rank_marker)
 
 

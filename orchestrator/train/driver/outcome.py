@@ -1,29 +1,16 @@
-"""How a training attempt ends: typed exceptions raised in workers, mapped to contract exit codes.
+"""How a training attempt ends: typed exceptions raised in workers (worker/errors.py), mapped to
+contract exit codes.
 
 Ray Train wraps a worker's exception (WorkerGroupError -> per-rank failures, possibly inside a
-RayTaskError); ``classify`` digs the original out and maps it. Anything unrecognised is an
+RayTaskError); ``ending_of`` digs the original out and maps it. Anything unrecognised is an
 infrastructure failure (retried by the manager), never a silent success.
 """
 
 from __future__ import annotations
 
 from orchestrator.contract import EndReason, ExitCode
-from orchestrator.errors import (
-    CheckpointError, DataError, ManifestError, PermanentError, StaleAttemptError, StorageError,
-    TemporaryError,
-)
-
-
-class NanLossError(PermanentError):
-    """The loss became NaN or infinite; lower the learning rate or check the data."""
-
-
-class FencedError(StaleAttemptError):
-    """The manager answered 409: a newer attempt exists, so this one stops without checkpointing."""
-
-
-class PreemptedError(TemporaryError):
-    """The attempt stopped on a preemption notice after committing a checkpoint."""
+from orchestrator.errors import CheckpointError, DataError, ManifestError, StaleAttemptError, StorageError
+from orchestrator.train.worker.errors import NanLossError, PreemptedError
 
 
 # Order matters: the first matching class wins (subclasses before their bases).
@@ -62,7 +49,7 @@ def _matches(exc: BaseException, kind: type[BaseException] | str) -> bool:
     return isinstance(exc, kind)
 
 
-def classify(exc: BaseException) -> tuple[ExitCode, EndReason, BaseException]:
+def ending_of(exc: BaseException) -> tuple[ExitCode, EndReason, BaseException]:
     """(exit code, reason, the exception that decided) for a failed attempt."""
     chain = _unwrap(exc)
     for kind, code, reason in _CODES:

@@ -1,9 +1,10 @@
-"""Per-step training metrics and the one all-reduce per step that agrees on them.
+"""Per-step training metrics and the all-reduce per step that agrees on them.
 
 Every rank accumulates raw sums over its micro-batches; one ``all_reduce`` per optimizer step
 turns them into global metrics *and* carries flags (a non-finite loss, a fenced attempt, rank 0's
-"flush reports" and "checkpoint now"), so every rank takes the same decision at the same step and no rank is
-left waiting in a collective.
+"flush reports" and "checkpoint now"), so every rank takes the same decision at the same step and
+no rank is left waiting in a collective. Preemption notices are not among these flags: they are
+agreed on by a second, separate collective after the step (``PreemptionWatcher.poll``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class StepAccumulator:
     values: list[float] = field(default_factory=lambda: [0.0] * _SIZE)
 
     def add_outputs(self, out: dict) -> None:
-        """One micro-batch's outputs of train/heads.MaskedPositionsPretraining."""
+        """One micro-batch's outputs of worker/heads.MaskedPositionsPretraining."""
         stats = {k: float(out[k]) for k in ("mlm_ok", "mlm_n", "nsp_ok", "nsp_n", "tokens") if k in out}
         nsp = out.get("nsp_loss")
         self.add(float(out["loss"].detach()), float(out["mlm_loss"].detach()),

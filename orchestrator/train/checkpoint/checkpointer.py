@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import CheckpointError, StaleAttemptError
-from orchestrator.train import rng
-from orchestrator.train.checkpoint import (
+from orchestrator.train.checkpoint import rng
+from orchestrator.train.checkpoint import uploader as up
+from orchestrator.train.checkpoint.store import (
     DS_TAG, STATE, CheckpointStore, Committed, FileEntry, TrainState, attempt_dir_name,
 )
 
@@ -68,7 +69,9 @@ class Resume:
     state: TrainState
 
 
-class CheckpointManager:
+class Checkpointer:
+    """One rank's side of collective checkpointing: ``save`` (sync or async), ``find`` + ``restore``."""
+
     def __init__(self, store: CheckpointStore, rank: int, world_size: int, attempt: int, scratch: Path,
                  extra_dirs: dict[str, Path] | None = None, uploader=None, marker_timeout_s: float = 600.0):
         self.store = store
@@ -79,7 +82,7 @@ class CheckpointManager:
         self.extra_dirs = extra_dirs or {}  # rank 0 copies these (e.g. tokenizer/) into every checkpoint
         self.seconds_total = 0.0  # time training was blocked by checkpoints (the stall)
         self.last: SaveResult | None = None
-        # Async upload (checkpoint.async_upload): train/uploader.AsyncUploader; None = synchronous.
+        # Async upload (checkpoint.async_upload): checkpoint/uploader.AsyncUploader; None = synchronous.
         self.uploader = uploader
         self.marker_timeout_s = marker_timeout_s
         self.commit_cost_s: float | None = None  # last save's full time, write to commit (async too)
@@ -92,7 +95,7 @@ class CheckpointManager:
         started = time.perf_counter()
         staging = self._stage(engine, state)
         if self.uploader is not None:
-            # A snapshotting checkpoint engine (train/snapshot.py) may still be writing the files.
+            # A snapshotting checkpoint engine (checkpoint/snapshot.py) may still be writing the files.
             return self._save_async(staging, state, started, getattr(engine.checkpoint_engine, "drain", None))
         entries, upload_error = self._upload(staging, state.step)
         gathered = _gather((entries, upload_error))
@@ -128,8 +131,6 @@ class CheckpointManager:
         """No collective runs in the background: each rank writes a marker object when its uploads
         landed (or failed); rank 0's committer waits for every marker, then writes the manifest.
         ``drain`` (when given) returns once the local files are complete; it runs before the upload."""
-        from orchestrator.train import uploader as up
-
         self.raise_if_stale()
         step_uri = self.store.step_uri(state.step)
 
@@ -139,29 +140,27 @@ class CheckpointManager:
             return self.uploader.submit_dir(staging, step_uri, prefix=attempt_dir_name(self.attempt))
 
         stall = time.perf_counter() - started
-
-        def commit(files: list) -> SaveResult | None:
-            up.write_rank_marker(self.store.storage, step_uri, self.rank, files)
-            if self.rank != 0:
-                return None
-            return self._commit_async(state, step_uri, started)
-
-        def failed(exc: BaseException) -> None:
-            log.warning("checkpoint step %d: rank %d upload failed, it stays uncommitted: %s",
-                        state.step, self.rank, exc)
-            try:
-                up.write_rank_failure(self.store.storage, step_uri, self.rank, f"{type(exc).__name__}: {exc}")
-            except Exception:  # noqa: BLE001 - rank 0 then times out waiting; still no commit
-                pass
-
-        self.uploader.commit_after(uploads, commit, cleanup=lambda: shutil.rmtree(staging.parent, ignore_errors=True),
-                                   on_error=failed)
+        self.uploader.commit_after(
+            uploads, lambda files: self._mark_and_commit(state, step_uri, started, files),
+            cleanup=lambda: shutil.rmtree(staging.parent, ignore_errors=True),
+            on_error=lambda exc: self._mark_failed(state.step, step_uri, exc))
         self.seconds_total += stall
         return SaveResult(state.step, step_uri, self.world_size, stall)
 
-    def _commit_async(self, state: TrainState, step_uri: str, started: float) -> SaveResult:
-        from orchestrator.train import uploader as up
+    def _mark_and_commit(self, state: TrainState, step_uri: str, started: float, files: list):
+        """Background, after this rank's uploads landed: its marker; on rank 0 then the commit."""
+        up.write_rank_marker(self.store.storage, step_uri, self.rank, files)
+        return self._commit_async(state, step_uri, started) if self.rank == 0 else None
 
+    def _mark_failed(self, step: int, step_uri: str, exc: BaseException) -> None:
+        """Background: tell rank 0 not to wait for this rank (the checkpoint stays uncommitted)."""
+        log.warning("checkpoint step %d: rank %d upload failed, it stays uncommitted: %s", step, self.rank, exc)
+        try:
+            up.write_rank_failure(self.store.storage, step_uri, self.rank, f"{type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001 - rank 0 then times out waiting; still no commit
+            pass
+
+    def _commit_async(self, state: TrainState, step_uri: str, started: float) -> SaveResult:
         try:
             files = up.gather_rank_markers(self.store.storage, step_uri, self.world_size, self.marker_timeout_s)
             entries = [FileEntry(f.name, f.size, f.sha256) for f in files]
@@ -276,7 +275,7 @@ class CheckpointManager:
     def restore(self, engine, resume: "Resume", plan=None) -> TrainState:
         """Load the DeepSpeed shards and this rank's RNG state of a checkpoint ``find`` returned.
 
-        ``plan`` (train/universal.ResumePlan) says where to load from when the world size changed;
+        ``plan`` (checkpoint/universal.ResumePlan) says where to load from when the world size changed;
         RNG states are per rank and only restored on the same world size.
         """
         ckpt, local, state = resume.ckpt, resume.local, resume.state
@@ -288,11 +287,6 @@ class CheckpointManager:
                  state.world_size)
         return state
 
-    def load(self, engine, max_step: int | None = None) -> TrainState | None:
-        """find + restore on the same world size; None when there is no committed checkpoint."""
-        resume = self.find(max_step)
-        return None if resume is None else self.restore(engine, resume)
-
     def _materialize(self, ckpt: Committed) -> tuple[Path | None, str | None]:
         try:
             return self.store.materialize(ckpt, self.scratch / "load"), None
@@ -303,7 +297,7 @@ class CheckpointManager:
         if plan is None and state.world_size != self.world_size:
             raise CheckpointError(
                 f"checkpoint step {ckpt.step} was written by {state.world_size} workers, this run has "
-                f"{self.world_size}; resume through train/universal.prepare_resume")
+                f"{self.world_size}; resume through orchestrator.train.checkpoint.prepare_resume")
         load_dir, tag = (plan.load_dir, plan.tag) if plan is not None else (str(local / ckpt.root), DS_TAG)
         load_path, _ = engine.load_checkpoint(load_dir, tag=tag)
         if load_path is None:
@@ -317,5 +311,3 @@ def _rebuild(outcome: tuple[str, str]) -> Exception:
     """The same exception type on every rank (the loop maps types to exit codes)."""
     return _ERRORS.get(outcome[0], CheckpointError)(outcome[1])
 
-
-__all__ = ["CheckpointManager", "Resume", "SaveResult", "attempt_dir_name"]

@@ -16,6 +16,7 @@ from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 
 from orchestrator.contract import ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_RAY_ADDRESS
+from orchestrator.data.ray_cluster import local_cpus, start_or_join_ray
 from orchestrator.spec import PretrainJob
 
 # In-attempt retries are off: the manager's supervisor classifies each failure and decides on a
@@ -51,14 +52,6 @@ def scaling_config(job: PretrainJob):
     return ScalingConfig(num_workers=workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources)
 
 
-def local_cluster_cpus(job: PretrainJob) -> int:
-    """Logical CPUs for the attempt's local cluster: every worker, the controller, and headroom.
-
-    Logical CPUs are a scheduling budget, not cores; too few deadlocks on a 2-core machine.
-    """
-    return max(8, int(job.spec.resources.workers_cpus()) + 4)
-
-
 def env_for_workers(work_dir: Path) -> dict[str, str]:
     """This attempt's BERTCTL_* variables for its workers on a shared head, which otherwise inherit
     the head's environment; the attempt token goes by a 0600 file, never by value."""
@@ -74,32 +67,19 @@ def env_for_workers(work_dir: Path) -> dict[str, str]:
 
 
 def start_ray(job: PretrainJob, work_dir: Path) -> bool:
-    """Connect to RAY_ADDRESS (KubeRay) or the local backend's warm head, or start a fresh local
-    cluster owned by this process.
+    """Start or join Ray by the shared policy (data/ray_cluster.py); True when the caller shuts it down.
 
-    Returns True when this call connected (the caller then shuts Ray down); an already
-    initialized Ray (tests share one cluster per session) is used as it is.
+    A fresh local cluster gets every worker's CPUs plus 4 for the Ray Train controller and
+    headroom, at least 8: too few logical CPUs deadlocks on a 2-core machine.
     """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-        return True
-    # Ray Train's own preemption watcher polls Ray Core for draining nodes: a one-node local cluster
-    # never drains, SIGTERM reaches the workers through our notice relay (train/preemption.py), and
-    # the watcher's actor would cost a process start inside every recovery. Read by the controller.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    warm = os.environ.get(ENV_RAY_ADDRESS)
-    if warm:  # the local backend's warm head (manager/backends/local_ray.py)
-        ray.init(address=warm, log_to_driver=True, configure_logging=False,
-                 runtime_env={"env_vars": env_for_workers(work_dir)})
-        return True
-    # address="local" never attaches to someone else's `ray start` cluster on this machine.
-    ray.init(address="local", num_cpus=local_cluster_cpus(job), include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
-    return True
+    return start_or_join_ray(
+        local_cpus(job.spec.resources.workers_cpus(), headroom=4, floor=8), log_to_driver=True,
+        warm_address=os.environ.get(ENV_RAY_ADDRESS),  # the local backend's warm head (manager/backends/local_ray.py)
+        configure_logging=False, runtime_env=lambda: {"env_vars": env_for_workers(work_dir)},
+        # Ray Train's own preemption watcher polls Ray Core for draining nodes: a one-node local cluster
+        # never drains, SIGTERM reaches the workers through our notice relay (worker/preemption.py), and
+        # the watcher's actor would cost a process start inside every recovery. Read by the controller.
+        env_defaults={"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"})
 
 
 def _without_idle_dataset_manager(callbacks: list) -> list:
@@ -126,7 +106,7 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig
 
-    from orchestrator.train.loop import train_loop_per_worker
+    from orchestrator.train.worker.loop import train_loop_per_worker
 
     callbacks = [MetricsFile(str(metrics_file))] if metrics_file else []
     storage_path.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,9 @@ from pathlib import Path
 from orchestrator.contract import ENV_NOTICE_FILE, CheckpointRef, EndReason, ExitCode, Heartbeat
 from orchestrator.errors import BertctlError, ManifestError
 from orchestrator.spec import PretrainJob, load_manifest
-from orchestrator.train.outcome import classify
-from orchestrator.train.preemption import PreemptionWatcher
-from orchestrator.train.state_dump import ENV_DUMP_STATE
-from orchestrator.train.report import HeartbeatClient, Identity
+from orchestrator.train.driver.outcome import ending_of
+from orchestrator.train.heartbeat import HeartbeatClient, Identity
+from orchestrator.train.worker import PreemptionWatcher
 
 log = logging.getLogger("bertctl.train")
 
@@ -95,10 +94,7 @@ def _already_done(store, job: PretrainJob, work_dir: Path) -> bool:
 def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_file: Path,
                 prepare: bool = True) -> None:
     """Prepare if needed, register the attempt (fencing), and train on Ray; raises on failure."""
-    import ray
-
     from orchestrator.train.checkpoint import CheckpointStore
-    from orchestrator.train.launch import build_trainer, start_ray
 
     if prepare:
         _prepare(job)
@@ -111,15 +107,24 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     scratch.mkdir(parents=True, exist_ok=True)
     notice_file = os.environ.get(ENV_NOTICE_FILE) or str(work_dir / "preemption-notice")
     loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,
-                   "manager_url": identity.manager_url, "scratch_root": str(scratch), "notice_file": notice_file,
-                   # debugging / tests: the full state around every save and load (train/state_dump.py)
-                   "dump_state": os.environ.get(ENV_DUMP_STATE)}
+                   "manager_url": identity.manager_url, "scratch_root": str(scratch), "notice_file": notice_file}
+    _fit_on_ray(job, identity, work_dir, metrics_file, loop_config)
+
+
+def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_file: Path,
+                loop_config: dict) -> None:
+    """Start or join Ray, run the trainer to its end, and leave Ray as it was found."""
+    import ray
+
+    from orchestrator.train.driver.launch import build_trainer, start_ray
+
     log.info("timing: ray_start=%.3f", time.time())
     owned = start_ray(job, work_dir)
     log.info("timing: ray_up=%.3f", time.time())
     # After ray.init (which would replace it): SIGTERM only sets a flag and the relay writes the
     # notice file the workers poll, so fit() returns after a committed checkpoint (exit 75).
-    watcher = PreemptionWatcher(job.spec.checkpoint.preemption_deadline_s, notice_file).install(relay=True)
+    watcher = PreemptionWatcher(job.spec.checkpoint.preemption_deadline_s,
+                                loop_config["notice_file"]).install(relay=True)
     try:
         trainer = build_trainer(job, loop_config, work_dir / "ray", metrics_file,
                                 name=f"{identity.job_id}-attempt-{identity.attempt}")
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every ending maps to one exit code
         if isinstance(exc, KeyboardInterrupt):
             raise
-        code, reason, decisive = classify(exc)
+        code, reason, decisive = ending_of(exc)
         message = f"{type(decisive).__name__}: {decisive}"
         if isinstance(decisive, ManifestError):
             print(str(decisive), file=sys.stderr)

@@ -37,22 +37,25 @@ from orchestrator.errors import PermanentError
 DEFAULT_SAFETY = 1.25
 
 
-class Decision(str, enum.Enum):
+class StopRequest(str, enum.Enum):
+    """What every rank does after this step (the worker's side; the manager's retry policy is
+    ``manager.policy.AttemptEndDecision``)."""
+
     CONTINUE = "continue"
     CHECKPOINT_AND_STOP = "checkpoint_and_stop"   # save + commit, report preempted, exit 75
     STOP_WITHOUT_CHECKPOINT = "stop_without_checkpoint"  # too late: leave any partial uncommitted
 
 
-def decide(stop: bool, time_left_s: float, save_cost_s: float | None,
-           safety: float = DEFAULT_SAFETY) -> Decision:
+def stop_request(stop: bool, time_left_s: float, save_cost_s: float | None,
+                 safety: float = DEFAULT_SAFETY) -> StopRequest:
     """Pure policy. With no measured save cost yet, try to save: an uncommitted partial is harmless."""
     if not stop:
-        return Decision.CONTINUE
+        return StopRequest.CONTINUE
     if time_left_s <= 0:
-        return Decision.STOP_WITHOUT_CHECKPOINT
+        return StopRequest.STOP_WITHOUT_CHECKPOINT
     if save_cost_s is None or save_cost_s * safety <= time_left_s:
-        return Decision.CHECKPOINT_AND_STOP
-    return Decision.STOP_WITHOUT_CHECKPOINT
+        return StopRequest.CHECKPOINT_AND_STOP
+    return StopRequest.STOP_WITHOUT_CHECKPOINT
 
 
 class PreemptionWatcher:
@@ -62,7 +65,8 @@ class PreemptionWatcher:
                  clock: Callable[[], float] = time.time,
                  probes: list[Callable[[], float | None]] | None = None):
         """``probes``: extra notice sources, each returning a deadline (unix s) once preempted,
-        else None; e.g. ``ray_train_probe`` (Ray Train's own drain-based signal)."""
+        else None. Production passes none (the notice file and SIGTERM are the sources); Ray
+        Train's drain-based ``get_preemption_info`` is not wired in."""
         if deadline_s <= 0:
             raise PermanentError(f"preemption deadline must be > 0 s, got {deadline_s}; "
                                  "set checkpoint.preemption_deadline_s")
@@ -168,30 +172,16 @@ class PreemptionWatcher:
         self._adopt(stop)
         return stop
 
-    def poll(self, save_cost_s: float | None, safety: float = DEFAULT_SAFETY) -> Decision:
+    def poll(self, save_cost_s: float | None, safety: float = DEFAULT_SAFETY) -> StopRequest:
         """Collective, once per optimizer step after it finished: what every rank does next."""
         stop, min_left = _all_reduce_stop(self.requested(), self.time_left())
         self._adopt(stop)
-        return decide(stop, min_left, save_cost_s, safety)
+        return stop_request(stop, min_left, save_cost_s, safety)
 
     def _adopt(self, stop: bool) -> None:
         # A rank that learned of the notice from a peer starts its own deadline clock now.
         if stop and not self.requested():
             self._notice_at = self._clock()
-
-
-def ray_train_probe() -> float | None:
-    """Ray Train v2's drain-based notice (ray.train.get_preemption_info): a deadline or None.
-
-    It is itself a barrier across workers, so every rank must poll the watcher equally often
-    (the loop does: once per step). Without a reported deadline the watcher's own applies.
-    """
-    import ray.train
-
-    info = ray.train.get_preemption_info()
-    if info is None:
-        return None
-    return info.deadline_ms / 1000.0 if info.deadline_ms else float("inf")
 
 
 def write_notice(path: str, at: float | None = None) -> None:

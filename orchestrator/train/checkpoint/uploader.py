@@ -18,7 +18,6 @@ markers of every rank (``gather_rank_markers``) before it writes the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Callable
 
 from orchestrator import storage as st
 from orchestrator.errors import CheckpointError, TransientStorageError
+from orchestrator.train.checkpoint.store import file_digest
 
 MARKER_DIR = "uploaded"
 
@@ -40,15 +40,6 @@ class Uploaded:
     name: str
     size: int
     sha256: str
-
-
-def sha256_of(path: str) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            size += len(block)
-    return size, h.hexdigest()
 
 
 class AsyncUploader:
@@ -89,7 +80,7 @@ class AsyncUploader:
     def _upload_one(self, local_path: str, uri: str, name: str) -> Uploaded:
         # Hash before the upload: the manifest records what we meant to write, and the loader's
         # verification then catches a store that kept something else.
-        size, digest = sha256_of(local_path)
+        size, digest = file_digest(local_path)
         self._storage_for(uri).upload_file(local_path, uri)
         return Uploaded(name, size, digest)
 
@@ -117,32 +108,33 @@ class AsyncUploader:
         """In the background: wait for ``uploads``; only if all succeeded call ``commit_fn(files)``.
 
         ``uploads`` may be a function that starts them, called on the committer thread (the local
-        files may still be being written: train/snapshot.py); if it raises, nothing is committed.
+        files may still be being written: checkpoint/snapshot.py); if it raises, nothing is committed.
         ``cleanup`` (e.g. removing the local staging directory) runs afterwards either way;
         ``on_error(exc)`` runs when an upload failed (e.g. to tell rank 0 not to wait for this rank).
         The returned future raises what failed (the uploads or the commit).
         """
-        def run():
-            try:
-                try:
-                    started = uploads() if callable(uploads) else uploads
-                    self._adopt(started)
-                    files = self.wait_all(list(started))
-                except BaseException as exc:
-                    if on_error is not None:
-                        on_error(exc)
-                    raise
-                return commit_fn(files)
-            finally:
-                if cleanup is not None:
-                    cleanup()
-
-        fut = self._committer.submit(run)
+        fut = self._committer.submit(self._upload_then_commit, uploads, commit_fn, cleanup, on_error)
         if not callable(uploads):
             self._adopt(uploads)
         with self._lock:
             self._commits.append(fut)
         return fut
+
+    def _upload_then_commit(self, uploads, commit_fn, cleanup, on_error):
+        """On the committer thread: see ``commit_after``."""
+        try:
+            try:
+                started = uploads() if callable(uploads) else uploads
+                self._adopt(started)
+                files = self.wait_all(list(started))
+            except BaseException as exc:
+                if on_error is not None:
+                    on_error(exc)
+                raise
+            return commit_fn(files)
+        finally:
+            if cleanup is not None:
+                cleanup()
 
     def _adopt(self, uploads: list[Future]) -> None:
         """Uploads a commit waits for are its own: ``wait_all()`` with no argument skips them."""

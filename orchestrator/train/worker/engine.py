@@ -102,7 +102,7 @@ def lr_multiplier(schedule: str, warmup: int, max_steps: int) -> Callable[[int],
 def _with_universal(cfg: dict[str, Any], load_universal: bool) -> dict[str, Any]:
     if not load_universal:
         return cfg
-    from orchestrator.train.universal import universal_ds_config
+    from orchestrator.train.checkpoint.universal import universal_ds_config
 
     return universal_ds_config(cfg)
 
@@ -123,7 +123,7 @@ def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool, load_un
     """deepspeed.initialize on the process group Ray Train already set up.
 
     ``load_universal``: the engine will load a universal checkpoint (a changed world size,
-    train/universal.py); DeepSpeed fixes that at initialize time.
+    checkpoint/universal.py); DeepSpeed fixes that at initialize time.
     """
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR

@@ -34,7 +34,7 @@ from typing import Callable
 
 from orchestrator.errors import CheckpointError
 
-_DONE = ".bertctl_universal_done"
+DONE_MARKER = ".bertctl_universal_done"
 _FAILED = ".bertctl_universal_failed"
 # Stage 1/2 keep the (replicated) module in one mp_rank file; stage 3 partitions it per rank.
 _STAGE12_MODEL_FILE = "mp_rank_00_model_states.pt"
@@ -118,7 +118,7 @@ def _check_files(tag_dir: str, saved_world_size: int, zero_stage: int) -> None:
             "set deepspeed.zero_stage back to the stage the checkpoint was saved with")
 
 
-def _fingerprint(tag_dir: str) -> str:
+def shard_fingerprint(tag_dir: str) -> str:
     """Which checkpoint a conversion came from: its path and every shard's name and size.
 
     The DeepSpeed tag is often constant across steps, so the folder name alone cannot tell an
@@ -130,8 +130,8 @@ def _fingerprint(tag_dir: str) -> str:
 
 def _convert_once(tag_dir: str, out_dir: str) -> None:
     """Convert into a temporary sibling and rename, so a crash never leaves a half folder in use."""
-    fingerprint = _fingerprint(tag_dir)
-    done = os.path.join(out_dir, _DONE)
+    fingerprint = shard_fingerprint(tag_dir)
+    done = os.path.join(out_dir, DONE_MARKER)
     if os.path.isfile(done):
         with open(done) as f:
             if f.read() == fingerprint:
@@ -142,7 +142,7 @@ def _convert_once(tag_dir: str, out_dir: str) -> None:
     tmp = os.path.join(work_dir, f".tmp-{uuid.uuid4().hex}", os.path.basename(out_dir))
     try:
         _run_ds_to_universal(tag_dir, tmp)
-        with open(os.path.join(tmp, _DONE), "w") as f:
+        with open(os.path.join(tmp, DONE_MARKER), "w") as f:
             f.write(fingerprint)
         os.replace(tmp, out_dir)
         _write_latest(work_dir, os.path.basename(out_dir))
@@ -191,7 +191,7 @@ def _raise_if_not_converted(out_dir: str) -> None:
         raise CheckpointError(
             f"converting the checkpoint to DeepSpeed's universal format failed ({reason}); "
             "resume on the world size it was saved with, or from an earlier checkpoint")
-    if not os.path.isfile(os.path.join(out_dir, _DONE)):
+    if not os.path.isfile(os.path.join(out_dir, DONE_MARKER)):
         raise CheckpointError(
             f"{out_dir}: no converted universal checkpoint after the barrier; work_dir must be shared "
             "by every rank that relies on the converting rank (use a node-local converter per node)")

@@ -19,8 +19,8 @@ Invariants (each has a test in tests/train/test_checkpoint_store.py):
   with a logged reason; only files the manifest names are read (never a mix).
 - Retention keeps ``keep_last`` committed checkpoints and never deletes the newest one.
 
-The collective side (all ranks save, rank 0 commits) is ``CheckpointManager`` in
-``orchestrator.train.ckpt_manager``.
+The collective side (all ranks save, rank 0 commits) is ``Checkpointer`` in
+``orchestrator.train.checkpoint.checkpointer``.
 """
 
 from __future__ import annotations
@@ -70,14 +70,15 @@ class TrainState:
     lr_scheduler: dict[str, Any] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)
     nsp: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # room for preemption / goodput data
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "TrainState":
-        return cls(**json.loads(data))
+        fields = json.loads(data)
+        fields.pop("extra", None)  # an always-empty field that older checkpoints carry (removed as unused)
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -104,17 +105,19 @@ class Committed:
         return self.manifest["root"]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | Path) -> tuple[int, str]:
+    """Size and sha256 of a file's bytes, read once (the one hashing rule of checkpoint files)."""
+    h, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+            size += len(block)
+    return size, h.hexdigest()
 
 
 def local_entries(local_dir: Path, prefix: str) -> list[FileEntry]:
     """Size and sha256 of every file under ``local_dir``, named ``prefix/<relative path>``."""
-    return [FileEntry(f"{prefix}/{p.relative_to(local_dir).as_posix()}", p.stat().st_size, sha256_file(p))
+    return [FileEntry(f"{prefix}/{p.relative_to(local_dir).as_posix()}", *file_digest(p))
             for p in sorted(local_dir.rglob("*")) if p.is_file()]
 
 
@@ -131,9 +134,6 @@ class CheckpointStore:
     # ----- layout
     def step_uri(self, step: int) -> str:
         return st.join(self.uri, step_dir_name(step))
-
-    def attempt_root(self, step: int, attempt: int) -> str:
-        return st.join(self.step_uri(step), attempt_dir_name(attempt))
 
     # ----- fencing
     def register_attempt(self, attempt: int) -> None:
@@ -226,7 +226,7 @@ class CheckpointStore:
                 return f"{e.path} is missing"
             if path.stat().st_size != e.size:
                 return f"{e.path} has {path.stat().st_size} bytes, the manifest says {e.size}"
-            if sha256_file(path) != e.sha256:
+            if file_digest(path)[1] != e.sha256:
                 return f"{e.path} does not match its sha256"
         return None
 

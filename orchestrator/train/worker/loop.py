@@ -1,0 +1,364 @@
+"""The training loop of one Ray Train worker (``train_loop_per_worker``).
+
+Order matters for exact resume: pick the checkpoint first (its data cursor opens the stream),
+then build the model with the same seed on every rank, build the engine, restore the
+DeepSpeed shards and this rank's RNG states. Every optimizer step ends in two small collectives,
+so all ranks stop at the same step: the metrics all-reduce (``metrics.sync_step``) also carries
+the NaN-loss, fenced, report and checkpoint-due flags, and the preemption poll
+(``PreemptionWatcher.poll``) all-reduces the notice flag and the time left.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import storage as st
+from orchestrator.contract import CheckpointRef, Heartbeat, SkippedCheckpoint
+from orchestrator.errors import CheckpointError
+from orchestrator.model import build_model
+from orchestrator.spec import PretrainJob, parse_manifest
+from orchestrator.train.checkpoint import (
+    DS_TAG, AsyncUploader, Checkpointer, CheckpointStore, IntervalTracker, Resume, TrainState, mtbp_from_env,
+    prepare_resume, rng,
+)
+from orchestrator.train.heartbeat import HeartbeatClient, Identity
+from orchestrator.train.worker import metrics as M
+from orchestrator.train.worker.engine import build_engine
+from orchestrator.train.worker.errors import FencedError, NanLossError, PreemptedError
+from orchestrator.train.worker.heads import MaskedPositionsPretraining
+from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest
+
+log = logging.getLogger("bertctl.train.loop")
+
+# ray.train.report is a barrier with a controller round trip (seconds on a loaded 2-core host), so
+# per-step rows are buffered and flushed when rank 0 says so (through the per-step metrics
+# all-reduce), at most every REPORT_EVERY_S, and at every checkpoint and at the end.
+REPORT_EVERY_S = 2.0
+
+
+def job_stream(job: PretrainJob, rank: int, world_size: int, cursor: dict | None):
+    """This rank's slice of the job's global sample stream, from ``cursor`` (or the start)."""
+    from orchestrator.data.stream import BatchStream, Cursor
+
+    d, t = job.spec.data, job.spec.training
+    return BatchStream(d.shards, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
+                       rank=rank, world_size=world_size, seed=d.seed, mlm_probability=d.mlm_probability,
+                       whole_word_masking=d.whole_word_masking, shuffle_window=d.shuffle_window,
+                       prefetch_bytes=d.prefetch_bytes, cursor=Cursor.from_dict(cursor) if cursor else Cursor())
+
+
+def _tokenizer_files(index, scratch: Path) -> Path | None:
+    """The shards' tokenizer files (index.tokenizer_files), copied into a local directory."""
+    files = dict(getattr(index, "tokenizer_files", {}) or {})
+    if not files:
+        return None
+    dest = scratch / "tokenizer"
+    dest.mkdir(parents=True, exist_ok=True)
+    for role in files:
+        uri = index.tokenizer_uri(role)
+        st.storage_for(uri).download_file(uri, str(dest / Path(files[role]).name))
+    return dest
+
+
+def _device(on_gpu: bool):
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+
+
+def _to_device(micro: dict, device) -> dict:
+    import torch
+
+    return {k: torch.as_tensor(v).to(device=device, dtype=torch.long) for k, v in micro.items()}
+
+
+@dataclass
+class Progress:
+    """Where the run is: the last finished step, tokens and data cursor, and what to report."""
+
+    step: int
+    tokens: int
+    cursor: dict[str, int]
+    resumed_from: int | None  # reported with the first heartbeat after a (re)start, then None
+    last_saved: int | None
+
+    @classmethod
+    def from_state(cls, state: TrainState | None) -> "Progress":
+        if state is None:
+            return cls(0, 0, {"epoch": 0, "sample": 0}, resumed_from=0, last_saved=None)
+        return cls(state.step, state.tokens_seen, state.cursor, resumed_from=state.step, last_saved=state.step)
+
+    def advance(self, tokens: int, cursor: dict[str, int]) -> None:
+        self.step, self.tokens, self.cursor = self.step + 1, self.tokens + tokens, cursor
+
+
+class Worker:
+    """State of one rank; ``run`` is the whole loop."""
+
+    def __init__(self, config: dict[str, Any]):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.config = config
+        self.job = parse_manifest(config["manifest"])
+        self.identity = Identity(job_id=config["job_id"], attempt=int(config["attempt"]),
+                                 manager_url=config.get("manager_url"), token=Identity.token_from_env())
+        self.on_gpu = self.job.spec.resources.gpus_per_worker > 0
+        self.device = _device(self.on_gpu)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.rank}-", dir=config.get("scratch_root")))
+        ckpt = self.job.spec.checkpoint
+        # The driver relays SIGTERM into this file (worker/preemption.py); every rank polls it per step.
+        self.watcher = PreemptionWatcher(ckpt.preemption_deadline_s, config.get("notice_file"))
+        self.interval = IntervalTracker(ckpt.every_steps, mtbp_from_env(), max_steps=self.job.spec.training.max_steps)
+        self.heartbeats = HeartbeatClient(self.identity) if self.rank == 0 else None
+        self.ckpts = Checkpointer(CheckpointStore(ckpt.uri, keep_last=ckpt.keep_last), self.rank, self.world_size,
+                                  self.identity.attempt, self.scratch, uploader=self._uploader())
+        self.model_config: dict[str, Any] = {}  # set by _build_model (saved in every checkpoint)
+        self.engine = None  # the DeepSpeed engine, set by _build_engine
+        self.rows: list[dict] = []
+        self.last_flush = time.monotonic()
+        self.step_end = time.perf_counter()
+
+    def _uploader(self) -> AsyncUploader | None:
+        """checkpoint.async_upload: shards upload in the background while training goes on."""
+        return AsyncUploader(max_workers=4) if self.job.spec.checkpoint.async_upload else None
+
+    # ----- lifecycle
+    def run(self) -> None:
+        try:
+            resume = self._find_resume()
+            stream = job_stream(self.job, self.rank, self.world_size, resume.state.cursor if resume else None)
+            try:
+                state = self._prepare(stream.index, resume)
+                self._train(stream, state)
+            finally:
+                stream.close()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.heartbeats:
+            self.heartbeats.close()
+        if self.ckpts.uploader is not None:
+            self.ckpts.uploader.close(timeout=0)  # everything that had to land was waited for already
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    # ----- setup: checkpoint -> model -> engine -> restore (the order exact resume needs)
+    def _find_resume(self) -> Resume | None:
+        log.info("timing: load_start=%.3f", time.time())
+        resume = self.ckpts.find(max_step=self.job.spec.training.max_steps)
+        log.info("timing: found=%.3f", time.time())
+        return resume
+
+    def _prepare(self, index, resume: Resume | None) -> TrainState | None:
+        """Model, engine and (when resuming) the restored state; every rank, in the same order."""
+        self._keep_tokenizer(index)
+        model = self._build_model(index)
+        plan = self._resume_plan(resume) if resume else None
+        log.info("timing: model_built=%.3f", time.time())
+        self._build_engine(model, load_universal=bool(plan and plan.load_universal))
+        return self._restore(resume, plan) if resume else None
+
+    def _keep_tokenizer(self, index) -> None:
+        """A copy of the tokenizer in every checkpoint, so export needs nothing but the checkpoint."""
+        tok_dir = _tokenizer_files(index, self.scratch) if self.rank == 0 else None
+        if tok_dir:
+            self.ckpts.extra_dirs["tokenizer"] = tok_dir
+
+    def _build_model(self, index):
+        spec = self.job.spec
+        rng.seed_everything(spec.data.seed)  # the same initial weights on every rank
+        self.model_config = spec.model.bert_config(index.vocab_size)
+        pad_id = int((getattr(index, "special_tokens", None) or {}).get("[PAD]", 0))
+        model = MaskedPositionsPretraining(build_model(self.model_config, spec.data.nsp, pad_token_id=pad_id),
+                                           spec.data.nsp)
+        model.to(self.device)
+        rng.seed_rank(spec.data.seed, self.rank)  # then per-rank streams (dropout) that a resume restores
+        return model
+
+    def _build_engine(self, model, load_universal: bool) -> None:
+        self.engine = build_engine(self.job, model, self.world_size, self.on_gpu, load_universal=load_universal)
+        if self.job.spec.checkpoint.async_upload:  # the step waits for an in-memory copy, not for torch.save
+            from orchestrator.train.checkpoint import snapshot
+
+            snapshot.install(self.engine)
+        log.info("timing: engine_built=%.3f", time.time())
+
+    def _restore(self, resume: Resume, plan) -> TrainState:
+        state = self.ckpts.restore(self.engine, resume, plan)
+        log.info("timing: loaded=%.3f", time.time())
+        return state
+
+    def _resume_plan(self, resume: Resume):
+        """Same world size: load as saved; another one: convert to DeepSpeed's universal format first."""
+        import ray.train
+        import torch.distributed as dist
+
+        shared = Path(self.config.get("scratch_root") or self.scratch)  # node-local, shared by its ranks
+        work = shared / f"universal-{self.identity.attempt}-{resume.ckpt.step:08d}"
+        is_converter = ray.train.get_context().get_local_rank() == 0 if self.config.get("scratch_root") else True
+        return prepare_resume(str(resume.local / resume.ckpt.root), DS_TAG, resume.state.world_size,
+                              self.world_size, resume.state.zero_stage, str(work), is_converter=is_converter,
+                              barrier=dist.barrier if dist.is_initialized() else None)
+
+    # ----- training
+    def _train(self, stream, state: TrainState | None) -> None:
+        run = Progress.from_state(state)
+        self.interval.last_save_step = run.step
+        batches = iter(stream)
+        self.step_end = time.perf_counter()
+        while run.step < self.job.spec.training.max_steps:
+            self._train_step(next(batches), run)
+        self._finish(run)
+
+    def _train_step(self, batch, run: Progress) -> None:
+        """One optimizer step and what follows it: stop checks, checkpoint, report."""
+        m = self._step(batch, run.step + 1)
+        run.advance(m.tokens, batch.cursor.to_dict())
+        self._raise_on_stop_flags(m, run.step)
+        self.interval.record_step(m.seconds)
+        request = self.watcher.poll(self._save_cost())  # collective: same answer on every rank
+        saved = self._checkpoint_if_due(m, run, request)
+        stopping = request is not StopRequest.CONTINUE
+        self._report(m, run.step, run.tokens, batch, run.resumed_from, saved, force_flush=stopping)
+        run.resumed_from = None
+        if stopping:
+            raise PreemptedError(f"preempted after step {run.step}: "
+                                 + ("checkpoint committed" if saved else "too late to checkpoint"))
+
+    def _raise_on_stop_flags(self, m: M.StepMetrics, step: int) -> None:
+        if m.nonfinite:
+            raise NanLossError(f"loss became {m.loss} at step {step}; lower training.lr, raise "
+                               "warmup_steps or check the data")
+        if m.fenced:
+            raise FencedError(f"attempt {self.identity.attempt} was fenced by the manager at step {step}")
+
+    def _checkpoint_if_due(self, m: M.StepMetrics, run: Progress, request: StopRequest):
+        """The save of this step (None when none was due, or it missed the preemption deadline)."""
+        saved = None
+        if m.save or run.step == self.job.spec.training.max_steps or request is StopRequest.CHECKPOINT_AND_STOP:
+            saved = self._save(run.step, run.tokens, run.cursor)
+            run.last_saved = run.step
+        if request is not StopRequest.CONTINUE:
+            # An async save (this one or an earlier one) must land within the deadline, or stay uncommitted.
+            failed = self.ckpts.wait_committed(max(0.0, self.watcher.time_left()))
+            saved = None if failed else saved
+        return saved
+
+    def _finish(self, run: Progress) -> None:
+        if run.last_saved != run.step:  # resumed at max_steps with no checkpoint of it yet
+            self._save(run.step, run.tokens, run.cursor)
+        failed = self.ckpts.wait_committed(None)
+        if failed:
+            raise CheckpointError(f"the checkpoint of step {run.step} (max_steps) did not commit: {failed}")
+        self._flush()
+
+    def _save_cost(self) -> float | None:
+        """For the preemption decision: the full time to a commit (with async upload: to the
+        background commit, which a preemption has to wait for), once one was measured."""
+        known = [x for x in (self.ckpts.commit_cost_s, self.interval.save_cost_s) if x is not None]
+        return max(known) if known else None
+
+    def _save_due(self, step: int) -> bool:
+        """Rank 0's view (the all-reduce makes it everyone's): a fixed interval, or Young-Daly for 'auto'."""
+        every = self.job.spec.checkpoint.every_steps
+        return step % every == 0 if isinstance(every, int) else self.interval.due(step)
+
+    def _step(self, batch, step: int) -> M.StepMetrics:
+        acc = M.StepAccumulator(started=self.step_end)
+        lr = float(self.engine.get_lr()[0])
+        for micro in batch.micro_batches:
+            out = self.engine(**_to_device(micro, self.device))
+            self.engine.backward(out["loss"])
+            self.engine.step()
+            acc.add_outputs(out)
+        if (self.heartbeats and self.heartbeats.fenced.is_set()) or self.ckpts.stale:
+            acc.raise_flag(M.FLAG_FENCED)
+        if self.rank == 0 and time.monotonic() - self.last_flush >= REPORT_EVERY_S:
+            acc.raise_flag(M.FLAG_REPORT)
+        if self.rank == 0 and self._save_due(step):
+            acc.raise_flag(M.FLAG_SAVE)
+        metrics = M.sync_step(acc, step, lr)
+        self.step_end = time.perf_counter()
+        return metrics
+
+    def _save(self, step: int, tokens: int, cursor: dict):
+        for failure in self.ckpts.background_failures():
+            log.warning("an earlier background checkpoint stayed uncommitted: %s", failure)
+        result = self.ckpts.save(self.engine, self._train_state(step, tokens, cursor))
+        self.interval.record_save(step, result.seconds)
+        return result
+
+    def _train_state(self, step: int, tokens: int, cursor: dict) -> TrainState:
+        spec = self.job.spec
+        return TrainState(
+            step=step, tokens_seen=tokens, cursor=cursor, world_size=self.world_size,
+            attempt=self.identity.attempt, zero_stage=spec.deepspeed.zero_stage,
+            global_batch_size=spec.training.global_batch_size, job_id=self.identity.job_id,
+            lr_scheduler=_scheduler_state(self.engine.lr_scheduler), model_config=self.model_config,
+            nsp=spec.data.nsp)
+
+    # ----- reporting
+    def _report(self, m: M.StepMetrics, step: int, tokens: int, batch, resumed_from: int | None, saved,
+                force_flush: bool = False) -> None:
+        if self.heartbeats:
+            self.heartbeats.send(self._heartbeat(m, tokens, resumed_from))
+        t = self.job.spec.training
+        if step % t.log_every_steps == 0 or step == t.max_steps:
+            self.rows.append(self._row(m, tokens, batch, saved))
+        if m.report or saved is not None or step == t.max_steps or force_flush:
+            self._flush()
+
+    def _row(self, m: M.StepMetrics, tokens: int, batch, saved) -> dict:
+        row = {**m.as_row(), "tokens_seen": tokens, "max_steps": self.job.spec.training.max_steps,
+               "time": time.time(), "sample_ids": [int(i) for i in getattr(batch, "sample_ids", [])]}
+        if saved is not None:
+            row["checkpoint_step"] = saved.step
+            row["checkpoint_stall_s"] = saved.seconds  # how long training waited for this save
+        return row
+
+    def _flush(self) -> None:
+        """A collective: every rank calls it at the same steps (decided through the all-reduce)."""
+        import ray.train
+
+        ray.train.report({"rows": self.rows, "rank": self.rank})
+        self.rows = []
+        self.last_flush = time.monotonic()
+
+    def _heartbeat(self, m: M.StepMetrics, tokens: int, resumed_from: int | None) -> Heartbeat:
+        last = self.ckpts.last
+        ckpt = CheckpointRef(step=last.step, uri=last.uri, world_size=last.world_size,
+                             save_seconds=last.seconds) if last else None
+        return Heartbeat(attempt=self.identity.attempt, status="running", step=m.step,
+                         max_steps=self.job.spec.training.max_steps, loss=_finite(m.loss),
+                         mlm_accuracy=m.mlm_accuracy, nsp_accuracy=m.nsp_accuracy, tokens_per_s=m.tokens_per_s,
+                         lr=m.lr, tokens_seen=tokens, world_size=self.world_size, checkpoint=ckpt,
+                         resumed_from_step=resumed_from, checkpoint_seconds=self.ckpts.seconds_total,
+                         skipped_checkpoints=[SkippedCheckpoint(step=s, uri=u[:1000], reason=r[:500])
+                                              for s, u, r in self.ckpts.skipped[:8]] or None)
+
+
+def _finite(x: float) -> float | None:
+    import math
+
+    return x if math.isfinite(x) else None
+
+
+def _scheduler_state(sched) -> dict:
+    if sched is None:
+        return {}
+    return {k: v for k, v in sched.state_dict().items() if isinstance(v, (int, float, str, list, type(None)))}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point Ray Train runs on every worker."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("timing: worker_start=%.3f", time.time())
+    Worker(config).run()
