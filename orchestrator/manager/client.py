@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from orchestrator.errors import BertctlError, ManifestError, PermanentError
+from orchestrator.errors import ManifestError, PermanentError
 
 ENV_URL = "BERTCTL_URL"
 ENV_TOKEN = "BERTCTL_TOKEN"
@@ -91,5 +91,3 @@ def _detail(resp: httpx.Response) -> Any:
     except ValueError:
         return resp.text[:200]
 
-
-__all__ = ["ManagerClient", "ClientError", "BertctlError"]

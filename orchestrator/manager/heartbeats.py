@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.contract import EndReason, Heartbeat
-from orchestrator.manager.models import TERMINAL, Attempt, AttemptState, Checkpoint, Event, Job, Phase
+from orchestrator.manager.models import Attempt, AttemptState, Checkpoint, Event, Job
+from orchestrator.manager.phases import TERMINAL, Phase
 from orchestrator.manager.store import Store
 
 _FINAL_REASONS = {"succeeded": EndReason.SUCCEEDED, "preempted": EndReason.PREEMPTED,
@@ -35,9 +36,7 @@ def apply_heartbeat(store: Store, job_id: str, hb: Heartbeat, now: float) -> Out
         if found is None:
             return Outcome.UNKNOWN_JOB
         job, att = found
-        if hb.attempt != job.current_attempt or Phase(job.phase) in TERMINAL:
-            return Outcome.STALE
-        if att is None or att.state == AttemptState.ENDED.value:
+        if _fenced_off(job, att, hb):
             return Outcome.STALE
         _progress(s, job, att, hb, now)
         changed = hb.checkpoint is not None and _checkpoint(store, s, job, att, hb, now)
@@ -48,13 +47,25 @@ def apply_heartbeat(store: Store, job_id: str, hb: Heartbeat, now: float) -> Out
             # wait for the WAL flush; state changes (checkpoints, phases, final words) do.
             store.make_durable(s)
         if job.phase == Phase.LAUNCHING.value:
-            job.phase = Phase.RUNNING.value
-            store.event(s, job_id, "running", f"attempt {att.number} is running"
-                        + (f", resumed from step {hb.resumed_from_step}" if hb.resumed_from_step else ""),
-                        now, attempt=att.number, resumed_from_step=hb.resumed_from_step)
+            _first_heartbeat(store, s, job, att, hb, now)
         if hb.status != "running" and att.final_status is None:
             _final(store, s, att, hb, now)
         return Outcome.OK
+
+
+def _fenced_off(job: Job, att: Attempt | None, hb: Heartbeat) -> bool:
+    """Not the job's current, live attempt: its heartbeat must change nothing."""
+    if hb.attempt != job.current_attempt or Phase(job.phase) in TERMINAL:
+        return True
+    return att is None or att.state == AttemptState.ENDED.value
+
+
+def _first_heartbeat(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> None:
+    """The trainer reported for the first time: the job is RUNNING (phases.TRANSITIONS)."""
+    store.move(job, Phase.RUNNING, now)
+    store.event(s, job.id, "running", f"attempt {att.number} is running"
+                + (f", resumed from step {hb.resumed_from_step}" if hb.resumed_from_step else ""),
+                now, attempt=att.number, resumed_from_step=hb.resumed_from_step)
 
 
 def _metrics(hb: Heartbeat) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from orchestrator.manager.goodput import job_goodput
-from orchestrator.manager.models import ACTIVE, Phase
+from orchestrator.manager.phases import ACTIVE, Phase
 from orchestrator.manager.store import Store
 
 

@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from orchestrator.manager.phases import ACTIVE, TERMINAL, Phase  # noqa: F401  (re-exported for now)
-
 
 class AttemptState(str, enum.Enum):
+    """An attempt as the manager records it; phases.py's docstring lines it up with the job's
+    Phase and the backend's RunState (the values are stored: renaming one needs a migration)."""
+
     LAUNCHING = "launching"   # row exists, backend.launch may or may not have returned
     RUNNING = "running"       # the backend holds a handle
     ENDED = "ended"           # the backend has confirmed nothing of it runs (fenced)

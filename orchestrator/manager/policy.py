@@ -1,4 +1,6 @@
-"""What to do when an attempt ends: a pure function of why it ended and the budget left.
+"""What the job does when one of its attempts ends: a pure function of why it ended and the
+restart budget left (``decide_attempt_end`` -> ``AttemptEndDecision``). The store applies the
+decision as a phase move (store.Store.end_attempt; phases.TRANSITIONS).
 
 Tested as a table (every EndReason x budget left / exhausted) in tests/manager/test_policy.py.
 """
@@ -19,16 +21,18 @@ class Action(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Decision:
+class AttemptEndDecision:
+    """What the job does now that an attempt ended: the action, how long to wait before the
+    next attempt (RETRY only), and why (recorded as the job's message and event)."""
+
     action: Action
     delay_s: float = 0.0
     why: str = ""
 
 
-# Capacity went away or a dependency hiccuped: the same job can succeed on the next attempt.
-RETRYABLE = frozenset({EndReason.PREEMPTED, EndReason.NODE_LOST, EndReason.WORKER_LOST,
-                       EndReason.HEARTBEAT_TIMEOUT, EndReason.INFRASTRUCTURE})
-# The job itself is wrong: retrying repeats the failure and burns capacity.
+# The job itself is wrong: retrying repeats the failure and burns capacity. Every other reason
+# but success and cancel (capacity went away, a dependency hiccuped) is retried while the restart
+# budget lasts: the same job can succeed on the next attempt.
 PERMANENT = frozenset({EndReason.INVALID_CONFIG, EndReason.DATA_ERROR, EndReason.OUT_OF_MEMORY,
                        EndReason.NAN_LOSS, EndReason.IMAGE_PULL})
 # Interruptions that count towards the observed mean time between preemptions.
@@ -40,25 +44,28 @@ def backoff_delay(restarts_used: int, backoff_s: float, max_backoff_s: float) ->
     return min(max_backoff_s, backoff_s * (2 ** min(restarts_used, 30)))
 
 
-def decide(reason: EndReason, restarts_used: int, max_restarts: int,
-           backoff_s: float = 5.0, max_backoff_s: float = 300.0) -> Decision:
+def decide_attempt_end(reason: EndReason, restarts_used: int, max_restarts: int,
+                       backoff_s: float = 5.0, max_backoff_s: float = 300.0) -> AttemptEndDecision:
+    """Succeed, cancel, fail a permanent error or an exhausted budget, else retry after backoff."""
     if reason is EndReason.SUCCEEDED:
-        return Decision(Action.SUCCEED, why="the trainer finished")
+        return AttemptEndDecision(Action.SUCCEED, why="the trainer finished")
     if reason is EndReason.CANCELLED:
-        return Decision(Action.CANCEL, why="cancelled by a user")
+        return AttemptEndDecision(Action.CANCEL, why="cancelled by a user")
     if reason in PERMANENT:
-        return Decision(Action.FAIL, why=f"{reason.value} is a problem of the job itself; fix it and resubmit")
+        return AttemptEndDecision(Action.FAIL,
+                                  why=f"{reason.value} is a problem of the job itself; fix it and resubmit")
     if restarts_used >= max_restarts:
-        return Decision(Action.FAIL, why=f"{reason.value}, and the restart budget "
-                                         f"(recovery.max_restarts={max_restarts}) is used up")
+        return AttemptEndDecision(Action.FAIL, why=f"{reason.value}, and the restart budget "
+                                                   f"(recovery.max_restarts={max_restarts}) is used up")
     delay = backoff_delay(restarts_used, backoff_s, max_backoff_s)
-    return Decision(Action.RETRY, delay_s=delay,
-                    why=f"{reason.value}: restart {restarts_used + 1} of {max_restarts} in {delay:g}s")
+    return AttemptEndDecision(Action.RETRY, delay_s=delay,
+                              why=f"{reason.value}: restart {restarts_used + 1} of {max_restarts} in {delay:g}s")
 
 
-def unfenced_failure(decision: Decision, cause: Exception) -> Decision:
+def unfenced_failure(decision: AttemptEndDecision, cause: Exception) -> AttemptEndDecision:
     """An attempt whose end could not be confirmed: never relaunch beside it (cancel stays cancel)."""
     if decision.action in (Action.CANCEL, Action.SUCCEED, Action.FAIL):
         return decision
-    return Decision(Action.FAIL, why=f"the backend could not confirm the previous attempt stopped ({cause}); "
-                                     "check the backend's configuration and delete leftovers by hand, then resubmit")
+    return AttemptEndDecision(Action.FAIL,
+                              why=f"the backend could not confirm the previous attempt stopped ({cause}); "
+                                  "check the backend's configuration and delete leftovers by hand, then resubmit")

@@ -30,7 +30,6 @@ from orchestrator.manager.store import Store
 from orchestrator.manager.supervisor import Supervisor
 
 ENV_DATABASE_URL = "BERTCTL_DATABASE_URL"
-ENV_BACKEND = "BERTCTL_BACKEND"
 # Backends register themselves when their module is imported (base.register); importing one
 # only on demand keeps a plain local manager from loading the Kubernetes client.
 BACKEND_MODULES = {"local": "orchestrator.manager.backends.local",

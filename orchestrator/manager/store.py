@@ -3,6 +3,8 @@
 Callers get plain dicts back (never live ORM rows), so nothing outside this module holds a
 session. Phase changes are compare-and-set on the job row (locked FOR UPDATE on PostgreSQL,
 BEGIN IMMEDIATE on SQLite), which is what makes the API and the supervisor safe side by side.
+Every phase change goes through ``Store.move``, which refuses a move that phases.TRANSITIONS
+does not allow.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.contract import EndReason
 from orchestrator.errors import PermanentError, TemporaryError
 from orchestrator.manager import db
-from orchestrator.manager.models import ACTIVE, TERMINAL, Attempt, AttemptState, Checkpoint, Event, Job, Phase, Token
-from orchestrator.manager.policy import INTERRUPTIONS, Action, Decision
+from orchestrator.manager.models import Attempt, AttemptState, Checkpoint, Event, Job, Token
+from orchestrator.manager.phases import ACTIVE, TERMINAL, WAITING, Phase, check_transition, is_legal
+from orchestrator.manager.policy import INTERRUPTIONS, Action, AttemptEndDecision
+
+# The phase a job moves to when its attempt ended, by the policy's action.
+_PHASE_AFTER = {Action.RETRY: Phase.RECOVERING, Action.SUCCEED: Phase.SUCCEEDED,
+                Action.FAIL: Phase.FAILED, Action.CANCEL: Phase.CANCELLED}
 
 
 class ConflictError(PermanentError):
@@ -174,17 +181,29 @@ class Store:
     def _lock_job(s: Session, job_id: str) -> Job | None:
         return s.scalar(select(Job).where(Job.id == job_id).with_for_update())
 
+    @staticmethod
+    def move(job: Job, target: Phase, now: float, message: str | None = None) -> None:
+        """The one way a job changes phase (its row locked by the caller's transaction): raises
+        phases.IllegalTransition for a move the table does not allow; a final phase stamps ended_at."""
+        check_transition(Phase(job.phase), target)
+        job.phase, job.updated_at = target.value, now
+        if target in TERMINAL:
+            job.ended_at = now
+        if message is not None:
+            job.message = message
+
     # -- attempts -------------------------------------------------------------------------------
 
     def start_attempt(self, job_id: str, number: int, token_hash: str, now: float) -> bool:
         """PENDING/RECOVERING -> LAUNCHING with a new attempt row and its token, if still due."""
         with self.tx() as s:
             job = self._lock_job(s, job_id)
-            ok = (job is not None and job.phase in (Phase.PENDING.value, Phase.RECOVERING.value)
+            ok = (job is not None and is_legal(Phase(job.phase), Phase.LAUNCHING)
                   and job.current_attempt == number - 1 and not job.cancel_requested)
             if not ok:
                 return False
-            job.phase, job.current_attempt, job.updated_at = Phase.LAUNCHING.value, number, now
+            self.move(job, Phase.LAUNCHING, now)
+            job.current_attempt = number
             s.add(Attempt(job_id=job_id, number=number, state=AttemptState.LAUNCHING.value, handle="", log_path="",
                           created_at=now, message="", heartbeats=0, last_step=0, checkpoint_seconds=0.0, metrics={}))
             s.add(Token(hash=token_hash, kind="attempt", job_id=job_id, attempt=number, created_at=now, revoked=False))
@@ -201,7 +220,7 @@ class Store:
             self.event(s, job_id, "launched", f"attempt {number} started (handle {handle})", now,
                        attempt=number, handle=handle)
 
-    def end_attempt(self, job_id: str, number: int, reason: EndReason, decision: Decision, now: float,
+    def end_attempt(self, job_id: str, number: int, reason: EndReason, decision: AttemptEndDecision, now: float,
                     exit_code: int | None = None, message: str = "") -> str | None:
         """Close a fenced attempt and move the job on as the policy decided; returns the new phase."""
         with self.tx() as s:
@@ -210,8 +229,7 @@ class Store:
             if job is None or att is None or att.state == AttemptState.ENDED.value:
                 return None
             self._close_attempt(s, job, att, reason, now, exit_code, message)
-            phase = self._apply_decision(s, job, decision, now)
-            return phase
+            return self._apply_decision(s, job, decision, now)
 
     def _close_attempt(self, s: Session, job: Job, att: Attempt, reason: EndReason, now: float,
                        exit_code: int | None, message: str) -> None:
@@ -228,19 +246,14 @@ class Store:
                    + (f" ({message})" if message else ""), now, attempt=att.number, reason=reason.value,
                    exit_code=exit_code, steps_lost=att.steps_lost)
 
-    def _apply_decision(self, s: Session, job: Job, decision: Decision, now: float) -> str:
+    def _apply_decision(self, s: Session, job: Job, decision: AttemptEndDecision, now: float) -> str:
         action = decision.action
         if job.cancel_requested and action is Action.RETRY:
             action = Action.CANCEL  # a cancel that raced with a failure wins: never relaunch
-        job.updated_at = now
         if action is Action.RETRY:
-            job.phase, job.restarts_used = Phase.RECOVERING.value, job.restarts_used + 1
+            job.restarts_used += 1
             job.next_launch_at = now + decision.delay_s
-        else:
-            job.phase = {Action.SUCCEED: Phase.SUCCEEDED, Action.FAIL: Phase.FAILED,
-                         Action.CANCEL: Phase.CANCELLED}[action].value
-            job.ended_at = now
-        job.message = decision.why
+        self.move(job, _PHASE_AFTER[action], now, message=decision.why)
         self.event(s, job.id, job.phase.lower(), f"job {job.phase}: {decision.why}", now,
                    attempt=job.current_attempt, delay_s=decision.delay_s)
         return job.phase
@@ -254,8 +267,8 @@ class Store:
             if Phase(job.phase) in TERMINAL or job.cancel_requested:
                 return job.phase
             job.updated_at = now
-            if job.phase in (Phase.PENDING.value, Phase.RECOVERING.value):
-                job.phase, job.ended_at, job.message = Phase.CANCELLED.value, now, "cancelled by a user"
+            if Phase(job.phase) in WAITING:
+                self.move(job, Phase.CANCELLED, now, message="cancelled by a user")
                 self.event(s, job_id, "cancelled", "job CANCELLED before its next attempt started", now)
             else:
                 job.cancel_requested = True
@@ -269,8 +282,7 @@ class Store:
             job = self._lock_job(s, job_id)
             if job is None or Phase(job.phase) in TERMINAL:
                 return
-            job.phase, job.ended_at, job.updated_at = Phase.CANCELLED.value, now, now
-            job.message = "cancelled by a user"
+            self.move(job, Phase.CANCELLED, now, message="cancelled by a user")
             self.event(s, job_id, "cancelled", "job CANCELLED; no attempt was running", now)
 
     def note(self, job_id: str, type_: str, message: str, now: float, attempt: int | None = None) -> None:

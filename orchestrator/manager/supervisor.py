@@ -18,8 +18,9 @@ from orchestrator.contract import EXIT_REASONS, EndReason
 from orchestrator.errors import PermanentError
 from orchestrator.manager.auth import hash_token, new_token
 from orchestrator.manager.backends.base import AttemptStatus, Backend, LaunchRequest, RunState
-from orchestrator.manager.models import AttemptState, Phase
-from orchestrator.manager.policy import decide, unfenced_failure
+from orchestrator.manager.models import AttemptState
+from orchestrator.manager.phases import WAITING, Phase
+from orchestrator.manager.policy import decide_attempt_end, unfenced_failure
 from orchestrator.manager.store import Store
 
 log = logging.getLogger("bertctl.manager")
@@ -84,7 +85,7 @@ class Supervisor:
         live = att is not None and att["state"] != AttemptState.ENDED.value
         if job["cancel_requested"]:
             self._cancel(job, att if live else None, now)
-        elif job["phase"] in (Phase.PENDING.value, Phase.RECOVERING.value):
+        elif Phase(job["phase"]) in WAITING:
             if now >= job["next_launch_at"] and not live:
                 self._launch(job, now)
         elif live:
@@ -178,8 +179,8 @@ class Supervisor:
         # Fence first: nothing of attempt `number` may run once it is recorded ENDED.
         started = time.monotonic()
         recovery = job["manifest"]["spec"]["recovery"]
-        decision = decide(reason, job["restarts_used"], recovery["max_restarts"],
-                          recovery["backoff_s"], recovery["max_backoff_s"])
+        decision = decide_attempt_end(reason, job["restarts_used"], recovery["max_restarts"],
+                                      recovery["backoff_s"], recovery["max_backoff_s"])
         try:
             self._backend(job).terminate(job["id"], number, handle, grace_s)
         except PermanentError as exc:

@@ -50,8 +50,12 @@ def kube():
 
 
 @pytest.fixture
-def backend(kube):
-    cfg = client.Configuration(host=kube.url)
-    api = client.ApiClient(cfg)
-    yield KubeRayBackend(api_client=api, poll_interval_s=0.0, delete_timeout_s=5.0, sleep=lambda s: None)
+def api_client(kube):
+    api = client.ApiClient(client.Configuration(host=kube.url))
+    yield api
     api.close()
+
+
+@pytest.fixture
+def backend(api_client):
+    return KubeRayBackend(api_client=api_client, poll_interval_s=0.0, delete_timeout_s=5.0, sleep=lambda s: None)

@@ -218,9 +218,9 @@ def test_spot_interruption_taint_on_a_node(kube, backend):
     assert "karpenter.sh/disrupted" in status.message
 
 
-def test_pods_get_the_advertised_manager_url(kube, backend, monkeypatch):
+def test_pods_get_the_advertised_manager_url(kube, api_client, monkeypatch):
     monkeypatch.setenv("BERTCTL_MANAGER_URL", "http://bertctl-manager.bertctl.svc:8470")
-    advertised = get_backend("kuberay", api_client=backend._api_client, poll_interval_s=0.0, sleep=lambda s: None)
+    advertised = get_backend("kuberay", api_client=api_client, poll_interval_s=0.0, sleep=lambda s: None)
     req = LaunchRequest(job_id=JOB, attempt=1, manifest=manifest(), manager_url="http://127.0.0.1:8470",
                         attempt_token=TOKEN)
     advertised.launch(req)

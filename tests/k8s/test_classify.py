@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.contract import EndReason as R
 from orchestrator.manager.backends.base import RunState as S
-from orchestrator.manager.backends.kuberay_classify import classify
+from orchestrator.manager.backends.kuberay_classify import rayjob_attempt_status
 from tests.k8s.cluster_sim import event, node, pod
 
 LAB = {"bertctl.dev/job-id": "j", "bertctl.dev/attempt": "1"}
@@ -110,12 +110,12 @@ TABLE = [
 
 @pytest.mark.parametrize("case, status, pods, nodes, events, state, reason", TABLE, ids=[t[0] for t in TABLE])
 def test_classification_table(case, status, pods, nodes, events, state, reason):
-    got = classify({"status": status}, pods, nodes, events)
+    got = rayjob_attempt_status({"status": status}, pods, nodes, events)
     assert (got.state, got.reason) == (state, reason), got.message
 
 
 def test_unknown_spot_taint_can_be_configured():
     nodes = {"od": node("od"), "n0": node("n0", taints=[{"key": "example.com/reclaim", "effect": "NoExecute"}])}
-    assert classify({"status": FAILED}, [head(), worker()], nodes, []).reason == R.WORKER_LOST
-    got = classify({"status": FAILED}, [head(), worker()], nodes, [], spot_taints={"example.com/reclaim"})
+    assert rayjob_attempt_status({"status": FAILED}, [head(), worker()], nodes, []).reason == R.WORKER_LOST
+    got = rayjob_attempt_status({"status": FAILED}, [head(), worker()], nodes, [], spot_taints={"example.com/reclaim"})
     assert got.reason == R.PREEMPTED

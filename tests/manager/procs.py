@@ -1,4 +1,5 @@
-"""A manager as its own process (`python -m orchestrator.cli server`), for kill -9 tests."""
+"""A manager as its own process (`python -m orchestrator.cli server`), for kill -9 tests, and
+which processes of an attempt are still alive."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 ADMIN = "admin-" + "e" * 40
 
@@ -83,7 +85,20 @@ def terminal(job: dict) -> bool:
     return job["phase"] in ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def group_alive(pgid: int) -> bool:
-    from orchestrator.manager.backends.local import _group_members
+def group_members(leader: int) -> list[int]:
+    """Live processes in the leader's process group or session (zombies count as gone, as in the
+    backend's fencing). Found with psutil, independently of the backend's own /proc helpers."""
+    found = []
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            continue
+        try:
+            if leader in (os.getpgid(proc.pid), os.getsid(proc.pid)):
+                found.append(proc.pid)
+        except ProcessLookupError:  # gone meanwhile
+            continue
+    return found
 
-    return _group_members(pgid)
+
+def group_alive(pgid: int) -> bool:
+    return bool(group_members(pgid))

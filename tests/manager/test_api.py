@@ -87,10 +87,10 @@ def test_attempt_token_of_another_job_is_forbidden(server, tmp_path):
 
 def test_stale_attempt_heartbeat_is_refused(server, tmp_path):
     from orchestrator.contract import EndReason
-    from orchestrator.manager.policy import Action, Decision
+    from orchestrator.manager.policy import Action, AttemptEndDecision
     job_id, old = _job_with_attempt(server, tmp_path)
     store = server.store
-    store.end_attempt(job_id, 1, EndReason.PREEMPTED, Decision(Action.RETRY), 2.0)
+    store.end_attempt(job_id, 1, EndReason.PREEMPTED, AttemptEndDecision(Action.RETRY), 2.0)
     new = new_token()
     assert store.start_attempt(job_id, 2, hash_token(new), 3.0)
     stale = client(server, old).post(f"/v1/jobs/{job_id}/heartbeat", json={"attempt": 1, "step": 9})

@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from orchestrator import contract
-from orchestrator.manager.backends.local import LocalBackend, _logical_cpus, _train_workers
+from orchestrator.manager.backends.local import LocalBackend, logical_cpus, train_workers
 from orchestrator.manager.backends.local_ray import LocalRayCluster
 from orchestrator.manager.backends.procfs import alive, members
 
@@ -32,8 +33,7 @@ def head(tmp_path, monkeypatch):
 
 
 def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
+    return psutil.Process(pid).environ()
 
 
 def test_start_adopt_and_stop(head, tmp_path):
@@ -57,8 +57,8 @@ def test_start_adopt_and_stop(head, tmp_path):
 
 def _alive_cmd(pid: int) -> bool:
     try:
-        return b"ray" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return "ray" in "\0".join(psutil.Process(pid).cmdline())
+    except psutil.Error:  # gone, or a zombie (no command line any more)
         return False
 
 
@@ -73,8 +73,8 @@ def test_jobs_larger_than_the_head_get_their_own_cluster(tmp_path):
     cluster = LocalRayCluster(tmp_path / "ray", logical_cpus=8)
     small = {"spec": {"resources": {"workers": 2, "cpus_per_worker": 1}}}
     big = {"spec": {"resources": {"workers": {"min": 2, "max": 8}, "cpus_per_worker": 2}}}
-    assert cluster.fits(_logical_cpus(small)) and _logical_cpus(small) == 3.0
-    assert not cluster.fits(_logical_cpus(big)) and _logical_cpus(big) == 17.0
+    assert cluster.fits(logical_cpus(small)) and logical_cpus(small) == 3.0
+    assert not cluster.fits(logical_cpus(big)) and logical_cpus(big) == 17.0
 
 
 def test_only_the_attempts_train_workers_are_fenced_not_a_detached_actor_it_created(head, tmp_path):
@@ -86,11 +86,11 @@ def test_only_the_attempts_train_workers_are_fenced_not_a_detached_actor_it_crea
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         pids = _first_json_line(driver)
-        assert _train_workers("fence-job", 1) == [pids["worker"]]
-        assert _train_workers("fence-job", 2) == [] and _train_workers("other-job", 1) == []
+        assert train_workers("fence-job", 1) == [pids["worker"]]
+        assert train_workers("fence-job", 2) == [] and train_workers("other-job", 1) == []
         backend = LocalBackend(tmp_path / "data", ray_cluster=head, kill_wait_s=10)
-        backend._kill_ray_workers("fence-job", 1)  # what terminate does after the attempt's session
-        assert not alive(pids["worker"]) and _train_workers("fence-job", 1) == []
+        backend.terminate("fence-job", 1, "", 0.0)  # no session recorded: only its Ray workers to stop
+        assert not alive(pids["worker"]) and train_workers("fence-job", 1) == []
         time.sleep(1.0)
         assert alive(pids["coordinator"]), "the detached actor is the head's, not the attempt's"
     finally:

@@ -3,7 +3,7 @@
 import pytest
 
 from orchestrator.contract import EndReason
-from orchestrator.manager.policy import Action, backoff_delay, decide
+from orchestrator.manager.policy import Action, backoff_delay, decide_attempt_end
 
 R = EndReason
 # reason: (action with budget left, action with budget exhausted)
@@ -31,7 +31,7 @@ def test_table_covers_every_reason():
 @pytest.mark.parametrize("budget", ["left", "exhausted"])
 def test_decision(reason, budget):
     used = 1 if budget == "left" else 3
-    d = decide(reason, restarts_used=used, max_restarts=3, backoff_s=2.0, max_backoff_s=60.0)
+    d = decide_attempt_end(reason, restarts_used=used, max_restarts=3, backoff_s=2.0, max_backoff_s=60.0)
     assert d.action is TABLE[reason][0 if budget == "left" else 1]
     assert d.why
     if d.action is Action.RETRY:
@@ -43,7 +43,7 @@ def test_decision(reason, budget):
 
 
 def test_no_restarts_allowed_fails_a_preemption_at_once():
-    assert decide(R.PREEMPTED, 0, 0).action is Action.FAIL
+    assert decide_attempt_end(R.PREEMPTED, 0, 0).action is Action.FAIL
 
 
 @pytest.mark.parametrize("used,expected", [(0, 5.0), (1, 10.0), (2, 20.0), (5, 160.0), (6, 300.0), (100, 300.0)])

@@ -5,7 +5,7 @@ import pytest
 from orchestrator.contract import CheckpointRef, EndReason, Heartbeat
 from orchestrator.manager.auth import hash_token
 from orchestrator.manager.heartbeats import Outcome, apply_heartbeat
-from orchestrator.manager.policy import Action, Decision
+from orchestrator.manager.policy import Action, AttemptEndDecision
 from orchestrator.manager.store import ConflictError, Store
 
 from tests.manager.conftest import make_manifest
@@ -57,7 +57,7 @@ def test_attempt_lifecycle_each_change_has_its_event(store, tmp_path):
     assert apply_heartbeat(store, jid, hb, 101.0) is Outcome.OK
     assert apply_heartbeat(store, jid, hb.model_copy(update={"step": 7}), 102.0) is Outcome.OK
     assert store.get_job(jid)["phase"] == "RUNNING" and store.get_job(jid)["step"] == 7
-    phase = store.end_attempt(jid, 1, EndReason.WORKER_LOST, Decision(Action.RETRY, 0.0, "lost"), 103.0, -9)
+    phase = store.end_attempt(jid, 1, EndReason.WORKER_LOST, AttemptEndDecision(Action.RETRY, 0.0, "lost"), 103.0, -9)
     assert phase == "RECOVERING"
     att = store.attempts(jid)[0]
     assert att["state"] == "ended" and att["steps_lost"] == 2 and att["end_reason"] == "worker_lost"
@@ -69,8 +69,8 @@ def test_attempt_lifecycle_each_change_has_its_event(store, tmp_path):
     hb2 = Heartbeat(attempt=2, step=6, resumed_from_step=5)
     assert apply_heartbeat(store, jid, hb2, 106.0) is Outcome.OK
     assert store.attempts(jid)[1]["recovery_s"] == pytest.approx(3.0)
-    assert store.end_attempt(jid, 2, EndReason.SUCCEEDED, Decision(Action.SUCCEED), 107.0, 0) == "SUCCEEDED"
-    assert store.end_attempt(jid, 2, EndReason.SUCCEEDED, Decision(Action.SUCCEED), 108.0, 0) is None
+    assert store.end_attempt(jid, 2, EndReason.SUCCEEDED, AttemptEndDecision(Action.SUCCEED), 107.0, 0) == "SUCCEEDED"
+    assert store.end_attempt(jid, 2, EndReason.SUCCEEDED, AttemptEndDecision(Action.SUCCEED), 108.0, 0) is None
     types = [e["type"] for e in store.events(jid)]
     assert types == ["submitted", "launching", "launched", "checkpoint", "running", "attempt_ended",
                      "recovering", "launching", "launched", "running", "attempt_ended", "succeeded"]
@@ -85,7 +85,7 @@ def test_a_commit_newer_than_the_last_heartbeat_settles_the_previous_attempt(sto
     jid = job["id"]
     _start(store, jid, 1)
     assert apply_heartbeat(store, jid, Heartbeat(attempt=1, step=5, resumed_from_step=0), 101.0) is Outcome.OK
-    store.end_attempt(jid, 1, EndReason.WORKER_LOST, Decision(Action.RETRY, 0.0, "lost"), 102.0, -9)
+    store.end_attempt(jid, 1, EndReason.WORKER_LOST, AttemptEndDecision(Action.RETRY, 0.0, "lost"), 102.0, -9)
     _start(store, jid, 2, now=103.0)
     assert apply_heartbeat(store, jid, Heartbeat(attempt=2, step=7, resumed_from_step=6), 104.0) is Outcome.OK
     a1 = store.attempts(jid)[0]
@@ -100,7 +100,7 @@ def test_cancel_in_each_phase(store, tmp_path):
     assert store.request_cancel(running["id"], 101.0) == "LAUNCHING"
     assert store.get_job(running["id"])["cancel_requested"]
     # a failure that races with the cancel must not relaunch
-    phase = store.end_attempt(running["id"], 1, EndReason.PREEMPTED, Decision(Action.RETRY, 1.0), 102.0)
+    phase = store.end_attempt(running["id"], 1, EndReason.PREEMPTED, AttemptEndDecision(Action.RETRY, 1.0), 102.0)
     assert phase == "CANCELLED"
     assert not store.start_attempt(running["id"], 2, hash_token("x"), 103.0)
     assert store.request_cancel(running["id"], 104.0) == "CANCELLED"

@@ -12,10 +12,10 @@ import pytest
 
 from orchestrator.errors import PermanentError
 from orchestrator.manager.auth import hash_token, new_token
-from orchestrator.manager.backends.local import _group_members
 from orchestrator.manager.server import Manager, ManagerConfig, ServerThread
 
 from tests.manager.conftest import FAKE_TRAINER, make_manifest
+from tests.manager.procs import group_alive
 
 ADMIN = "admin-" + "b" * 40
 
@@ -114,7 +114,7 @@ def test_stalled_attempt_is_killed_and_retried(mgr, tmp_path):
     job = drive(mgr, job_id, terminal)
     a1, a2 = mgr.store.attempts(job_id)
     assert a1["end_reason"] == "heartbeat_timeout" and job["phase"] == "SUCCEEDED"
-    assert not _group_members(int(a1["handle"]))
+    assert not group_alive(int(a1["handle"]))
 
 
 def test_cancel_while_running_stops_the_group(mgr, tmp_path):
@@ -125,7 +125,7 @@ def test_cancel_while_running_stops_the_group(mgr, tmp_path):
     att = mgr.store.attempts(job_id)[0]
     assert job["phase"] == "CANCELLED" and att["end_reason"] == "cancelled"
     assert att["final_status"] == "preempted", "SIGTERM first: the trainer checkpointed before exiting"
-    assert not _group_members(int(att["handle"]))
+    assert not group_alive(int(att["handle"]))
 
 
 def test_cancel_while_launching(mgr, tmp_path):
@@ -135,7 +135,7 @@ def test_cancel_while_launching(mgr, tmp_path):
     mgr.store.request_cancel(job_id, time.time())
     job = drive(mgr, job_id, terminal)
     att = mgr.store.attempts(job_id)[0]
-    assert job["phase"] == "CANCELLED" and not _group_members(int(att["handle"]))
+    assert job["phase"] == "CANCELLED" and not group_alive(int(att["handle"]))
 
 
 def test_a_slow_stop_does_not_hold_up_other_jobs(mgr, tmp_path):
@@ -151,7 +151,7 @@ def test_a_slow_stop_does_not_hold_up_other_jobs(mgr, tmp_path):
     # a loop blocked by the 10 s grace could not even have launched `other` before the stop ended
     assert mgr.store.attempts(other)[0]["created_at"] < done["ended_at"]
     assert "ignoring SIGTERM" in Path(mgr.store.attempts(stubborn)[0]["log_path"]).read_text()
-    assert not _group_members(int(mgr.store.attempts(stubborn)[0]["handle"]))
+    assert not group_alive(int(mgr.store.attempts(stubborn)[0]["handle"]))
 
 
 def test_cancel_while_recovering_never_relaunches(mgr, tmp_path):
@@ -205,7 +205,7 @@ def test_restarted_manager_records_a_dead_attempt_lost(tmp_path):
     handle = first.manager.store.attempts(job_id)[0]["handle"]
     first.stop()
     os.killpg(int(handle), signal.SIGKILL)
-    while _group_members(int(handle)):
+    while group_alive(int(handle)):
         time.sleep(0.05)
     (data / "jobs" / job_id / "attempt-1" / "exit_code").unlink(missing_ok=True)
     second = start_manager(data)

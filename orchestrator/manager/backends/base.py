@@ -25,6 +25,9 @@ class LaunchRequest:
 
 
 class RunState(str, enum.Enum):
+    """What the backend sees of an attempt right now; manager/phases.py's docstring lines it up
+    with the job's Phase and the attempt's recorded AttemptState."""
+
     STARTING = "starting"
     RUNNING = "running"
     EXITED = "exited"   # ended; see exit_code / reason

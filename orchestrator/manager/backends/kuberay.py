@@ -4,7 +4,8 @@ Talks to the API server with the official ``kubernetes`` client (in-cluster conf
 kubeconfig; loaded on first use so importing this module needs no cluster). Fencing: before an
 attempt is created every older attempt of the job is deleted and *waited for* until its RayJob
 and pods are gone, so two attempts never train at once. ``poll`` is a snapshot (RayJob, its
-pods, their nodes; events only once something ended) fed to the pure ``classify``.
+pods, their nodes; events only once something ended) fed to the pure
+``kuberay_classify.rayjob_attempt_status``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from orchestrator.contract import ENV_MANAGER_URL, EndReason
 from orchestrator.errors import PermanentError, TemporaryError
 from orchestrator.manager.backends import base
 from orchestrator.manager.backends import kuberay_render as render
-from orchestrator.manager.backends.kuberay_classify import DEFAULT_SPOT_TAINTS, classify
+from orchestrator.manager.backends.kuberay_classify import DEFAULT_SPOT_TAINTS, rayjob_attempt_status
 from orchestrator.spec import parse_manifest
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,10 @@ class KubeRayBackend:
                                       message=f"RayJob {ns}/{handle} no longer exists")
         pods = self._pods(ns, job_id, attempt)
         nodes = self._nodes(pods)
-        status = classify(rayjob, pods, nodes, [], self.spot_taints)
+        status = rayjob_attempt_status(rayjob, pods, nodes, [], self.spot_taints)
         if status.state == base.RunState.EXITED and status.reason in (EndReason.WORKER_LOST, None):
             # Pods of a preempted node may already be gone: their events still say why.
-            status = classify(rayjob, pods, nodes, self._events(ns, handle), self.spot_taints)
+            status = rayjob_attempt_status(rayjob, pods, nodes, self._events(ns, handle), self.spot_taints)
         return status
 
     def terminate(self, job_id: str, attempt: int, handle: str, grace_s: float) -> None:

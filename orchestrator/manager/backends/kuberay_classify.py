@@ -178,8 +178,8 @@ def _ended(rayjob: dict[str, Any], pods: list[dict], evidence: Evidence | None) 
     return AttemptStatus(RunState.EXITED, exit_code=code, reason=reason_for_exit(code), message=message[:500])
 
 
-def classify(rayjob: dict[str, Any], pods: list[dict], nodes: dict[str, dict | None],
-             events: list[dict], spot_taints: Iterable[str] = DEFAULT_SPOT_TAINTS) -> AttemptStatus:
+def rayjob_attempt_status(rayjob: dict[str, Any], pods: list[dict], nodes: dict[str, dict | None],
+                          events: list[dict], spot_taints: Iterable[str] = DEFAULT_SPOT_TAINTS) -> AttemptStatus:
     """The attempt's state from one snapshot of the RayJob, its pods, their nodes and events."""
     pulled = image_pull_failure(pods)
     if pulled:

@@ -85,7 +85,7 @@ class LocalBackend:
         # On the warm head the attempt's Ray workers are not in its session; Ray ends them once it
         # sees the driver gone. Until they are, the attempt has not ended (no second attempt beside
         # them); they can do nothing useful without their driver, so they are killed.
-        leftovers = _train_workers(job_id, attempt)
+        leftovers = train_workers(job_id, attempt)
         if not leftovers:
             return status
         for pid in leftovers:
@@ -133,7 +133,7 @@ class LocalBackend:
 
     def _kill_ray_workers(self, job_id: str, attempt: int) -> None:
         deadline = time.monotonic() + self.kill_wait_s
-        while leftovers := _train_workers(job_id, attempt):
+        while leftovers := train_workers(job_id, attempt):
             if time.monotonic() >= deadline:
                 raise TemporaryError(f"Ray workers {leftovers} of {job_id} attempt {attempt} survived SIGKILL", 5.0)
             for member in leftovers:
@@ -149,7 +149,7 @@ class LocalBackend:
 
     def _ray_env(self, request: LaunchRequest) -> dict[str, str]:
         """The warm head's address when it has room for the job; else the attempt starts its own cluster."""
-        if self.ray_cluster is None or not self.ray_cluster.fits(_logical_cpus(request.manifest)):
+        if self.ray_cluster is None or not self.ray_cluster.fits(logical_cpus(request.manifest)):
             return {}
         try:
             return self.ray_cluster.attempt_env()
@@ -208,7 +208,7 @@ def _is_ours(pid: int, adir: Path) -> bool:
         return False
 
 
-def _logical_cpus(manifest: dict) -> float:
+def logical_cpus(manifest: dict) -> float:
     """Logical CPUs an attempt asks Ray for: every worker at its maximum count, plus the controller."""
     resources = (manifest.get("spec") or {}).get("resources") or {}
     return ResourcesSpec.model_validate(resources).workers_cpus() + 1.0
@@ -218,7 +218,7 @@ def _logical_cpus(manifest: dict) -> float:
 _TRAIN_WORKER_TITLE = b"ray::RayTrainWorker"
 
 
-def _train_workers(job_id: str, attempt: int) -> list[int]:
+def train_workers(job_id: str, attempt: int) -> list[int]:
     """Live Ray Train workers of this job and attempt on the warm head, found by the variables the
     driver hands them through the job's runtime environment.
 
@@ -229,10 +229,6 @@ def _train_workers(job_id: str, attempt: int) -> list[int]:
     """
     wanted = {f"{contract.ENV_JOB_ID}={job_id}".encode(), f"{contract.ENV_ATTEMPT}={attempt}".encode()}
     return with_title_and_env(_TRAIN_WORKER_TITLE, wanted)
-
-
-def _group_members(leader: int) -> bool:
-    return bool(_members(leader))
 
 
 register("local", LocalBackend)

@@ -1,0 +1,74 @@
+"""What the routers share, as FastAPI dependencies: the store, the clock, and who is calling.
+
+``create_app`` puts the store, the authenticator and the clock on ``app.state``; these small
+functions hand them to a route. The caller is found from ``Authorization: Bearer <token>``
+(``HTTPBearer`` parses it; auto_error is off so the 401 says how to pass a token).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from orchestrator.manager.auth import Authenticator, Principal
+from orchestrator.manager.store import Store
+
+bearer = HTTPBearer(auto_error=False, description="the admin token, or an attempt's own token")
+
+
+# The dependencies are ``async def`` although they do not await: FastAPI runs a plain ``def``
+# dependency on its threadpool, a hop per dependency that the heartbeat hot path need not pay.
+
+async def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+async def get_auth(request: Request) -> Authenticator:
+    return request.app.state.auth
+
+
+async def get_clock(request: Request) -> Callable[[], float]:
+    return request.app.state.clock
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+ClockDep = Annotated[Callable[[], float], Depends(get_clock)]
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def principal(auth: Annotated[Authenticator, Depends(get_auth)],
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    """Who holds the bearer token: 401 without one or with one nobody issued."""
+    if credentials is None:
+        raise _unauthorized("missing bearer token; pass --token or set BERTCTL_TOKEN")
+    token = credentials.credentials
+    # The admin and already-seen attempt tokens need no database round trip (the hot path).
+    found = auth.peek(token) or await run_in_threadpool(auth.resolve, token)
+    if found is None:
+        raise _unauthorized("unknown token; check --token / BERTCTL_TOKEN")
+    return found
+
+
+PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+async def require_admin(caller: PrincipalDep) -> Principal:
+    """Only the admin token: an attempt token may send its own heartbeats and nothing else."""
+    if caller.kind != "admin":
+        raise HTTPException(403, "this token may only send heartbeats for its own attempt")
+    return caller
+
+
+def require_job(store: Store, job_id: str) -> dict[str, Any]:
+    """The job, or 404. Called inside a route (not a dependency) so a route's own parameters
+    are validated first, as they always were (422 before 404)."""
+    job = store.get_job(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job '{job_id}'; `bertctl list` shows the jobs")
+    return job
