@@ -114,13 +114,6 @@ class LocalStorage:
             raise StorageError(f"{uri}: no such file; check the path") from None
 
 
-def _bucket_key(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    if not parsed.netloc:
-        raise StorageError(f"{uri}: an s3 URI needs a bucket, e.g. s3://bucket/prefix")
-    return parsed.netloc, parsed.path.lstrip("/")
-
-
 _S3_CACHE: dict = {}
 _S3_LOCK = threading.Lock()
 

@@ -127,10 +127,30 @@ def test_every_problem_is_reported_at_once():
     assert {"spec.training.precision", "spec.training.global_batch_size"} <= paths
 
 
-def test_example_manifests_are_valid():
-    manifests = sorted((ROOT / "jobs").glob("*.yaml"))
-    for path in manifests:
-        load_manifest(path)
+def test_with_absolute_paths_resolves_local_paths_and_keeps_uris(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    doc = mutate("spec.data.shards", "shards")
+    doc["spec"]["checkpoint"]["uri"] = "s3://bucket/ckpt"
+    job = parse_manifest(doc).with_absolute_paths()
+    assert job.spec.data.shards == str(tmp_path.resolve() / "shards")
+    assert job.spec.checkpoint.uri == "s3://bucket/ckpt"
+
+
+EXAMPLES = sorted((ROOT / "jobs").glob("*.yaml"))
+
+
+def test_the_example_manifests_are_found():
+    assert "quickstart.yaml" in {p.name for p in EXAMPLES}, f"no example manifests under {ROOT / 'jobs'}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_manifest_is_valid_and_keeps_what_it_says(path):
+    doc = yaml.safe_load(path.read_text())
+    job = load_manifest(path)
+    assert job.metadata.name == doc["metadata"]["name"]
+    assert job.spec.training.max_steps == doc["spec"]["training"]["max_steps"]
+    assert job.spec.checkpoint.uri == doc["spec"]["checkpoint"]["uri"]
+    assert parse_manifest(job.to_dict()) == job  # what the CLI submits parses back to the same job
 
 
 def run_validate(path: Path) -> subprocess.CompletedProcess:

@@ -8,20 +8,10 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
+# Importing the command modules registers their commands on `app`.
+from orchestrator.cli import data_cmds, jobs_cmds, k8s_cmds, spec_cmds, train_cmds  # noqa: F401
 from orchestrator.cli.common import app, console_err, exit_with
 from orchestrator.errors import BertctlError
-
-# Importing the command modules registers their commands on `app`.
-from orchestrator.cli import spec_cmds  # noqa: E402,F401
-
-for _optional in ("data_cmds", "train_cmds", "jobs_cmds", "k8s_cmds"):
-    try:
-        __import__(f"orchestrator.cli.{_optional}")
-    except ModuleNotFoundError as exc:  # a group not built yet, or its extras not installed
-        if exc.name != f"orchestrator.cli.{_optional}":
-            raise
 
 
 def main() -> None:
@@ -34,4 +24,4 @@ def main() -> None:
         sys.exit(130)
 
 
-__all__ = ["app", "main", "typer"]
+__all__ = ["app", "main"]

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from orchestrator.cli.common import app, console
-from orchestrator.errors import ManifestError
+from orchestrator.cli.follow import STATUS_BAR, follow_job
+from orchestrator.manager.phases import Phase
+from orchestrator.spec import read_manifest_text
+
+if TYPE_CHECKING:  # the server module loads FastAPI; only `bertctl server` needs it at run time
+    from orchestrator.manager.server import ManagerConfig
 
 URL = typer.Option(None, "--url", help="Manager URL (default: $BERTCTL_URL or http://127.0.0.1:8470).")
 TOKEN = typer.Option(None, "--token", help="Bearer token (default: $BERTCTL_TOKEN).")
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def _client(url: str | None, token: str | None):
@@ -44,19 +46,30 @@ def server_cmd(
                                "print the resolved settings and exit (no database, socket or cluster is touched)."),
 ) -> None:
     """Run the job manager (API + supervisor) in the foreground. Needs BERTCTL_ADMIN_TOKEN(_FILE)."""
-    from orchestrator.manager.server import Manager, ManagerConfig, check_config, default_data_dir
+    from orchestrator.manager.server import ManagerConfig, default_data_dir
 
     cfg = ManagerConfig(host=host, port=port, database_url=database_url, data_dir=data_dir or default_data_dir(),
                         supervise=supervise, backend=backend, warm_ray=warm_ray)
     if check:
-        settings = check_config(cfg)
-        console.print("config ok: " + " ".join(f"{k}={v}" for k, v in settings.items()), highlight=False,
-                      soft_wrap=True)
-        return
+        _check_config(cfg)
+    else:
+        _serve(cfg)
+
+
+def _check_config(cfg: ManagerConfig) -> None:
+    from orchestrator.manager.server import check_config
+
+    settings = check_config(cfg)
+    console.print("config ok: " + " ".join(f"{k}={v}" for k, v in settings.items()), highlight=False,
+                  soft_wrap=True)
+
+
+def _serve(cfg: ManagerConfig) -> None:
+    from orchestrator.manager.server import Manager
+
     manager = Manager(cfg)
     console.print(f"bertctl manager on {manager.url} (backend: {cfg.backend}, database: {manager.store.dialect}, "
-                  f"data: {cfg.data_dir})",
-                  highlight=False)
+                  f"data: {cfg.data_dir})", highlight=False)
     manager.serve_forever()
 
 
@@ -66,9 +79,7 @@ def submit_cmd(file: Path = typer.Argument(..., help="PretrainJob manifest (YAML
                                                            "submitting the same id twice creates one job."),
                url: Optional[str] = URL, token: Optional[str] = TOKEN) -> None:
     """Submit a manifest to the manager; prints the job id."""
-    if not file.is_file():
-        raise ManifestError([(str(file), "file not found; pass the path of a PretrainJob YAML file")])
-    job = _client(url, token).submit(file.read_text(), submission_id)
+    job = _client(url, token).submit(read_manifest_text(file), submission_id)
     verb = "submitted" if job.get("created", True) else "already submitted as"
     console.print(f"{verb} [bold]{job['id']}[/bold]", highlight=False)
 
@@ -88,9 +99,9 @@ def status_cmd(job_id: str = typer.Argument(...), follow: bool = typer.Option(Fa
                help="Live progress until the job ends."), url: Optional[str] = URL, token: Optional[str] = TOKEN) -> None:
     """Show a job; with --follow a live progress bar (step, loss, tokens/s, ETA, attempt)."""
     client = _client(url, token)
-    job = _follow(client, job_id) if follow else client.get(job_id)
+    job = follow_job(client, job_id, STATUS_BAR) if follow else client.get(job_id)
     _print_job(job)
-    if follow and job["phase"] != "SUCCEEDED":
+    if follow and job["phase"] != Phase.SUCCEEDED:
         sys.exit(1)
 
 
@@ -118,25 +129,6 @@ def cancel_cmd(job_id: str = typer.Argument(...), url: Optional[str] = URL, toke
     """Cancel a job in any phase; its running attempt is stopped."""
     res = _client(url, token).cancel(job_id)
     console.print(f"{job_id}: {'cancelling' if res['cancel_requested'] else res['phase']}", highlight=False)
-
-
-def _follow(client, job_id: str, poll_s: float = 1.0) -> dict:
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("attempt {task.fields[attempt]}")]
-    with Progress(*columns, console=console, transient=False) as progress:
-        job = client.get(job_id)
-        task = progress.add_task(job["phase"], total=job["max_steps"], loss="-", tps="-", attempt="-")
-        while True:
-            m = job.get("metrics") or {}
-            progress.update(task, completed=job["step"], description=f"{job_id} {job['phase']}",
-                            loss=f"{m['loss']:.4f}" if m.get("loss") is not None else "-",
-                            tps=f"{m['tokens_per_s']:.0f}" if m.get("tokens_per_s") is not None else "-",
-                            attempt=str(job["current_attempt"]))
-            if job["phase"] in TERMINAL:
-                return job
-            time.sleep(poll_s)
-            job = client.get(job_id)
 
 
 def _print_job(job: dict) -> None:

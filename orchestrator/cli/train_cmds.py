@@ -19,15 +19,15 @@ from typing import Any, Optional
 
 import typer
 import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orchestrator import storage as st
 from orchestrator.cli.common import app, console, console_err
+from orchestrator.cli.follow import RUN_BAR, follow_job
+from orchestrator.manager.phases import Phase
 from orchestrator.spec import PretrainJob, load_manifest
 
 FILL_MASK_EXAMPLES = ["the [MASK] of the module.", "return a new [MASK] object.",
                       "raise an [MASK] if the file does not exist."]
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 DEFAULT_DATA_DIR = Path(".bertctl") / "run"
 
 
@@ -46,57 +46,10 @@ def _read_metrics(path: Path) -> list[dict]:
     return [r for r in (json.loads(ln) for ln in lines if ln.strip()) if "loss" in r]
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  mlm-acc {task.fields[acc]}  {task.fields[tps]} tok/s"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[attempt]}"),
-        console=console, transient=False,
-    )
-
-
-def _bar_fields(view: dict[str, Any]) -> dict[str, Any]:
-    m = view.get("metrics") or {}
-    fmt = lambda k, f: "-" if m.get(k) is None else format(m[k], f)  # noqa: E731
-    attempt = f"attempt {view['current_attempt']}" if view["current_attempt"] else "pending"
-    if view["phase"] not in ("RUNNING", "SUCCEEDED"):
-        attempt += f" ({view['phase'].lower()})"
-    return {"completed": view["step"], "loss": fmt("loss", ".3f"), "acc": fmt("mlm_accuracy", ".3f"),
-            "tps": fmt("tokens_per_s", ",.0f"), "attempt": attempt}
-
-
-def _attempt_line(a: dict[str, Any]) -> str:
-    code = "" if a["exit_code"] is None else f", exit {a['exit_code']}"
-    return (f"attempt {a['number']} ended: {a['end_reason']}{code} at step {a['last_step']}"
-            + (f" ({a['message']})" if a.get("message") else ""))
-
-
-def _follow(client, job_id: str, max_steps: int, poll_s: float = 0.5) -> dict[str, Any]:
-    """Draw the job's progress from its view until it ends; print each attempt that ends on the way."""
-    told: set[int] = set()
-    with _progress() as bar:
-        task = bar.add_task("train", total=max_steps, loss="-", acc="-", tps="-", attempt="pending")
-        while True:
-            view = client.get(job_id)
-            # A final heartbeat may carry no metrics: keep the last values shown.
-            bar.update(task, **{k: v for k, v in _bar_fields(view).items() if v != "-"})
-            for a in view["attempts"]:
-                if a["state"] == "ended" and a["number"] not in told:
-                    told.add(a["number"])
-                    if a["end_reason"] != "succeeded":
-                        bar.console.print(_attempt_line(a), highlight=False, soft_wrap=True)
-            if view["phase"] in TERMINAL:
-                return view
-            time.sleep(poll_s)
-
-
-def _trainer_command(metrics: Path) -> list[str] | None:
-    """The manager's local backend appends --manifest FILE. BERTCTL_TRAINER_COMMAND (a site wrapper,
-    a test's fake trainer) replaces it whole, as for `bertctl server`."""
-    from orchestrator.manager.server import trainer_command_from_env
-
-    return trainer_command_from_env() or [sys.executable, "-m", "orchestrator.train", "--metrics-file",
-                                          str(metrics), "--no-prepare"]
+def _trainer_command(metrics: Path) -> list[str]:
+    """The manager's local backend appends --manifest FILE; BERTCTL_TRAINER_COMMAND (a site wrapper, a
+    test's fake trainer) replaces this whole inside EmbeddedManager."""
+    return [sys.executable, "-m", "orchestrator.train", "--metrics-file", str(metrics), "--no-prepare"]
 
 
 def _submit_and_follow(job: PretrainJob, data_dir: Path) -> tuple[dict[str, Any], list[dict], Path]:
@@ -108,7 +61,8 @@ def _submit_and_follow(job: PretrainJob, data_dir: Path) -> tuple[dict[str, Any]
     metrics = data_dir / "work" / job.metadata.name / "metrics.jsonl"
     metrics.parent.mkdir(parents=True, exist_ok=True)
     stop_s = job.spec.checkpoint.preemption_deadline_s + 60.0  # SIGTERM grace (deadline + 5 s) + SIGKILL wait
-    em = EmbeddedManager(data_dir=data_dir, trainer_command=_trainer_command(metrics), interval_s=0.5).start()
+    em = EmbeddedManager(data_dir=data_dir, default_trainer_command=_trainer_command(metrics),
+                         interval_s=0.5).start()
     signal.signal(signal.SIGTERM, _interrupt)  # the trainer is in its own session: stop it like Ctrl-C does
     try:
         em.cancel_active(stop_s)
@@ -119,7 +73,7 @@ def _submit_and_follow(job: PretrainJob, data_dir: Path) -> tuple[dict[str, Any]
         console.print(f"job [bold]{job_id}[/bold] on an embedded manager; store {em.manager.store.dialect} in "
                       f"{data_dir.resolve()}, trainer logs {logs}/attempt-N/trainer.log", highlight=False,
                       soft_wrap=True)
-        view = _follow(client, job_id, job.spec.training.max_steps)
+        view = follow_job(client, job_id, RUN_BAR)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the trainer running
         console_err.print(f"cancelling: the trainer checkpoints and stops (up to {stop_s:.0f}s)")
@@ -179,30 +133,38 @@ def run_cmd(
 ) -> None:
     """Prepare the data if needed, train through an embedded job manager (retries preemptions and lost
     workers from the newest checkpoint) with a progress bar, export, fill-mask."""
-    from orchestrator.data.prepare import prepare_for_job
-
     job = load_manifest(manifest)
     started = time.time()
     export_to = _default_export_dir(job, export_dir)
-    console.print(f"[bold]{job.metadata.name}[/bold]: preparing data in {job.spec.data.shards} (if needed)")
-    index = prepare_for_job(job)
-    console.print(f"data: {index.total_rows:,} sequences of {index.seq_len} tokens, vocabulary {index.vocab_size}",
-                  highlight=False)
+    _prepare(job)
     for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(key, value)  # inherited by the trainer through the local backend
     view, rows, logs = _submit_and_follow(job.with_absolute_paths(), data_dir)
-    if view["phase"] != "SUCCEEDED":
+    if view["phase"] != Phase.SUCCEEDED:
         raise typer.Exit(_report_failure(view, logs))
     _summary(rows, view, time.time() - started)
     if no_export:
         return
+    _export_and_fill_mask(job, export_to)
+    console.print(f"done in {time.time() - started:.0f}s", highlight=False)
+
+
+def _prepare(job: PretrainJob) -> None:
+    from orchestrator.data.prepare import prepare_for_job
+
+    console.print(f"[bold]{job.metadata.name}[/bold]: preparing data in {job.spec.data.shards} (if needed)")
+    index = prepare_for_job(job)
+    console.print(f"data: {index.total_rows:,} sequences of {index.seq_len} tokens, vocabulary {index.vocab_size}",
+                  highlight=False)
+
+
+def _export_and_fill_mask(job: PretrainJob, export_to: Path) -> None:
     from orchestrator.train.export import export_checkpoint
 
     _quiet_transformers()
     out = export_checkpoint(job.spec.checkpoint.uri, export_to)
     console.print(f"exported step {out.step} ({out.parameters:,} parameters) to {out.output}", highlight=False)
     _fill_mask(out.output)
-    console.print(f"done in {time.time() - started:.0f}s", highlight=False)
 
 
 def _summary(rows: list[dict], view: dict[str, Any], seconds: float) -> None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from orchestrator.errors import DataError, StorageError, TemporaryError
+from orchestrator.errors import DataError, StorageError
 from orchestrator.storage import join, storage_for
 
 FORMAT_VERSION = 1
@@ -145,6 +145,3 @@ def check_shard_bytes(index: ShardIndex, info: ShardInfo, data, digest: str | No
         raise DataError(f"{uri}: {table.num_rows} rows, the index says {info.rows}; {fix}")
     return table
 
-
-__all__ = ["ShardIndex", "ShardInfo", "shard_schema", "check_shard_bytes", "FORMAT_VERSION",
-           "INDEX_NAME", "SPECIAL_TOKENS", "TemporaryError"]

@@ -122,6 +122,12 @@ class BatchStream:
     def _features(self, raw: dict[str, np.ndarray], epoch: int, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
         return build_features(raw, self.masker, self.seed, epoch, sample_ids, self.index.nsp)
 
+    @property
+    def peak_prefetch_bytes(self) -> int:
+        """The most shard bytes read ahead at once since iteration began (bounded by ``prefetch_bytes``
+        plus the shards one shuffle window spans); 0 before iterating or after ``close``."""
+        return self._loader.peak_held if self._loader is not None else 0
+
     def close(self) -> None:
         if self._loader is not None:
             self._loader.close()

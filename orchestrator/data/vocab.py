@@ -7,7 +7,6 @@ Files live under ``<shards>/tokenizer/`` (``vocab.txt`` + ``tokenizer.json``) so
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Iterable
 
 from tokenizers import Tokenizer
@@ -69,6 +68,3 @@ def load_tokenizer_json(text: str) -> Tokenizer:
     except Exception as exc:  # tokenizers raises plain Exception on a bad file
         raise DataError(f"invalid tokenizer.json ({exc}); re-run `bertctl prepare`") from None
 
-
-__all__ = ["train_tokenizer", "load_vocab", "save_tokenizer", "special_ids", "continuation_ids",
-           "load_tokenizer_json", "json"]

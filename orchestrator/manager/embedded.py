@@ -14,15 +14,22 @@ from pathlib import Path
 from typing import Sequence
 
 from orchestrator.manager.auth import new_token
-from orchestrator.manager.server import Manager, ManagerConfig, ServerThread
+from orchestrator.manager.server import Manager, ManagerConfig, ServerThread, trainer_command_from_env
 
 
 class EmbeddedManager:
+    """``trainer_command`` is used as given (tests' fakes). ``default_trainer_command`` is the caller's
+    choice (`bertctl run`'s trainer with its metrics file) that BERTCTL_TRAINER_COMMAND replaces whole,
+    as it does for `bertctl server`. With neither, attempts run the bundled trainer."""
+
     def __init__(self, data_dir: str | Path | None = None, trainer_command: Sequence[str] | None = None,
-                 interval_s: float = 0.5, database_url: str | None = None, **config):
+                 interval_s: float = 0.5, database_url: str | None = None, *,
+                 default_trainer_command: Sequence[str] | None = None, **config):
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="bertctl-embedded-"))
         self.token = new_token()
+        if trainer_command is None and default_trainer_command is not None:
+            trainer_command = trainer_command_from_env() or list(default_trainer_command)
         self.cfg = ManagerConfig(host="127.0.0.1", port=0, data_dir=self.data_dir, admin_token=self.token,
                                  database_url=database_url or f"sqlite:///{self.data_dir / 'manager.db'}",
                                  trainer_command=trainer_command, interval_s=interval_s, **config)

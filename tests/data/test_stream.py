@@ -130,7 +130,7 @@ def test_prefetch_stays_within_its_byte_budget(stdlib_shards):
     it = iter(stream)
     for _ in range(stream.batches_per_epoch + 5):
         next(it)
-    peak = stream._loader.peak_held
+    peak = stream.peak_prefetch_bytes
     stream.close()
     total = sum(s.bytes for s in index.shards)
     # the documented bound: max(budget, the shards one window spans) + the shard being read

@@ -27,3 +27,14 @@ def test_embedded_runs_a_job_and_cancels_leftovers_on_exit(tmp_path):
     assert store.get_job(done)["phase"] == "SUCCEEDED"
     assert store.get_job(longer)["phase"] == "CANCELLED", "stopping the embedded manager leaves nothing running"
     store.close()
+
+
+def test_bertctl_trainer_command_replaces_the_default_trainer_command_whole(tmp_path, monkeypatch):
+    default = ["python", "-m", "orchestrator.train", "--no-prepare"]
+    monkeypatch.delenv("BERTCTL_TRAINER_COMMAND", raising=False)
+    assert EmbeddedManager(data_dir=tmp_path, default_trainer_command=default).cfg.trainer_command == default
+    monkeypatch.setenv("BERTCTL_TRAINER_COMMAND", "wrap --flag 'a b'")
+    assert EmbeddedManager(data_dir=tmp_path, default_trainer_command=default).cfg.trainer_command == [
+        "wrap", "--flag", "a b"]
+    given = EmbeddedManager(data_dir=tmp_path, trainer_command=FAKE_TRAINER, default_trainer_command=default)
+    assert given.cfg.trainer_command == FAKE_TRAINER, "a command given outright is used as it is"
