@@ -55,11 +55,12 @@ def _select(uri: str, scratch: Path) -> tuple[CheckpointStore, Committed, Path]:
 
 def consolidated_state_dict(attempt_dir: Path, zero_stage: int) -> dict:
     """One fp32 state dict from the DeepSpeed files of every rank."""
-    import torch
+    from orchestrator.train.checkpoint import safe_load
 
+    # Read as data (weights_only); DeepSpeed's zero_to_fp32 unpickles in full, so the gate goes first.
+    safe_load.check_tree(attempt_dir)
     if zero_stage == 0:
-        states = torch.load(attempt_dir / DS_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
-                            weights_only=False)
+        states = safe_load.load(attempt_dir / DS_TAG / "mp_rank_00_model_states.pt")
         return {k: v.float() for k, v in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

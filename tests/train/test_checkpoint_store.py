@@ -1,4 +1,5 @@
-"""CheckpointStore: commit last, verify, skip partial/corrupt, retention, fencing (no torch, no Ray)."""
+"""CheckpointStore: commit last, verify, skip partial/corrupt, retention, fencing (no Ray; torch only
+writes and reads the small checkpoint files)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from orchestrator.errors import CheckpointError, StaleAttemptError
 from orchestrator.train.checkpoint import CheckpointStore, TrainState
@@ -20,7 +22,8 @@ def _save(store: CheckpointStore, tmp: Path, step: int, attempt: int = 1, commit
     """What Checkpointer does per rank: stage files, upload into the attempt dir, then commit."""
     staging = tmp / f"staging-{step}-{attempt}"
     (staging / "ds").mkdir(parents=True, exist_ok=True)
-    (staging / "ds" / "shard-0.pt").write_bytes(f"weights {step} {attempt}".encode() * 50)
+    # a real torch.save file: the loader reads checkpoint files as data only (checkpoint/safe_load.py)
+    torch.save({"weights": f"weights {step} {attempt}" * 50}, staging / "ds" / "shard-0.pt")
     (staging / "state.json").write_bytes(_state(step, attempt).to_json())
     entries = store.upload_dir(staging, step, attempt)
     return store.commit(step, attempt, 2, entries) if commit else entries
@@ -64,7 +67,7 @@ def test_corrupt_newest_is_skipped_with_a_reason(store, tmp_path, damage):
     else:
         shard.unlink()
     skipped = []
-    found, _ = store.newest_verified(tmp_path / "scratch", on_skip=lambda c, why: skipped.append((c.step, why)))
+    found, _ = store.newest_verified(tmp_path / "scratch", on_skip=lambda sk: skipped.append((sk.step, sk.reason)))
     assert found.step == 10
     assert skipped and skipped[0][0] == 20 and "shard-0.pt" in skipped[0][1]
 
@@ -74,6 +77,22 @@ def test_unreadable_manifest_is_not_a_commit(store, tmp_path):
     _save(store, tmp_path, 20)
     (tmp_path / "ckpt" / "step-00000020" / "manifest.json").write_text("{not json")
     assert [c.step for c in store.committed()] == [10]
+
+
+def test_steps_without_a_readable_manifest_are_reported_as_skipped(store, tmp_path, caplog):
+    _save(store, tmp_path, 10)
+    _save(store, tmp_path, 20)
+    (tmp_path / "ckpt" / "step-00000020" / "manifest.json").write_text("{not json")
+    _save(store, tmp_path, 30, commit=False)  # a save that never committed
+    skipped = []
+    with caplog.at_level("WARNING", logger="bertctl.train.checkpoint"):
+        found, _ = store.newest_verified(tmp_path / "scratch", on_skip=skipped.append)
+    assert found.step == 10
+    assert [(sk.step, sk.uri, sk.committed) for sk in skipped] == [
+        (30, store.step_uri(30), False), (20, store.step_uri(20), False)]
+    assert "no manifest.json" in skipped[0].reason and "unreadable manifest.json" in skipped[1].reason
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("skipping checkpoint step 30: no manifest.json") for m in logged)
 
 
 def test_only_files_named_by_the_manifest_are_read(store, tmp_path):

@@ -3,7 +3,8 @@ records, fails or holds writes on demand. No torch.distributed, no DeepSpeed, no
 
 ``FakeEngine`` has what ``Checkpointer`` calls on a DeepSpeed engine: ``save_checkpoint(save_dir,
 tag=..., save_latest=...)`` writing the files DeepSpeed ZeRO 1/2 writes (the replicated model file on
-rank 0, one optimizer shard per rank) with small real payloads, ``load_checkpoint(load_dir, tag=...)``
+rank 0, one optimizer shard per rank) as real ``torch.save`` files with small payloads (so they pass
+the loader's data-only check, train/checkpoint/safe_load.py), ``load_checkpoint(load_dir, tag=...)``
 returning ``(load_path, client_state)`` or ``(None, None)`` when there is nothing to load (DeepSpeed's
 contract), and a ``checkpoint_engine`` whose ``drain`` writes deferred files (what
 train/checkpoint/snapshot.py's background writer does for async saves).
@@ -12,12 +13,17 @@ train/checkpoint/snapshot.py's background writer does for async saves).
 with three knobs: ``ops`` records every write in order, ``fail(op, needle, exc)`` makes a write whose
 URI contains ``needle`` raise, and ``hold_uploads`` blocks ``upload_file`` until ``release`` (an
 object store that is slow, with no clock involved).
+
+``RelayGroup`` stands in for torch.distributed when several ranks of one worker group are driven one
+after another in one thread (async saves: their background work uses no collective).
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+
+import torch
 
 from orchestrator.errors import StorageError
 from orchestrator.storage import LocalStorage
@@ -27,6 +33,15 @@ MODEL_FILE = "mp_rank_00_model_states.pt"
 
 def optim_file(rank: int) -> str:
     return f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+
+
+def write_pt(path: Path, payload: bytes) -> None:
+    """A torch.save file holding ``payload`` (as text: plain values only, like a real state dict)."""
+    torch.save({"payload": payload.decode("latin-1")}, path)
+
+
+def read_pt(path: Path) -> bytes:
+    return torch.load(path, weights_only=True)["payload"].encode("latin-1")
 
 
 class FakeCheckpointEngine:
@@ -40,7 +55,7 @@ class FakeCheckpointEngine:
         self.drains += 1
         pending, self.pending = self.pending, []
         for path, data in pending:
-            path.write_bytes(data)
+            write_pt(path, data)
 
 
 class FakeEngine:
@@ -53,7 +68,7 @@ class FakeEngine:
         self.checkpoint_engine = FakeCheckpointEngine()
         self.saves: list[dict] = []
         self.loads: list[dict] = []
-        self.loaded: dict[str, bytes] = {}  # file name -> bytes of the last successful load
+        self.loaded: dict[str, bytes] = {}  # file name -> payload of each file of the last successful load
 
     def save_checkpoint(self, save_dir, tag=None, client_state=None, save_latest=True, **kw):
         self.saves.append({"save_dir": str(save_dir), "tag": tag, "save_latest": save_latest, **kw})
@@ -66,7 +81,7 @@ class FakeEngine:
             if self.deferred:
                 self.checkpoint_engine.pending.append((tag_dir / name, data))
             else:
-                (tag_dir / name).write_bytes(data)
+                write_pt(tag_dir / name, data)
         return True
 
     def load_checkpoint(self, load_dir, tag=None, **kw):
@@ -74,7 +89,7 @@ class FakeEngine:
         tag_dir = Path(load_dir) / tag
         if not tag_dir.is_dir():
             return None, None
-        self.loaded = {p.name: p.read_bytes() for p in tag_dir.iterdir() if p.is_file()}
+        self.loaded = {p.name: read_pt(p) for p in tag_dir.glob("*.pt")}
         return str(tag_dir), {}
 
 
@@ -128,6 +143,34 @@ class FakeStorage(LocalStorage):
             if not self._flowing.wait(120):  # a safety bound so a broken test ends; never expected
                 raise StorageError(f"{uri}: upload held for 120 s (the test never released it)")
         super().upload_file(local_file, uri)
+
+
+class RelayGroup:
+    """The Checkpointer's collectives for ranks of one group called one after another (rank 0 first):
+    rank 0's broadcast is kept and handed to every later rank; ``gather`` yields the caller's own
+    object only (what each rank learns about the others is not modelled)."""
+
+    def __init__(self):
+        self.sent: list = []  # every value rank 0 broadcast, in order
+
+    def member(self, rank: int) -> "_RelayMember":
+        return _RelayMember(self, rank)
+
+
+class _RelayMember:
+    def __init__(self, group: RelayGroup, rank: int):
+        self.group, self.rank = group, rank
+
+    def broadcast(self, obj, src: int = 0):
+        if self.rank == src:
+            self.group.sent.append(obj)
+            return obj
+        if not self.group.sent:
+            raise RuntimeError("RelayGroup: the source rank must call first (drive rank 0 before the others)")
+        return self.group.sent[-1]
+
+    def gather(self, obj) -> list:
+        return [obj]
 
 
 def tree(root: Path) -> dict[str, bytes]:

@@ -4,7 +4,8 @@ resume selection, retention, fencing, failed saves, world-size change. Fast, CPU
 No torch.distributed (the Checkpointer then acts as a single rank: its collectives pass objects
 through), no DeepSpeed engine (``FakeEngine`` writes small real files), no Ray. Storage is the real
 ``LocalStorage`` on tmp_path, wrapped by ``FakeStorage`` where writes must be recorded, failed or held.
-Several ranks are only combined in async mode, which uses no collectives (rank markers instead).
+Several ranks are only combined in async mode, which uses no collectives in the background (rank
+markers instead); their staging broadcast goes through ``RelayGroup`` (ckpt_fakes.py).
 Waits go through the Checkpointer's own completion API (``wait_committed``), never a sleep.
 """
 
@@ -22,9 +23,9 @@ from orchestrator.errors import CheckpointError, StaleAttemptError, StorageError
 from orchestrator.train.checkpoint import (
     DS_TAG, MANIFEST, AsyncUploader, Checkpointer, CheckpointStore, ResumePlan, TrainState, prepare_resume,
 )
-from orchestrator.train.checkpoint import checkpointer as checkpointer_module
+from orchestrator.train.checkpoint import store as store_module
 from orchestrator.train.checkpoint import universal
-from tests.train_units.ckpt_fakes import MODEL_FILE, FakeEngine, FakeStorage, optim_file, tree
+from tests.train_units.ckpt_fakes import MODEL_FILE, FakeEngine, FakeStorage, RelayGroup, optim_file, tree
 
 WAIT_S = 60.0  # a bound so a broken commit fails the test instead of hanging it; never reached
 
@@ -65,11 +66,10 @@ def uploaders():
 
 
 @pytest.fixture
-def peers(monkeypatch):
-    """Several ranks of one job in this process, async mode only (its background work uses no
-    collective). Without a process group a non-zero rank's broadcast would yield None instead of rank
-    0's answer; this stands in for rank 0's answer. Rank 0's own answer passes through unchanged."""
-    monkeypatch.setattr(checkpointer_module, "_broadcast", lambda obj, src=0: ("ok", "") if obj is None else obj)
+def peers() -> RelayGroup:
+    """Several ranks of one worker group in this process, async mode only (its background work uses no
+    collective); rank 0 saves first and its broadcast (refusal or the save's id) reaches the others."""
+    return RelayGroup()
 
 
 def _ckpter(store, tmp_path, *, attempt=1, rank=0, world_size=1, **kw) -> Checkpointer:
@@ -161,7 +161,7 @@ def test_async_save_returns_before_the_upload_and_commits_once_it_drains(store, 
 
 def test_async_commit_waits_for_every_rank(store, root, tmp_path, uploaders, peers):
     ranks = [_ckpter(store, tmp_path, rank=r, world_size=2, uploader=uploaders(FakeStorage()),
-                     marker_timeout_s=WAIT_S) for r in (0, 1)]
+                     marker_timeout_s=WAIT_S, collectives=peers.member(r)) for r in (0, 1)]
     engines = [FakeEngine(rank=r, weights=b"two") for r in (0, 1)]
 
     ranks[0].save(engines[0], _state(10, world_size=2))
@@ -196,7 +196,7 @@ def _commit_steps(store, tmp_path, steps, attempt=1):
     return ckpter
 
 
-def test_resume_takes_newest_verified_and_reports_a_corrupt_one(store, root, tmp_path):
+def test_resume_takes_newest_verified_and_reports_a_corrupt_and_a_partial_one(store, root, tmp_path, caplog):
     ckpter = _ckpter(store, tmp_path)
     ckpter.save(FakeEngine(weights=b"weights-10"), _state(10))
     random.seed(1234)
@@ -213,11 +213,17 @@ def test_resume_takes_newest_verified_and_reports_a_corrupt_one(store, root, tmp
     partial.write_bytes(_state(40).to_json())
 
     loader = _ckpter(store, tmp_path, attempt=2)
-    resume = loader.find()
+    with caplog.at_level("WARNING", logger="bertctl.train.checkpoint"):
+        resume = loader.find()
 
     assert resume.ckpt.step == 20 and resume.state == _state(20)
-    assert [(s, u) for s, u, _ in loader.skipped] == [(30, store.step_uri(30))]  # the partial is no commit
-    assert f"ds/{MODEL_FILE} does not match its sha256" in loader.skipped[0][2]
+    # Newest first, each passed over and said so: the partial (no commit) and the corrupt commit.
+    assert [(s, u) for s, u, _ in loader.skipped] == [(40, store.step_uri(40)), (30, store.step_uri(30))]
+    assert f"no {MANIFEST}: a partial checkpoint" in loader.skipped[0][2]
+    assert f"ds/{MODEL_FILE} does not match its sha256" in loader.skipped[1][2]
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("skipping checkpoint step 40: no manifest.json") for m in logged)
+    assert any(m.startswith("skipping checkpoint step 30: ") and "sha256" in m for m in logged)
     random.seed(0)
     torch.manual_seed(0)
     engine = FakeEngine()
@@ -249,6 +255,45 @@ def test_resume_respects_max_step_and_none_when_nothing_is_committed(store, tmp_
     assert loader.find() is None and loader.skipped == []
     _commit_steps(store, tmp_path, (10, 20))
     assert loader.find(max_step=15).ckpt.step == 10 and loader.skipped == []
+
+
+def test_resume_hashes_the_chosen_checkpoint_once(store, root, tmp_path, monkeypatch):
+    _commit_steps(store, tmp_path, (10, 20))
+    hashed = []
+    real_digest = store_module.file_digest
+
+    def counting_digest(path):
+        hashed.append(Path(path).relative_to(root / "step-00000020").as_posix())
+        return real_digest(path)
+
+    monkeypatch.setattr(store_module, "file_digest", counting_digest)
+    resume = _ckpter(store, tmp_path, attempt=2).find()
+
+    assert resume.ckpt.step == 20
+    # On S3 each hash follows a download: rank 0 reads the chosen checkpoint once, not twice.
+    assert sorted(hashed) == sorted(e.path for e in resume.ckpt.files)
+
+
+def test_every_rank_finds_the_checkpoint_rank_0_chose(store, tmp_path, peers):
+    _commit_steps(store, tmp_path, (10, 20))
+    ranks = [_ckpter(store, tmp_path, attempt=2, rank=r, world_size=1, collectives=peers.member(r))
+             for r in (0, 1)]
+    found = [c.find(max_step=15) for c in ranks]  # rank 0 first: it chooses, rank 1 follows
+    assert [f.ckpt.step for f in found] == [10, 10] and found[1].state == found[0].state
+    assert ranks[1].skipped == []  # only rank 0 looks at (and reports) what it passed over
+
+
+def test_a_commit_beside_markers_of_the_earlier_layout_still_loads(store, root, tmp_path):
+    # Async saves before rank markers were scoped per attempt and save left step-N/uploaded/rank-K.json;
+    # the manifest format did not change, so those commits still verify and load.
+    _commit_steps(store, tmp_path, (10,))
+    old_marker = root / "step-00000010" / "uploaded" / "rank-00000.json"
+    old_marker.parent.mkdir()
+    old_marker.write_text(json.dumps({"rank": 0, "files": []}))
+    loader = _ckpter(store, tmp_path, attempt=2)
+    engine = FakeEngine()
+    assert loader.restore(engine, loader.find()).step == 10 and loader.skipped == []
+    assert engine.loaded[MODEL_FILE] == b"model " + b"weights-10" * 100
 
 
 def test_a_step_that_failed_verification_is_replaced_when_saved_again(store, root, tmp_path):
@@ -343,6 +388,106 @@ def test_stale_async_attempt_cannot_commit_nor_touch_the_newer_attempt(store, ro
     assert old.uploader.flush(WAIT_S) and not (root / "step-00000030").exists()
 
 
+def test_fenced_async_save_is_refused_before_staging_and_leaves_no_files(store, tmp_path, uploaders):
+    store.register_attempt(1)
+    ckpter = _ckpter(store, tmp_path, attempt=1, uploader=uploaders(FakeStorage()))
+    store.register_attempt(2)
+    ckpter.save(FakeEngine(deferred=True), _state(10))
+    assert "StaleAttemptError" in ckpter.wait_committed(WAIT_S)  # the background commit was fenced
+    engine = FakeEngine(deferred=True)
+
+    with pytest.raises(StaleAttemptError, match="attempt 1 is stale"):
+        ckpter.save(engine, _state(20))
+
+    assert engine.saves == [] and engine.checkpoint_engine.pending == []  # no DeepSpeed save ran
+    assert tree(ckpter.scratch) == {}  # and nothing is left in staging
+
+
+def test_a_failed_local_save_leaves_no_staging(store, tmp_path):
+    class DiskFull(FakeEngine):
+        def save_checkpoint(self, save_dir, tag=None, **kw):
+            super().save_checkpoint(save_dir, tag=tag, **kw)  # some shards written, then the disk is full
+            raise OSError(28, "No space left on device")
+
+    ckpter = _ckpter(store, tmp_path)
+    with pytest.raises(OSError, match="No space left"):
+        ckpter.save(DiskFull(), _state(10))
+    assert tree(ckpter.scratch) == {} and _committed_steps(store) == []
+
+
+def _async_rank(store, tmp_path, group, attempt, rank, up_storage, uploaders, **kw) -> Checkpointer:
+    return _ckpter(store, tmp_path, attempt=attempt, rank=rank, world_size=2, uploader=uploaders(up_storage),
+                   collectives=group.member(rank), **kw)
+
+
+def _attempt_one_dies_at_step_20(store, tmp_path, uploaders, rank1_fails: bool) -> None:
+    """Attempt 1, 2 ranks, step 20: rank 0's uploads fail (it never commits); rank 1 leaves a marker."""
+    store.register_attempt(1)
+    group, failing = RelayGroup(), FakeStorage()
+    failing.fail("upload_file", "/step-00000020/")
+    rank1_storage = failing if rank1_fails else FakeStorage()
+    ranks = [_async_rank(store, tmp_path, group, 1, r, s, uploaders, marker_timeout_s=0)
+             for r, s in ((0, failing), (1, rank1_storage))]
+    for r, c in enumerate(ranks):
+        c.save(FakeEngine(rank=r, weights=b"attempt-1"), _state(20, world_size=2, attempt=1))
+    assert ranks[0].wait_committed(WAIT_S) and _committed_steps(store) == []
+
+
+@pytest.mark.parametrize("leftover", ["uploaded", "failed"])
+def test_markers_of_an_earlier_attempt_never_decide_a_later_commit(store, root, tmp_path, uploaders, leftover):
+    _attempt_one_dies_at_step_20(store, tmp_path, uploaders, rank1_fails=leftover == "failed")
+    store.register_attempt(2)
+    first = _async_rank(store, tmp_path, RelayGroup(), 2, 0, FakeStorage(), uploaders, marker_timeout_s=0)
+
+    first.save(FakeEngine(rank=0, weights=b"attempt-2"), _state(20, world_size=2, attempt=2))
+    failed = first.wait_committed(WAIT_S)
+
+    # Attempt 2's rank 1 has not uploaded: neither attempt 1's marker of rank 1 (files of another
+    # attempt) nor its failure marker may decide attempt 2's commit.
+    assert "rank(s) [1] did not finish uploading" in failed and "failed to upload" not in failed
+    assert not (root / "step-00000020" / MANIFEST).exists()
+
+    store.register_attempt(3)  # the next attempt saves step 20 on both ranks
+    group = RelayGroup()
+    ranks = [_async_rank(store, tmp_path, group, 3, r, FakeStorage(), uploaders, marker_timeout_s=WAIT_S)
+             for r in (0, 1)]
+    for r, c in enumerate(ranks):
+        c.save(FakeEngine(rank=r, weights=b"attempt-3"), _state(20, world_size=2, attempt=3))
+    assert all(c.wait_committed(WAIT_S) is None for c in ranks)
+
+    manifest = _manifest(root, 20)
+    assert manifest["root"] == "attempt-00000003" and _listed(manifest) == _on_disk(root, 20, 3)
+    loader = _ckpter(store, tmp_path, attempt=4, world_size=2)
+    engine = FakeEngine()
+    loader.restore(engine, loader.find())
+    assert set(engine.loaded) == {MODEL_FILE, optim_file(0), optim_file(1)}  # every rank's shard
+    assert all(b"attempt-3" in data for data in engine.loaded.values())
+
+
+def test_a_stale_rank_cannot_touch_the_markers_of_a_newer_attempt(store, root, tmp_path, uploaders):
+    store.register_attempt(1)
+    stale_group = RelayGroup()
+    stale = [_async_rank(store, tmp_path, stale_group, 1, r, FakeStorage(), uploaders, marker_timeout_s=WAIT_S)
+             for r in (0, 1)]
+    store.register_attempt(2)
+    group = RelayGroup()
+    newer = [_async_rank(store, tmp_path, group, 2, r, FakeStorage(), uploaders, marker_timeout_s=WAIT_S)
+             for r in (0, 1)]
+    for r, c in enumerate(newer):
+        c.save(FakeEngine(rank=r, weights=b"attempt-2"), _state(20, world_size=2, attempt=2))
+    assert all(c.wait_committed(WAIT_S) is None for c in newer)
+    step_dir = root / "step-00000020"
+    newer_files = {k: v for k, v in tree(step_dir).items() if "attempt-00000001" not in k}
+    assert any(k.startswith("uploaded/attempt-00000002/") for k in newer_files)  # attempt 2's markers
+
+    for r, c in enumerate(stale):  # attempt 1 still runs and reaches step 20
+        c.save(FakeEngine(rank=r, weights=b"stale"), _state(20, world_size=2, attempt=1))
+    assert "StaleAttemptError" in stale[0].wait_committed(WAIT_S) and stale[1].wait_committed(WAIT_S) is None
+
+    assert {k: v for k, v in tree(step_dir).items() if "attempt-00000001" not in k} == newer_files
+    assert _manifest(root, 20)["root"] == "attempt-00000002"
+
+
 # ----- failed saves -------------------------------------------------------------------------------
 
 def test_sync_upload_failure_keeps_the_previous_commit(store, storage, root, tmp_path):
@@ -385,8 +530,8 @@ def test_async_upload_failure_is_reported_and_the_previous_commit_kept(store, ro
     assert failed.startswith("rank 0: TransientStorageError") and "stays uncommitted" in failed
     assert _committed_steps(store) == [10] and store.verify(store.committed()[0]) is None
     assert ckpter.last.step == 10
-    marker = json.loads((root / "step-00000020" / "uploaded" / "rank-00000.json").read_text())
-    assert "injected upload_file failure" in marker["error"]  # rank 0's committer refuses at once
+    [marker_file] = (root / "step-00000020" / "uploaded" / "attempt-00000001").glob("*/rank-00000.json")
+    assert "injected upload_file failure" in json.loads(marker_file.read_text())["error"]  # refused at once
     assert ckpter.wait_committed(WAIT_S) is None  # reported once
 
 
@@ -414,7 +559,7 @@ def test_background_failures_and_wait_are_empty_without_an_uploader(store, tmp_p
 def _two_rank_checkpoint(store, tmp_path, uploaders, peers):
     """Step 10 saved by 2 ranks (async: the one mode where ranks need no collectives here)."""
     ranks = [_ckpter(store, tmp_path, rank=r, world_size=2, uploader=uploaders(FakeStorage()),
-                     marker_timeout_s=WAIT_S) for r in (0, 1)]
+                     marker_timeout_s=WAIT_S, collectives=peers.member(r)) for r in (0, 1)]
     for r, c in enumerate(ranks):
         c.save(FakeEngine(rank=r, weights=b"ws2"), _state(10, world_size=2))
     assert all(c.wait_committed(WAIT_S) is None for c in ranks)

@@ -11,8 +11,8 @@ import pytest
 
 from orchestrator.errors import CheckpointError, TransientStorageError
 from orchestrator.storage import LocalStorage, storage_for
-from orchestrator.train.checkpoint.uploader import (AsyncUploader, Uploaded, gather_rank_markers, rank_marker_uri,
-                                         write_rank_marker)
+from orchestrator.train.checkpoint.uploader import (AsyncUploader, Uploaded, gather_rank_markers, marker_dir,
+                                                    rank_marker_uri, write_rank_marker)
 
 
 def _staging(root, n=3, size=200_000):
@@ -121,18 +121,20 @@ def test_wait_all_over_everything_submitted(tmp_path):
 def test_rank_markers_let_rank0_commit_without_collectives(s3, tmp_path):
     proxy, storage, direct, bucket = s3
     step_uri = f"s3://{bucket}/job/step-00000010"
+    markers = marker_dir(step_uri, "attempt-00000001", "save-a")
+    write_rank_marker(storage, marker_dir(step_uri, "attempt-00000001", "save-b"), 1, [])  # another save's
     per_rank = {r: [Uploaded(f"attempt-0001/ds/r{r}", r + 1, f"{r:064x}")] for r in range(3)}
 
     def late_rank(r):
-        write_rank_marker(storage, step_uri, r, per_rank[r])
+        write_rank_marker(storage, markers, r, per_rank[r])
 
-    write_rank_marker(storage, step_uri, 0, per_rank[0])
+    write_rank_marker(storage, markers, 0, per_rank[0])
     threads = [threading.Timer(0.3, late_rank, args=(r,)) for r in (1, 2)]
     for t in threads:
         t.start()
-    files = gather_rank_markers(storage, step_uri, 3, timeout_s=30, poll_s=0.05)
-    assert files == per_rank[0] + per_rank[1] + per_rank[2]
-    assert rank_marker_uri(step_uri, 2).endswith("/uploaded/rank-00002.json")
+    files = gather_rank_markers(storage, markers, 3, timeout_s=30, poll_s=0.05)
+    assert files == per_rank[0] + per_rank[1] + per_rank[2]  # the other save's marker of rank 1 ignored
+    assert rank_marker_uri(markers, 2) == f"{step_uri}/uploaded/attempt-00000001/save-a/rank-00002.json"
 
 
 def test_missing_rank_marker_is_a_checkpoint_error(tmp_path):

@@ -25,7 +25,10 @@ def capture() -> dict:
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # Plain values and tensors only, so the file loads with weights_only=True (checkpoint/safe_load.py).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -42,10 +45,14 @@ def restore(path: Path) -> None:
     import numpy as np
     import torch
 
-    # Our own file from a verified checkpoint (sha256 checked): a full unpickle is safe here.
-    state = torch.load(path, weights_only=False)
+    from orchestrator.train.checkpoint import safe_load
+
+    state = safe_load.load(path)
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    # A tensor since this format; a numpy array in files written before it (still loadable).
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -9,14 +9,17 @@ Layout under ``checkpoint.uri``::
             rng/rank-00000.pt ...       per-rank python / numpy / torch RNG states
             ds/...                      DeepSpeed shards of every rank (engine.save_checkpoint tag "ds")
             tokenizer/...               the tokenizer files, so export needs nothing else
+        uploaded/attempt-00000003/<save id>/rank-00001.json
+                                        async upload only: rank markers (uploader.py), never loaded
         manifest.json                   THE COMMIT: size + sha256 of every file, written last
 
 Invariants (each has a test in tests/train/test_checkpoint_store.py):
 - ``manifest.json`` is written last and only with ``put_if_absent``: a step is committed once.
 - Files live under an attempt-scoped directory, so a stale attempt never overwrites files of a
   newer one; and a commit is refused when a newer attempt has registered (StaleAttemptError).
-- Loading takes the newest committed checkpoint whose files all verify; others are skipped
-  with a logged reason; only files the manifest names are read (never a mix).
+- Loading takes the newest committed checkpoint whose files all verify; every newer step
+  passed over (corrupt, or partial: no manifest) is skipped with a logged and reported reason;
+  only files the manifest names are read (never a mix).
 - Retention keeps ``keep_last`` committed checkpoints and never deletes the newest one.
 
 The collective side (all ranks save, rank 0 commits) is ``Checkpointer`` in
@@ -86,6 +89,16 @@ class FileEntry:
     path: str   # relative to the step directory
     size: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A step passed over at load, and why; ``committed`` False: a partial step (no manifest)."""
+
+    step: int
+    uri: str
+    reason: str
+    committed: bool
 
 
 @dataclass(frozen=True)
@@ -202,15 +215,25 @@ class CheckpointStore:
                 out.append(ckpt)
         return out
 
+    def committed_at(self, step: int) -> Committed | None:
+        """The commit of one step (its manifest parsed), None when it has none."""
+        return self._read_manifest(self.step_uri(step))
+
     def _read_manifest(self, step_uri: str) -> Committed | None:
+        ckpt, why_not = self._manifest_or_reason(step_uri)
+        if why_not.startswith("unreadable"):
+            log.warning("skipping %s: %s", step_uri, why_not)
+        return ckpt
+
+    def _manifest_or_reason(self, step_uri: str) -> tuple[Committed | None, str]:
+        """The parsed commit of a step directory, or why it is none."""
         uri = st.join(step_uri, MANIFEST)
         if not self.storage.exists(uri):
-            return None
+            return None, f"no {MANIFEST}: a partial checkpoint whose save never committed"
         try:
-            return self._parse(step_uri, json.loads(self.storage.read_bytes(uri)))
+            return self._parse(step_uri, json.loads(self.storage.read_bytes(uri))), ""
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("skipping %s: unreadable manifest (%s)", step_uri, exc)
-            return None
+            return None, f"unreadable {MANIFEST} ({exc})"
 
     @staticmethod
     def _parse(step_uri: str, m: dict[str, Any]) -> Committed:
@@ -248,20 +271,27 @@ class CheckpointStore:
         reason = self.verify(ckpt, local)
         if reason:
             raise CheckpointError(f"checkpoint step {ckpt.step} at {ckpt.uri} failed verification: {reason}")
+        from orchestrator.train.checkpoint import safe_load
+
+        safe_load.check_tree(local)  # every file loads as data before anything unpickles it in full
         return local
 
-    def newest_verified(self, scratch: Path, on_skip: Callable[[Committed, str], None] | None = None,
+    def newest_verified(self, scratch: Path, on_skip: Callable[[Skipped], None] | None = None,
                         max_step: int | None = None) -> tuple[Committed, Path] | None:
-        """The newest committed checkpoint that verifies, materialized; skipped ones are logged."""
-        for ckpt in self.committed():
-            if max_step is not None and ckpt.step > max_step:
+        """The newest committed checkpoint that verifies, materialized. Every newer step passed over
+        (corrupt, unreadable, or partial: no manifest) is logged and given to ``on_skip``."""
+        for step in reversed(self.step_numbers()):
+            if max_step is not None and step > max_step:
                 continue
-            try:
-                return ckpt, self.materialize(ckpt, scratch)
-            except CheckpointError as exc:
-                log.warning("skipping checkpoint step %d: %s", ckpt.step, exc)
-                if on_skip:
-                    on_skip(ckpt, str(exc))
+            ckpt, reason = self._manifest_or_reason(self.step_uri(step))
+            if ckpt is not None:
+                try:
+                    return ckpt, self.materialize(ckpt, scratch)
+                except CheckpointError as exc:
+                    reason = str(exc)
+            log.warning("skipping checkpoint step %d: %s", step, reason)
+            if on_skip:
+                on_skip(Skipped(step, self.step_uri(step), reason, committed=ckpt is not None))
         return None
 
     def read_state(self, ckpt: Committed, local_dir: Path) -> TrainState:

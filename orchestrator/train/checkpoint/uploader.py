@@ -9,7 +9,8 @@ visibly does not) before the process exits.
 Across ranks no collective is used in the background (it would interleave with the training
 step's collectives): every rank writes a small per-rank marker object listing its uploaded files
 once they all landed (``write_rank_marker``), and rank 0's commit function waits for the
-markers of every rank (``gather_rank_markers``) before it writes the manifest.
+markers of every rank (``gather_rank_markers``) before it writes the manifest. Markers are scoped
+to one save of one attempt (``marker_dir``), so leftovers of another attempt never count.
 
     up = AsyncUploader(storage_for, max_workers=4)
     futs = up.submit_dir(staging_dir, step_uri, prefix="attempt-0003")
@@ -171,39 +172,47 @@ class AsyncUploader:
 
 
 # --- cross-rank completion without collectives ---------------------------------------------------
-def rank_marker_uri(step_uri: str, rank: int) -> str:
-    return st.join(step_uri, MARKER_DIR, f"rank-{rank:05d}.json")
+def marker_dir(step_uri: str, attempt_root: str, save_id: str) -> str:
+    """Where the rank markers of one save live: scoped by the attempt and the save's id (rank 0
+    broadcasts it while staging), so markers another attempt, or an earlier worker group of this
+    attempt, left for the same step are never read nor overwritten. Beside the attempt's directory,
+    not inside it: that one holds exactly the files its manifest lists."""
+    return st.join(step_uri, MARKER_DIR, attempt_root, save_id)
 
 
-def write_rank_marker(storage: st.Storage, step_uri: str, rank: int, files: list[Uploaded]) -> None:
+def rank_marker_uri(markers: str, rank: int) -> str:
+    return st.join(markers, f"rank-{rank:05d}.json")
+
+
+def write_rank_marker(storage: st.Storage, markers: str, rank: int, files: list[Uploaded]) -> None:
     """Written by a rank after all its uploads landed; rank 0's commit waits for every one."""
     body = json.dumps({"rank": rank, "files": [asdict(f) for f in files]}).encode()
-    storage.write_bytes(rank_marker_uri(step_uri, rank), body)
+    storage.write_bytes(rank_marker_uri(markers, rank), body)
 
 
-def write_rank_failure(storage: st.Storage, step_uri: str, rank: int, error: str) -> None:
+def write_rank_failure(storage: st.Storage, markers: str, rank: int, error: str) -> None:
     """Written by a rank whose uploads failed, so rank 0 refuses to commit at once instead of waiting."""
-    storage.write_bytes(rank_marker_uri(step_uri, rank), json.dumps({"rank": rank, "error": error[:500]}).encode())
+    storage.write_bytes(rank_marker_uri(markers, rank), json.dumps({"rank": rank, "error": error[:500]}).encode())
 
 
-def gather_rank_markers(storage: st.Storage, step_uri: str, world_size: int, timeout_s: float,
+def gather_rank_markers(storage: st.Storage, markers: str, world_size: int, timeout_s: float,
                         poll_s: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> list[Uploaded]:
     """Every rank's uploaded files, once all ``world_size`` markers exist; else CheckpointError."""
     deadline = time.monotonic() + timeout_s
     found: dict[int, list[Uploaded]] = {}
     while True:
         for rank in range(world_size):
-            uri = rank_marker_uri(step_uri, rank)
+            uri = rank_marker_uri(markers, rank)
             if rank not in found and storage.exists(uri):
                 marker = json.loads(storage.read_bytes(uri))
                 if marker.get("error"):
-                    raise CheckpointError(f"{step_uri}: rank {rank} failed to upload its files "
+                    raise CheckpointError(f"{markers}: rank {rank} failed to upload its files "
                                           f"({marker['error']}); the checkpoint stays uncommitted")
                 found[rank] = [Uploaded(**f) for f in marker["files"]]
         if len(found) == world_size:
             return [f for rank in range(world_size) for f in found[rank]]
         if time.monotonic() >= deadline:
             missing = sorted(set(range(world_size)) - set(found))
-            raise CheckpointError(f"{step_uri}: rank(s) {missing} did not finish uploading within {timeout_s} s; "
+            raise CheckpointError(f"{markers}: rank(s) {missing} did not finish uploading within {timeout_s} s; "
                                   "the checkpoint stays uncommitted and the previous one is used on resume")
         sleep(poll_s)
