@@ -27,6 +27,73 @@ ENV_MTBP_S = "BERTCTL_MTBP_S"
 # Local backend -> trainer: the address of the warm local Ray head to connect to (instead of
 # starting a cluster for the attempt); KubeRay sets RAY_ADDRESS itself.
 ENV_RAY_ADDRESS = "BERTCTL_RAY_ADDRESS"
+# Operator -> trainer: total time budget of one S3 operation (orchestrator/storage_s3.py).
+ENV_S3_RETRY_BUDGET_S = "BERTCTL_S3_RETRY_BUDGET_S"
+
+# -- The environment a trainer, its Ray workers and its pods get: an ALLOWLIST --------------------
+# Nothing else of the manager's environment passes: its admin token, database URL, kubeconfig,
+# PG* variables and any credential added later stay with the manager (docs/manager.md, "What
+# reaches a trainer"). The per-attempt names above are set by the backend, never inherited.
+ATTEMPT_ENV = frozenset({ENV_JOB_ID, ENV_ATTEMPT, ENV_MANAGER_URL, ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE,
+                         ENV_MTBP_S, ENV_RAY_ADDRESS})
+# Operator settings the trainer reads and a process may inherit from the manager.
+INHERITED_BERTCTL_ENV = frozenset({ENV_S3_RETRY_BUDGET_S, ENV_NOTICE_FILE})
+# What any process needs to run: the executable search path and home (tool caches), the locale,
+# a temporary directory, the Python environment, and the time zone for log timestamps.
+_PROCESS_ENV = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TMPDIR", "TZ",
+                "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV"}
+# Accelerators (device selection, driver capabilities), thread pools and the ML libraries'
+# offline / cache settings: the same code must see the same devices and files as it would alone.
+_COMPUTE_ENV = {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM", "TORCH_CUDA_ARCH_LIST",
+                "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+                "TRANSFORMERS_CACHE", "NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "GLOO_SOCKET_IFNAME"}
+_COMPUTE_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "XDG_")
+# Ray's own settings (RAY_ADDRESS on KubeRay, RAY_DEDUP_LOGS, RAY_USAGE_STATS_ENABLED, the warm head's
+# RAY_AUTH_*): Ray reads them in every process of a cluster.
+_RAY_PREFIXES = ("RAY_",)
+# Cloud storage credentials and settings: only for a job whose data, checkpoints or prepare inputs
+# are on that cloud (see cloud_schemes).
+AWS_ENV = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                     "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+                     "AWS_CA_BUNDLE", "AWS_EC2_METADATA_DISABLED", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+                     "AWS_STS_REGIONAL_ENDPOINTS"})
+_AWS_PREFIXES = ("AWS_ENDPOINT_URL",)
+GCP_ENV = frozenset({"GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT",
+                     "STORAGE_EMULATOR_HOST"})
+_CLOUD_SCHEMES = {"s3": "s3", "gs": "gs", "gcs": "gs"}
+
+
+def cloud_schemes(manifest: dict | None) -> frozenset[str]:
+    """"s3" / "gs" when any URI in the manifest's spec (shards, checkpoint.uri, prepare inputs,
+    tokenizer vocab, ...) is on that cloud: its credentials then reach the trainer."""
+    found: set[str] = set()
+    stack: list = [((manifest or {}).get("spec") or {})]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and "://" in item:
+            scheme = _CLOUD_SCHEMES.get(item.split("://", 1)[0].lower())
+            if scheme:
+                found.add(scheme)
+    return frozenset(found)
+
+
+def _allowed(name: str, clouds: frozenset[str]) -> bool:
+    if name in _PROCESS_ENV or name in _COMPUTE_ENV or name in INHERITED_BERTCTL_ENV:
+        return True
+    if name.startswith(_COMPUTE_PREFIXES + _RAY_PREFIXES):
+        return True
+    if "s3" in clouds and (name in AWS_ENV or name.startswith(_AWS_PREFIXES)):
+        return True
+    return "gs" in clouds and name in GCP_ENV
+
+
+def trainer_environ(source: dict[str, str], clouds: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The part of ``source`` (a manager's or driver's environment) a trainer process may inherit."""
+    return {k: v for k, v in source.items() if _allowed(k, clouds)}
 
 
 class ExitCode(enum.IntEnum):
@@ -96,12 +163,15 @@ class SkippedCheckpoint(BaseModel):
 class Heartbeat(BaseModel):
     """POST /v1/jobs/{job_id}/heartbeat, with the attempt token as bearer.
 
-    status 'running' is periodic; the others are the attempt's final word before it exits.
+    status 'starting' says what the attempt does before its first training step (``phase``, sent
+    at each change); 'running' is periodic once it trains; the others are the attempt's final word
+    before it exits. A 'starting' heartbeat is liveness, never progress (docs/manager.md).
     """
 
     model_config = ConfigDict(extra="forbid")
     attempt: int = Field(ge=1, description="The fencing token: older attempts are refused (409).")
-    status: Literal["running", "succeeded", "preempted", "failed"] = "running"
+    status: Literal["starting", "running", "succeeded", "preempted", "failed"] = "running"
+    phase: str | None = Field(None, max_length=200, description="With status 'starting': what it is doing now.")
     reason: EndReason | None = None
     message: str | None = Field(None, max_length=4000)
     step: int = Field(0, ge=0)

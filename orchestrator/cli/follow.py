@@ -79,7 +79,7 @@ def _run_fields(_job_id: str, view: View) -> dict[str, Any]:
     m = view.get("metrics") or {}
     attempt = f"attempt {view['current_attempt']}" if view["current_attempt"] else "pending"
     if view["phase"] not in (Phase.RUNNING, Phase.SUCCEEDED):
-        attempt += f" ({view['phase'].lower()})"
+        attempt += f" ({view.get('startup_phase') or view['phase'].lower()})"
     fields = {"completed": view["step"], "loss": _fmt(m, "loss", ".3f"), "acc": _fmt(m, "mlm_accuracy", ".3f"),
               "tps": _fmt(m, "tokens_per_s", ",.0f"), "attempt": attempt}
     # A final heartbeat may carry no metrics: keep the last values shown.
@@ -94,7 +94,8 @@ def _status_columns() -> list[ProgressColumn]:
 
 def _status_fields(job_id: str, view: View) -> dict[str, Any]:
     m = view.get("metrics") or {}
-    return {"completed": view["step"], "description": f"{job_id} {view['phase']}", "loss": _fmt(m, "loss", ".4f"),
+    phase = view["phase"] + (f" ({view['startup_phase']})" if view.get("startup_phase") else "")
+    return {"completed": view["step"], "description": f"{job_id} {phase}", "loss": _fmt(m, "loss", ".4f"),
             "tps": _fmt(m, "tokens_per_s", ".0f"), "attempt": str(view["current_attempt"])}
 
 

@@ -137,7 +137,8 @@ def _print_job(job: dict) -> None:
     m = job.get("metrics") or {}
     lines = [f"job        {job['id']}  ({job['phase']})", f"message    {job['message'] or '-'}",
              f"step       {job['step']}/{job['max_steps']}  loss {m.get('loss', '-')}  tokens/s {m.get('tokens_per_s', '-')}",
-             f"attempt    {job['current_attempt']}  restarts {job['restarts_used']}",
+             f"attempt    {job['current_attempt']}  restarts {job['restarts_used']}"
+             + (f"  starting: {job['startup_phase']}" if job.get("startup_phase") else ""),
              f"checkpoint {'-' if not ck else str(ck['step']) + ' ' + ck['uri']}",
              f"goodput    productive {g.get('productive_fraction')}  steps lost {g.get('steps_lost')}  "
              f"recovery {g.get('recovery_s')}s  checkpointing {g.get('checkpoint_s')}s"]

@@ -38,6 +38,9 @@ def apply_heartbeat(store: Store, job_id: str, hb: Heartbeat, now: float) -> Out
         job, att = found
         if _fenced_off(job, att, hb):
             return Outcome.STALE
+        if hb.status == "starting":
+            _starting(store, s, job, att, hb, now)
+            return Outcome.OK
         _progress(s, job, att, hb, now)
         changed = hb.checkpoint is not None and _checkpoint(store, s, job, att, hb, now)
         changed = bool(hb.skipped_checkpoints) and _skipped(store, s, job, att, hb, now) or changed
@@ -58,6 +61,18 @@ def _fenced_off(job: Job, att: Attempt | None, hb: Heartbeat) -> bool:
     if hb.attempt != job.current_attempt or Phase(job.phase) in TERMINAL:
         return True
     return att is None or att.state == AttemptState.ENDED.value
+
+
+def _starting(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> None:
+    """Liveness before the first training step: the phase is recorded (one event per change),
+    the clock of the last word moves, and nothing else: no step, no first_step or recovery_s,
+    and the job stays LAUNCHING (RUNNING means training; phases.py)."""
+    att.last_heartbeat_at, att.heartbeats = now, att.heartbeats + 1
+    phase = (hb.phase or "starting").strip()[:200] or "starting"
+    if phase != att.startup_phase:
+        att.startup_phase = phase
+        store.make_durable(s)
+        store.event(s, job.id, "starting", f"attempt {att.number}: {phase}", now, attempt=att.number, phase=phase)
 
 
 def _first_heartbeat(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> None:

@@ -65,6 +65,7 @@ class Attempt(Base):
     final_reason: Mapped[str | None] = mapped_column(String(40))
     last_heartbeat_at: Mapped[float | None] = mapped_column(Float)
     heartbeats: Mapped[int] = mapped_column(Integer, default=0)
+    startup_phase: Mapped[str | None] = mapped_column(String(200))  # the last 'starting' heartbeat's phase
     resumed_from_step: Mapped[int | None] = mapped_column(Integer)
     first_step: Mapped[int | None] = mapped_column(Integer)
     first_step_at: Mapped[float | None] = mapped_column(Float)

@@ -1,10 +1,19 @@
 """The supervisor: a reconcile loop that moves every active job one step towards its end.
 
 ``reconcile_once(now)`` is one iteration (tests step it). Per job it: carries out a cancel,
-launches a due attempt, or polls the running one and, when it ended or stalled, fences it
-(backend.terminate returns only when nothing of it runs) and applies the policy's decision.
-Attempt N+1 is created only after attempt N is recorded ENDED, which happens only after the
-backend confirmed it gone: the attempt number is the fencing token.
+launches a due attempt, or polls the running one and, when it ended or missed its liveness
+deadline, fences it (backend.terminate returns only when nothing of it runs) and applies the
+policy's decision. Attempt N+1 is created only after attempt N is recorded ENDED, which happens
+only after the backend confirmed it gone: the attempt number is the fencing token.
+
+Every backend call that may wait (a launch, which on KubeRay first fences older attempts, and
+every terminate) runs in a thread beside the loop: the job is skipped (``_busy``) until that
+thread is done, so one draining cluster never holds up the supervision of other jobs.
+
+Liveness: until its first training heartbeat (the job still LAUNCHING) an attempt has
+``recovery.startup_timeout_s`` from its creation (or adoption) to start training; 'starting'
+heartbeats are recorded but do not extend that deadline. Afterwards it may be silent at most
+``recovery.heartbeat_timeout_s`` since its last heartbeat of any kind.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from orchestrator.contract import EXIT_REASONS, EndReason
 from orchestrator.errors import PermanentError
@@ -22,6 +31,10 @@ from orchestrator.manager.models import AttemptState
 from orchestrator.manager.phases import WAITING, Phase
 from orchestrator.manager.policy import decide_attempt_end, unfenced_failure
 from orchestrator.manager.store import Store
+from orchestrator.spec import RecoverySpec
+
+# For manifests stored before the field existed (the stored manifest is the one validated then).
+DEFAULT_STARTUP_TIMEOUT_S: float = RecoverySpec.model_fields["startup_timeout_s"].default
 
 log = logging.getLogger("bertctl.manager")
 
@@ -35,7 +48,7 @@ class Supervisor:
         self.cancel_grace_s = cancel_grace_s  # None: the manifest's preemption deadline + 5 s
         self.interval_s = interval_s
         self._adopted_at: dict[tuple[str, int], float] = {}
-        self._busy: set[str] = set()   # jobs whose attempt is being stopped in a background thread
+        self._busy: dict[str, threading.Thread] = {}  # job -> its launch or stop running beside the loop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -71,6 +84,17 @@ class Supervisor:
         if self._thread:
             self._thread.join(timeout_s)
 
+    def wait_idle(self, timeout_s: float = 60.0, jobs: Iterable[str] | None = None) -> bool:
+        """Wait for the launches and stops now running beside the loop (of ``jobs``, or all);
+        True when they are done."""
+        deadline = time.monotonic() + timeout_s
+        wanted = set(self._busy) if jobs is None else set(jobs)
+        for job_id in wanted:
+            thread = self._busy.get(job_id)
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        return not wanted & set(self._busy)
+
     def _run(self) -> None:
         self.adopt(time.time())
         while not self._stop.is_set():
@@ -99,14 +123,19 @@ class Supervisor:
                                  f"does not run; valid: {sorted(self.backends)}") from None
 
     def _launch(self, job: dict[str, Any], now: float) -> None:
+        """Record attempt N+1 (the store refuses unless N is ENDED), then launch it beside the loop."""
         number = job["current_attempt"] + 1
         token = new_token()
+        backend = self._backend(job)
         if not self.store.start_attempt(job["id"], number, hash_token(token), now):
             return
-        backend = self._backend(job)
         request = LaunchRequest(job_id=job["id"], attempt=number, manifest=job["manifest"],
                                 manager_url=self.manager_url, attempt_token=token,
                                 mtbp_s=self.store.mtbp_s(job["id"], now))
+        self._beside(job["id"], f"launch-{job['id']}", lambda: self._launch_now(job, backend, request, now))
+
+    def _launch_now(self, job: dict[str, Any], backend: Backend, request: LaunchRequest, now: float) -> None:
+        number = request.attempt
         try:
             handle = backend.launch(request)
         except Exception as exc:  # the attempt never ran: fence whatever may exist, then decide
@@ -119,23 +148,36 @@ class Supervisor:
         if att["state"] == AttemptState.LAUNCHING.value:
             # The manager died between recording the attempt and learning its handle: the
             # process may exist; fence it through the backend's own records and retry.
-            self._end(job, att["number"], "", EndReason.INFRASTRUCTURE, now,
-                      message="the manager stopped while launching this attempt")
+            self._end_in_background(job, att["number"], "", EndReason.INFRASTRUCTURE, now, grace_s=0.0,
+                                    message="the manager stopped while launching this attempt")
             return
         status = self._backend(job).poll(job["id"], att["number"], att["handle"])
         if status.state in (RunState.EXITED, RunState.GONE):
-            self._end(job, att["number"], att["handle"], self._reason(att, status), now,
-                      exit_code=status.exit_code, message=status.message)
-        elif self._stalled(job, att, now):
-            timeout = job["manifest"]["spec"]["recovery"]["heartbeat_timeout_s"]
-            self._end_in_background(job, att["number"], att["handle"], EndReason.HEARTBEAT_TIMEOUT, now,
-                                    grace_s=self.stall_grace_s, message=f"no heartbeat for {timeout:g}s; killed")
+            self._end_in_background(job, att["number"], att["handle"], self._reason(att, status), now,
+                                    grace_s=0.0, exit_code=status.exit_code, message=status.message)
+            return
+        overdue = self._overdue(job, att, now)
+        if overdue is not None:
+            reason, message = overdue
+            self._end_in_background(job, att["number"], att["handle"], reason, now,
+                                    grace_s=self.stall_grace_s, message=message)
 
-    def _stalled(self, job: dict[str, Any], att: dict[str, Any], now: float) -> bool:
-        timeout = job["manifest"]["spec"]["recovery"]["heartbeat_timeout_s"]
-        since = max(att["last_heartbeat_at"] or att["created_at"],
-                    self._adopted_at.get((job["id"], att["number"]), 0.0))
-        return now - since > timeout
+    def _overdue(self, job: dict[str, Any], att: dict[str, Any], now: float) -> tuple[EndReason, str] | None:
+        """Why the attempt missed its liveness deadline (module docstring), or None if it did not."""
+        recovery = job["manifest"]["spec"]["recovery"]
+        adopted = self._adopted_at.get((job["id"], att["number"]), 0.0)
+        if job["phase"] == Phase.LAUNCHING.value:  # no training heartbeat yet
+            limit = recovery.get("startup_timeout_s", DEFAULT_STARTUP_TIMEOUT_S)
+            if now - max(att["created_at"], adopted) <= limit:
+                return None
+            phase = att.get("startup_phase") or "none reported"
+            return EndReason.INFRASTRUCTURE, (f"not training {limit:g}s after it started (last startup phase: "
+                                              f"{phase}); killed. Raise recovery.startup_timeout_s if the "
+                                              "cluster needs longer to scale up and pull the image")
+        limit = recovery["heartbeat_timeout_s"]
+        if now - max(att["last_heartbeat_at"] or att["created_at"], adopted) <= limit:
+            return None
+        return EndReason.HEARTBEAT_TIMEOUT, f"no heartbeat for {limit:g}s; killed"
 
     @staticmethod
     def _reason(att: dict[str, Any], status: AttemptStatus) -> EndReason:
@@ -159,20 +201,26 @@ class Supervisor:
                                 message="cancelled by a user")
 
     def _end_in_background(self, job: dict[str, Any], number: int, handle: str, reason: EndReason, now: float,
-                           grace_s: float, message: str) -> None:
-        """Stopping with a grace period takes seconds: do it beside the loop so other jobs are
-        still supervised meanwhile; the job is skipped until its attempt is fenced and recorded."""
-        self._busy.add(job["id"])
+                           grace_s: float, message: str, exit_code: int | None = None) -> None:
+        """Fencing may take minutes (a grace period, pods draining): do it beside the loop so other
+        jobs are still supervised meanwhile; the job is skipped until its attempt is fenced and recorded."""
+        self._beside(job["id"], f"stop-{job['id']}", lambda: self._end(
+            job, number, handle, reason, now, exit_code=exit_code, message=message, grace_s=grace_s))
 
+    def _beside(self, job_id: str, name: str, work: Callable[[], None]) -> None:
+        """Run one job's slow backend work in its own thread; the loop skips the job meanwhile.
+        A failure is logged and the job is looked at again on the next iteration."""
         def run() -> None:
             try:
-                self._end(job, number, handle, reason, now, message=message, grace_s=grace_s)
+                work()
             except Exception:
-                log.exception("stopping job %s attempt %d failed; will retry", job["id"], number)
+                log.exception("%s failed; will retry", name)
             finally:
-                self._busy.discard(job["id"])
+                self._busy.pop(job_id, None)
 
-        threading.Thread(target=run, name=f"bertctl-stop-{job['id']}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"bertctl-{name}", daemon=True)
+        self._busy[job_id] = thread
+        thread.start()
 
     def _end(self, job: dict[str, Any], number: int, handle: str, reason: EndReason, now: float,
              exit_code: int | None = None, message: str = "", grace_s: float = 0.0) -> None:

@@ -75,6 +75,7 @@ class HeartbeatClient:
         self._cond = threading.Condition()
         self._closed = False
         self._warned = False
+        self._startup_phase: str | None = None
         self._thread: threading.Thread | None = None
         if identity.manager_url:
             self._thread = threading.Thread(target=self._run, name="bertctl-heartbeat", daemon=True)
@@ -93,6 +94,15 @@ class HeartbeatClient:
         with self._cond:
             self._pending = beat
             self._cond.notify()
+
+    def starting(self, phase: str) -> None:
+        """Say what the attempt does before its first training step ('starting' status): sent at
+        each change of phase only, so a phase repeated by a loop costs nothing."""
+        if phase == self._startup_phase:
+            return
+        self._startup_phase = phase
+        log.info("startup phase: %s", phase)
+        self.send(Heartbeat(attempt=self.identity.attempt, status="starting", phase=phase))
 
     def send_final(self, beat: Heartbeat, timeout_s: float = 5.0) -> bool:
         """Deliver the attempt's last word synchronously (bounded); True when the manager took it."""

@@ -7,6 +7,8 @@ Behaviour for tests comes from metadata.labels (only on the attempt named by fak
   fake-step-s: seconds per step       fake-exit-at: "STEP:CODE" exit with CODE after STEP
   fake-hang-at: STEP stop reporting   fake-no-heartbeat: "1" never report
   fake-ignore-term: "1" ignore SIGTERM (only SIGKILL stops it)
+  fake-startup-s: seconds before the first step (node scale-up, image pull, engine build)
+  fake-startup-phase: PHASE sent once as a 'starting' heartbeat when that startup begins (else silent)
 """
 
 import json
@@ -78,6 +80,11 @@ def main():
     base = {"attempt": attempt, "max_steps": max_steps, "world_size": 1}
     silent = special and labels.get("fake-no-heartbeat") == "1"
     first = True
+    if special and labels.get("fake-startup-s"):
+        if labels.get("fake-startup-phase"):
+            post({"attempt": attempt, "status": "starting", "phase": labels["fake-startup-phase"]})
+        print(f"starting up for {labels['fake-startup-s']}s", flush=True)
+        time.sleep(float(labels["fake-startup-s"]))
     for step in range(start + 1, max_steps + 1):
         time.sleep(step_s)
         if special and labels.get("fake-hang-at") and step >= int(labels["fake-hang-at"]):

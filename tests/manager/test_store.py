@@ -131,3 +131,25 @@ def test_store_survives_reopen(tmp_path):
     assert s2.get_job(job["id"])["submission_id"] == "k"
     assert len(s2.events(job["id"])) == 1
     s2.close()
+
+
+def test_migration_0002_adds_startup_phase_and_keeps_every_attempt(store, tmp_path):
+    """Down to 0001 and up again on a database with an attempt: the rows survive, the column returns."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from orchestrator.manager import db
+
+    job, _ = _submit(store, tmp_path)
+    assert store.start_attempt(job["id"], 1, hash_token("t-1"), 101.0)
+    cfg = Config()
+    cfg.set_main_option("script_location", db._MIGRATIONS)
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"], cfg.attributes["schema"] = conn, store.schema
+        command.downgrade(cfg, "0001")
+    columns = {c["name"] for c in inspect(store.engine).get_columns("attempts", schema=store.schema)}
+    assert "startup_phase" not in columns and "heartbeats" in columns
+    store.migrate()
+    (att,) = store.attempts(job["id"])
+    assert att["number"] == 1 and att["startup_phase"] is None and att["created_at"] == 101.0

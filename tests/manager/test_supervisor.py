@@ -117,6 +117,26 @@ def test_stalled_attempt_is_killed_and_retried(mgr, tmp_path):
     assert not group_alive(int(a1["handle"]))
 
 
+def test_a_silent_startup_longer_than_heartbeat_timeout_is_not_killed(mgr, tmp_path):
+    """A cloud cluster's scale-up and image pull, as the fake trainer plays it: silent before step 1."""
+    job_id = submit(mgr, make_manifest(tmp_path, max_steps=4, labels={"fake-startup-s": "4"},
+                                       heartbeat_timeout_s=1.5, startup_timeout_s=60.0, max_restarts=0))
+    job = drive(mgr, job_id, terminal)
+    assert job["phase"] == "SUCCEEDED" and len(mgr.store.attempts(job_id)) == 1
+
+
+def test_a_startup_past_startup_timeout_ends_naming_its_phase(mgr, tmp_path):
+    job_id = submit(mgr, make_manifest(tmp_path, max_steps=4, max_restarts=0, startup_timeout_s=2.0,
+                                       labels={"fake-startup-s": "600", "fake-startup-phase": "pulling the image"}))
+    drive(mgr, job_id, lambda j: mgr.store.attempts(j["id"])[0]["startup_phase"] is not None)
+    assert mgr.store.get_job(job_id)["phase"] == "LAUNCHING", "a starting heartbeat is not training"
+    job = drive(mgr, job_id, terminal)
+    a1 = mgr.store.attempts(job_id)[0]
+    assert job["phase"] == "FAILED" and a1["end_reason"] == "infrastructure"
+    assert "last startup phase: pulling the image" in a1["message"]
+    assert "starting" in events(mgr, job_id) and not group_alive(int(a1["handle"]))
+
+
 def test_cancel_while_running_stops_the_group(mgr, tmp_path):
     job_id = submit(mgr, make_manifest(tmp_path, max_steps=500, labels={"fake-step-s": "0.05"}))
     drive(mgr, job_id, lambda j: j["phase"] == "RUNNING")
@@ -212,6 +232,7 @@ def test_restarted_manager_records_a_dead_attempt_lost(tmp_path):
     try:
         second.manager.supervisor.adopt(time.time())
         second.manager.supervisor.reconcile_once()
+        assert second.manager.supervisor.wait_idle()  # the fence runs beside the loop
         a1 = second.manager.store.attempts(job_id)[0]
         assert a1["state"] == "ended" and a1["end_reason"] == "worker_lost"
         assert second.manager.store.get_job(job_id)["phase"] == "RECOVERING"

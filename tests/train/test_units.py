@@ -227,3 +227,20 @@ def test_the_trainer_starts_no_dataset_manager_but_keeps_its_backend_and_callbac
     names = [type(c).__name__ for c in trainer._create_default_callbacks()]
     assert "DatasetsCallback" not in names
     assert {"BackendSetupCallback", "PlacementGroupCleanerCallback", "UserCallbackHandler"} <= set(names)
+
+
+def test_startup_phases_are_sent_as_starting_heartbeats_at_each_change_only():
+    mgr = _Manager()
+    try:
+        client = HeartbeatClient(Identity("job-a", 3, mgr.url, "t"))
+        client.starting("joining Ray")
+        assert _wait(lambda: len(mgr.beats) == 1)
+        client.starting("joining Ray")  # the same phase again: nothing sent
+        client.starting("waiting for 2 worker(s)")
+        client.close()  # delivers what is pending
+        bodies = [b for _, b, _ in mgr.beats]
+        assert [(b["status"], b["phase"], b["attempt"]) for b in bodies] == [
+            ("starting", "joining Ray", 3), ("starting", "waiting for 2 worker(s)", 3)]
+        assert all("step" not in b or b["step"] == 0 for b in bodies)
+    finally:
+        mgr.close()

@@ -93,11 +93,23 @@ def _already_done(store, job: PretrainJob, work_dir: Path) -> bool:
 
 def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_file: Path,
                 prepare: bool = True) -> None:
-    """Prepare if needed, register the attempt (fencing), and train on Ray; raises on failure."""
+    """Prepare if needed, register the attempt (fencing), and train on Ray; raises on failure.
+    Until the workers take over, the driver reports its startup phases ('starting' heartbeats)."""
+    reporter = HeartbeatClient(identity)
+    try:
+        _run_attempt(job, identity, work_dir, metrics_file, prepare, reporter)
+    finally:
+        reporter.close()
+
+
+def _run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_file: Path, prepare: bool,
+                 reporter: HeartbeatClient) -> None:
     from orchestrator.train.checkpoint import CheckpointStore
 
     if prepare:
+        reporter.starting("preparing data")
         _prepare(job)
+    reporter.starting("checking checkpoints")
     store = CheckpointStore(job.spec.checkpoint.uri, keep_last=job.spec.checkpoint.keep_last)
     store.check_not_stale(identity.attempt)
     store.register_attempt(identity.attempt)
@@ -108,16 +120,17 @@ def run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     notice_file = os.environ.get(ENV_NOTICE_FILE) or str(work_dir / "preemption-notice")
     loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,
                    "manager_url": identity.manager_url, "scratch_root": str(scratch), "notice_file": notice_file}
-    _fit_on_ray(job, identity, work_dir, metrics_file, loop_config)
+    _fit_on_ray(job, identity, work_dir, metrics_file, loop_config, reporter)
 
 
 def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_file: Path,
-                loop_config: dict) -> None:
+                loop_config: dict, reporter: HeartbeatClient) -> None:
     """Start or join Ray, run the trainer to its end, and leave Ray as it was found."""
     import ray
 
-    from orchestrator.train.driver.launch import build_trainer, start_ray
+    from orchestrator.train.driver.launch import build_trainer, ray_phase, start_ray, waiting_for_workers
 
+    reporter.starting(ray_phase())
     log.info("timing: ray_start=%.3f", time.time())
     owned = start_ray(job, work_dir)
     log.info("timing: ray_up=%.3f", time.time())
@@ -128,6 +141,7 @@ def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     try:
         trainer = build_trainer(job, loop_config, work_dir / "ray", metrics_file,
                                 name=f"{identity.job_id}-attempt-{identity.attempt}")
+        reporter.starting(waiting_for_workers(job))
         trainer.fit()
     finally:
         watcher.uninstall()

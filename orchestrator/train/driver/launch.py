@@ -15,7 +15,9 @@ from typing import Any
 from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
 
-from orchestrator.contract import ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_RAY_ADDRESS
+from orchestrator.contract import (
+    ATTEMPT_ENV, ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_RAY_ADDRESS, INHERITED_BERTCTL_ENV,
+)
 from orchestrator.data.ray_cluster import local_cpus, start_or_join_ray
 from orchestrator.spec import PretrainJob
 
@@ -52,10 +54,26 @@ def scaling_config(job: PretrainJob):
     return ScalingConfig(num_workers=workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources)
 
 
+def waiting_for_workers(job: PretrainJob) -> str:
+    """The startup phase while Ray Train gathers the workers (on a cloud cluster: node scale-up)."""
+    w = job.spec.resources.workers
+    count = str(w) if isinstance(w, int) else f"{w.min}-{w.max}"
+    gpus = f" with {job.spec.resources.gpus_per_worker} GPU(s) each" if job.spec.resources.gpus_per_worker else ""
+    return f"waiting for {count} worker(s){gpus}"
+
+
+def ray_phase() -> str:
+    """'joining Ray' when an address to join is given (the local warm head, KubeRay's RAY_ADDRESS)."""
+    return "joining Ray" if os.environ.get(ENV_RAY_ADDRESS) or os.environ.get("RAY_ADDRESS") else "starting Ray"
+
+
 def env_for_workers(work_dir: Path) -> dict[str, str]:
-    """This attempt's BERTCTL_* variables for its workers on a shared head, which otherwise inherit
-    the head's environment; the attempt token goes by a 0600 file, never by value."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("BERTCTL_") and k != ENV_ATTEMPT_TOKEN}
+    """This attempt's contract variables for its workers on a shared head, which otherwise inherit
+    the head's environment (manager/backends/local_ray.head_environ). Only the contract's names:
+    Ray keeps a runtime_env in its GCS, so nothing else goes this way, and the attempt token goes
+    by a 0600 file, never by value."""
+    names = (ATTEMPT_ENV | INHERITED_BERTCTL_ENV) - {ENV_ATTEMPT_TOKEN}
+    env = {k: v for k, v in os.environ.items() if k in names}
     token = os.environ.get(ENV_ATTEMPT_TOKEN)
     if token:
         path = work_dir / "attempt-token"

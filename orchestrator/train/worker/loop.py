@@ -151,7 +151,13 @@ class Worker:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     # ----- setup: checkpoint -> model -> engine -> restore (the order exact resume needs)
+    def _starting(self, phase: str) -> None:
+        """Rank 0 tells the manager what it does before step 1 (sent only when the phase changes)."""
+        if self.heartbeats:
+            self.heartbeats.starting(phase)
+
     def _find_resume(self) -> Resume | None:
+        self._starting("finding and fetching the newest checkpoint")
         log.info("timing: load_start=%.3f", time.time())
         resume = self.ckpts.find(max_step=self.job.spec.training.max_steps)
         log.info("timing: found=%.3f", time.time())
@@ -160,10 +166,13 @@ class Worker:
     def _prepare(self, index, resume: Resume | None) -> TrainState | None:
         """Model, engine and (when resuming) the restored state; every rank, in the same order."""
         self._keep_tokenizer(index)
+        self._starting("building the model and engine")
         model = self._build_model(index)
         plan = self._resume_plan(resume) if resume else None
         log.info("timing: model_built=%.3f", time.time())
         self._build_engine(model, load_universal=bool(plan and plan.load_universal))
+        if resume:
+            self._starting(f"loading checkpoint step {resume.ckpt.step}")
         return self._restore(resume, plan) if resume else None
 
     def _keep_tokenizer(self, index) -> None:
