@@ -48,6 +48,7 @@ class Principal:
     kind: str                   # "admin" | "attempt"
     job_id: str | None = None
     attempt: int | None = None
+    revoked: bool = False       # its attempt has ended: the token authorizes nothing any more
 
 
 class Authenticator:
@@ -57,8 +58,10 @@ class Authenticator:
                                  f"or {ENV_ADMIN_TOKEN_FILE} (e.g. to the output of `openssl rand -hex 32`)")
         self._store = store
         self._admin_hash = hash_token(admin_token)
-        # An attempt token's (job, attempt) never changes, so found ones are cached; whether the
-        # attempt is still current is checked against the store on every heartbeat (fencing).
+        # An attempt token's (job, attempt) never changes, so live ones are cached. A token is
+        # revoked in the transaction that ends its attempt (Store._close_attempt), and every
+        # heartbeat checks, under the job's row lock, that its attempt has not ended (fencing):
+        # so a cached token whose attempt ended is refused too. Revoked tokens are never cached.
         self._cache: dict[str, Principal] = {}
         self._lock = threading.Lock()
 
@@ -83,6 +86,8 @@ class Authenticator:
         found = self._store.lookup_token(digest)
         if not found or found["kind"] != "attempt":
             return None
+        if found["revoked"]:
+            return Principal("attempt", found["job_id"], found["attempt"], revoked=True)
         principal = Principal("attempt", found["job_id"], found["attempt"])
         with self._lock:
             if len(self._cache) > 100_000:

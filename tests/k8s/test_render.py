@@ -165,3 +165,23 @@ def test_cli_render_bad_manifest_exits_2_naming_fields(tmp_path):
     assert out.returncode == 2
     assert "spec.kubernetes.imagee" in out.stderr and "spec.resources.memory_per_worker" in out.stderr
     assert out.stdout == ""
+
+
+def test_no_manager_secret_reaches_a_rendered_pod(monkeypatch):
+    """Rendering reads nothing of the manager's environment: pods get the contract's variables by
+    value, the attempt token by secretKeyRef, and cloud credentials only through envFrom."""
+    from orchestrator import contract
+
+    secrets = {"PGPASSWORD": "pg-secret-1", "KUBECONFIG": "/home/op/.kube/secret-config",
+               "BERTCTL_ADMIN_TOKEN": "admin-secret-" + "a" * 20, "BERTCTL_DATABASE_URL": "postgresql://u:db-s@h/d",
+               "SECRET_X": "made-up-secret", **S3_SECRET_VALUES}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    for path in EXAMPLES:
+        text = yaml.safe_dump_all(all_objects(path)[:-1])  # the attempt Secret holds the token, by design
+        assert not [v for v in secrets.values() if v in text], path.name
+        for _, pod in pod_templates(rayjob_of(path)):
+            for c in pod["spec"]["containers"]:
+                names = {e["name"] for e in c["env"]}
+                assert names <= contract.ATTEMPT_ENV | contract.INHERITED_BERTCTL_ENV, (path.name, names)
+                assert all("value" in e or "secretKeyRef" in e.get("valueFrom", {}) for e in c["env"])

@@ -34,3 +34,18 @@ def test_only_hashes_are_stored(store, tmp_path):
     with store.engine.connect() as conn:
         dump = " ".join(str(r) for r in conn.execute(text("SELECT * FROM tokens")))
     assert secret not in dump and hash_token(secret) in dump
+
+
+def test_a_revoked_token_resolves_as_revoked_and_is_never_cached(store, tmp_path):
+    from orchestrator.contract import EndReason
+    from orchestrator.manager.policy import Action, AttemptEndDecision
+    from tests.manager.conftest import make_manifest
+
+    job, _ = store.create_job(make_manifest(tmp_path), "local", 1.0)
+    secret = "attempt-token-" + "r" * 30
+    store.start_attempt(job["id"], 1, hash_token(secret), 2.0)
+    store.end_attempt(job["id"], 1, EndReason.PREEMPTED, AttemptEndDecision(Action.RETRY), 3.0)
+    auth = Authenticator(store, "admin-" + "q" * 20)
+    p = auth.resolve(secret)
+    assert (p.kind, p.job_id, p.attempt, p.revoked) == ("attempt", job["id"], 1, True)
+    assert auth.peek(secret) is None, "a revoked token must be looked up (and refused) every time"

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def head(tmp_path, monkeypatch):
-    monkeypatch.setenv("BERTCTL_ADMIN_TOKEN", "manager-secret-never-in-the-head")
+    for name in ("BERTCTL_ADMIN_TOKEN", "BERTCTL_DATABASE_URL", "PGPASSWORD", "KUBECONFIG", "SECRET_X"):
+        monkeypatch.setenv(name, "manager-secret-never-in-the-head")
     cluster = LocalRayCluster(tmp_path / "ray", logical_cpus=8)
     try:
         yield cluster
@@ -42,7 +43,9 @@ def test_start_adopt_and_stop(head, tmp_path):
     assert env[contract.ENV_RAY_ADDRESS] == f"127.0.0.1:{state['port']}"
     assert env["RAY_AUTH_TOKEN_PATH"] == str(head.token_file) and "RAY_AUTH_TOKEN" not in env
     assert oct(head.token_file.stat().st_mode & 0o777) == "0o600"
-    assert "BERTCTL_ADMIN_TOKEN" not in _environ(state["pid"])
+    head_env = _environ(state["pid"])  # what every Ray worker on the head inherits
+    assert "manager-secret-never-in-the-head" not in "".join(head_env.values()), sorted(head_env)
+    assert head_env["PATH"] == os.environ["PATH"]
 
     adopted = LocalRayCluster(tmp_path / "ray", logical_cpus=8)  # a restarted manager
     assert adopted.attempt_env() == env, "a running head is adopted, not started twice"

@@ -44,7 +44,11 @@ def _unauthorized(detail: str) -> HTTPException:
 
 async def principal(auth: Annotated[Authenticator, Depends(get_auth)],
                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
-    """Who holds the bearer token: 401 without one or with one nobody issued."""
+    """Who holds the bearer token: 401 without one or with one nobody issued; 409 for a revoked one.
+
+    A revoked token is an ended attempt's: 409 is what tells its trainer (train/heartbeat.py) that
+    it is fenced off and must stop, the same answer a heartbeat of an ended attempt always got;
+    a 401 would leave that trainer training on."""
     if credentials is None:
         raise _unauthorized("missing bearer token; pass --token or set BERTCTL_TOKEN")
     token = credentials.credentials
@@ -52,6 +56,9 @@ async def principal(auth: Annotated[Authenticator, Depends(get_auth)],
     found = auth.peek(token) or await run_in_threadpool(auth.resolve, token)
     if found is None:
         raise _unauthorized("unknown token; check --token / BERTCTL_TOKEN")
+    if found.revoked:
+        raise HTTPException(409, f"attempt {found.attempt} is not the job's current attempt: it ended and its "
+                                 "token was revoked; stop")
     return found
 
 
@@ -68,7 +75,8 @@ async def require_admin(caller: PrincipalDep) -> Principal:
 def require_job(store: Store, job_id: str) -> dict[str, Any]:
     """The job, or 404. Called inside a route (not a dependency) so a route's own parameters
     are validated first, as they always were (422 before 404)."""
-    job = store.get_job(job_id)
+    # No job id holds a NUL, and PostgreSQL refuses one in a query (a 500), so it is not asked.
+    job = None if "\x00" in job_id else store.get_job(job_id)
     if job is None:
         raise HTTPException(404, f"no job '{job_id}'; `bertctl list` shows the jobs")
     return job

@@ -23,7 +23,6 @@ import orchestrator
 from orchestrator import contract
 from orchestrator.errors import TemporaryError
 from orchestrator.manager.backends.base import AttemptStatus, LaunchRequest, RunState, register
-from orchestrator.manager.backends.local_ray import SCRUBBED_ENV as _SCRUBBED_ENV
 from orchestrator.manager.backends.local_ray import LocalRayCluster
 from orchestrator.manager.backends.procfs import alive as _alive
 from orchestrator.manager.backends.procfs import members as _members
@@ -158,7 +157,9 @@ class LocalBackend:
             return {}
 
     def _env(self, request: LaunchRequest) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        # An allowlist (contract.trainer_environ): none of the manager's own secrets, and cloud
+        # credentials only for a job whose storage is on that cloud.
+        env = contract.trainer_environ(dict(os.environ), contract.cloud_schemes(request.manifest))
         env.update({contract.ENV_JOB_ID: request.job_id, contract.ENV_ATTEMPT: str(request.attempt),
                     contract.ENV_MANAGER_URL: request.manager_url,
                     contract.ENV_ATTEMPT_TOKEN: request.attempt_token})

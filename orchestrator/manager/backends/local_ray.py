@@ -30,8 +30,6 @@ from orchestrator.errors import TemporaryError
 from orchestrator.manager.backends.procfs import alive as _alive
 from orchestrator.manager.backends.procfs import members, signal_group, signal_pid
 
-# The manager's own credentials never reach a trainer or a Ray worker (which inherit the head's env).
-SCRUBBED_ENV = ("BERTCTL_ADMIN_TOKEN", "BERTCTL_ADMIN_TOKEN_FILE", "BERTCTL_TOKEN", "BERTCTL_DATABASE_URL")
 DEFAULT_LOGICAL_CPUS = 32  # a scheduling budget, not cores: room for a few concurrent small jobs
 _READY_LINE = "Ray runtime started"
 
@@ -122,8 +120,7 @@ class LocalRayCluster:
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
                "--node-ip-address=127.0.0.1", f"--num-cpus={self.logical_cpus}", "--include-dashboard=false",
                "--disable-usage-stats"]
-        # Not a BERTCTL_* variable at all: the manager's credentials (SCRUBBED_ENV) and no attempt's.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTCTL_")}
+        env = head_environ(dict(os.environ))
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file), RAY_USAGE_STATS_ENABLED="0")
         log_path = self.root / "ray-head.log"
         with open(log_path, "ab") as log:
@@ -148,6 +145,14 @@ class LocalRayCluster:
         self.stop()
         raise TemporaryError(f"the local Ray head did not start within {self.start_timeout_s:.0f} s "
                              f"(log {log_path}): {tail}", delay_s=10.0)
+
+
+def head_environ(source: dict[str, str]) -> dict[str, str]:
+    """The head's environment, which every Ray worker on it inherits: the trainer allowlist
+    (contract.trainer_environ), no attempt's variables (each job brings its own by runtime_env), and
+    the cloud storage variables, since the head is shared by jobs on S3 and GCS. The manager's own
+    secrets (admin token, database URL, kubeconfig, PG*) never reach it."""
+    return contract.trainer_environ(source, clouds=frozenset({"s3", "gs"}))
 
 
 def _signal_members(leader: int, sig: int, wait_s: float) -> None:
