@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
+from typing_extensions import TypedDict  # pydantic needs this one, not typing's, before Python 3.12
 
 from orchestrator.errors import ManifestError
 
 API_VERSION = "bertctl/v1"
 KIND = "PretrainJob"
 DEFAULT_VOCAB_SIZE = 8000  # trained when a manifest or `bertctl prepare` names no vocabulary
+# Bounds on a manifest document, checked before it is built into Python objects: a real one is
+# a few KiB, about 6 levels deep and a few hundred values.
+MAX_MANIFEST_CHARS = 1 << 20
+MAX_MANIFEST_DEPTH = 32
+MAX_MANIFEST_NODES = 20_000
 
 # Preset sizes (layers, hidden, heads) follow the compact BERT family of Turc et al. (2019)
 # and the original BERT-base/large. Values are BertConfig fields.
@@ -31,11 +37,39 @@ PRESETS: dict[str, dict[str, int]] = {
     "bert-base": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12},
     "bert-large": {"num_hidden_layers": 24, "hidden_size": 1024, "num_attention_heads": 16},
 }
-OVERRIDABLE = {
-    "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
-    "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
-    "hidden_act", "type_vocab_size", "layer_norm_eps", "initializer_range",
-}
+# transformers' ACT2FN names, written out because the manager must not import transformers
+# (tests/test_spec.py checks each is still one).
+HIDDEN_ACTS = (
+    "gelu", "gelu_10", "gelu_accurate", "gelu_fast", "gelu_new", "gelu_python", "gelu_python_tanh",
+    "gelu_pytorch_tanh", "hardswish", "laplace", "leaky_relu", "linear", "mish", "prelu", "quick_gelu",
+    "relu", "relu2", "relu6", "sigmoid", "silu", "sqrtsoftplus", "swish", "tanh", "xielu",
+)
+MAX_MODEL_DIM = 1 << 20  # far above any buildable BERT; keeps sizes inside int64 everywhere
+# Strict: YAML `true` or "512" is a mistake here, not a size.
+_Size = Annotated[int, Strict(), Field(ge=1, le=MAX_MODEL_DIM)]
+_Prob = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+_Positive = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+class BertOverrides(TypedDict, total=False):
+    """The BertConfig fields a manifest may override, typed and ranged so the model always builds."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    num_hidden_layers: _Size
+    hidden_size: _Size
+    num_attention_heads: _Size
+    intermediate_size: _Size
+    max_position_embeddings: _Size
+    hidden_dropout_prob: _Prob
+    attention_probs_dropout_prob: _Prob
+    hidden_act: Literal[HIDDEN_ACTS]  # type: ignore[valid-type]
+    # Shards always hold sentence pairs, so token types 0 and 1 both occur.
+    type_vocab_size: Annotated[int, Strict(), Field(ge=2, le=MAX_MODEL_DIM)]
+    layer_norm_eps: _Positive
+    initializer_range: _Positive
+
+
+OVERRIDABLE = frozenset(BertOverrides.__annotations__)
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
 # Values that look like credentials are refused anywhere in a manifest: secrets go by reference.
@@ -47,7 +81,8 @@ _CREDENTIAL_RES = [
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # No inf / NaN: a stored job is JSON, which has neither.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class Metadata(_Strict):
@@ -65,15 +100,8 @@ class Metadata(_Strict):
 
 class ModelSpec(_Strict):
     preset: Literal[tuple(PRESETS)] = "bert-tiny"  # type: ignore[valid-type]  (the names are PRESETS' keys)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="BertConfig fields that replace the preset's.")
-
-    @field_validator("overrides")
-    @classmethod
-    def _known(cls, v: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(v) - OVERRIDABLE)
-        if unknown:
-            raise ValueError(f"unknown override(s) {unknown}; valid: {sorted(OVERRIDABLE)}")
-        return v
+    overrides: BertOverrides = Field(default_factory=dict,  # type: ignore[arg-type]
+                                     description="BertConfig fields that replace the preset's.")
 
     def bert_config(self, vocab_size: int) -> dict[str, Any]:
         """The resolved BertConfig fields: preset, derived sizes, then overrides."""
@@ -186,6 +214,9 @@ class RecoverySpec(_Strict):
     backoff_s: float = Field(5.0, ge=0)
     max_backoff_s: float = Field(300.0, ge=0)
     heartbeat_timeout_s: float = Field(300.0, gt=0, description="An attempt silent this long is killed and retried.")
+    startup_timeout_s: float = Field(
+        1800.0, gt=0, description="Until its first training heartbeat an attempt has this long, from its start, to "
+        "begin training (node scale-up, image pull, Ray start, checkpoint load); heartbeat_timeout_s applies after.")
 
 
 class Toleration(_Strict):
@@ -245,12 +276,15 @@ from orchestrator.spec_rules import consistency_problems  # noqa: E402  (rules r
 
 
 def _path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith(("function-", "int", "WorkerRange", "literal["))]
+    # Union members and validators appear in pydantic's locations; they are not fields.
+    parts = [str(p) for p in loc if str(p) != "int" and not str(p).startswith(("function-", "WorkerRange", "literal["))]
     return ".".join(parts) or "<root>"
 
 
 def _fix(err: dict[str, Any]) -> str:
-    kind, msg = err["type"], err["msg"]
+    kind, msg, loc = err["type"], err["msg"], err["loc"]
+    if kind == "extra_forbidden" and loc[:3] == ("spec", "model", "overrides"):
+        return f"not an overridable BertConfig field; valid: {sorted(OVERRIDABLE)}"
     if kind == "extra_forbidden":
         return "unknown field; remove it or check its spelling"
     if kind == "missing":
@@ -290,19 +324,72 @@ def _credential_problems(node: Any, path: str) -> list[tuple[str, str]]:
 
 
 def load_manifest_text(text: str, source: str = "<manifest>") -> PretrainJob:
+    """Parse and validate YAML (or JSON) text, its size, depth and node count bounded first."""
+    if len(text) > MAX_MANIFEST_CHARS:
+        raise ManifestError([(source, f"{len(text)} characters is above the limit of {MAX_MANIFEST_CHARS}; "
+                                      "a manifest is a few KiB - remove what does not belong in it")])
     try:
+        _check_shape(text, source)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ManifestError([(source, f"not valid YAML ({exc}); fix the syntax")]) from None
     return parse_manifest(data)
 
 
+def _check_shape(text: str, source: str) -> None:
+    """Walk PyYAML's event stream (an iterative parser, safe at any depth) and refuse a document
+    too deep or with too many nodes. An alias counts as the whole node it repeats, so an alias
+    bomb is refused instead of expanded."""
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (nodes, height) of the node it names
+    open_: list[list[Any]] = []  # collections being read: [anchor, node count at start, tallest child]
+    nodes = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_.append([event.anchor, nodes, 0])
+            nodes += 1
+            _within_limits(len(open_), nodes, source)
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, start, tallest = open_.pop()
+            size, height = nodes - start, tallest + 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, (size, height) = None, anchors.get(event.anchor, (1, 0))
+            nodes += size
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size, height, nodes = event.anchor, 1, 0, nodes + 1
+        else:
+            continue
+        if anchor:
+            anchors[anchor] = (size, height)
+        if open_:
+            open_[-1][2] = max(open_[-1][2], height)
+        _within_limits(len(open_) + height, nodes, source)
+
+
+def _within_limits(depth: int, nodes: int, source: str) -> None:
+    if depth > MAX_MANIFEST_DEPTH:
+        raise ManifestError([(source, f"nested deeper than the limit of {MAX_MANIFEST_DEPTH} levels; "
+                                      "a PretrainJob needs a handful - flatten the document")])
+    if nodes > MAX_MANIFEST_NODES:
+        raise ManifestError([(source, f"more than the limit of {MAX_MANIFEST_NODES} values (aliases count as "
+                                      "what they repeat); remove what does not belong in a manifest")])
+
+
 def read_manifest_text(path: str | Path) -> str:
-    """A manifest file's text; a missing file is a manifest error naming the path."""
+    """A manifest file's text; a missing, unreadable, huge or non-UTF-8 file is a ManifestError naming it."""
     p = Path(path)
     if not p.is_file():
         raise ManifestError([(str(p), "file not found; pass the path of a PretrainJob YAML file")])
-    return p.read_text()
+    try:
+        if p.stat().st_size > 4 * MAX_MANIFEST_CHARS:  # UTF-8 needs at most 4 bytes a character
+            raise ManifestError([(str(p), f"larger than the limit of {MAX_MANIFEST_CHARS} characters; "
+                                          "pass a PretrainJob YAML file")])
+        return p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError([(str(p), f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                      "save the manifest as UTF-8")]) from None
+    except OSError as exc:
+        raise ManifestError([(str(p), f"cannot read it ({exc.strerror}); check its permissions")]) from None
 
 
 def load_manifest(path: str | Path) -> PretrainJob:

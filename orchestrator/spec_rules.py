@@ -94,9 +94,13 @@ def _positions(job: "PretrainJob") -> Problems:
 
 def _heads(job: "PretrainJob") -> Problems:
     cfg = job.spec.model.bert_config(vocab_size=1)
-    if cfg["hidden_size"] % cfg["num_attention_heads"]:
-        return [("spec.model.overrides", f"hidden_size ({cfg['hidden_size']}) must be divisible by "
-                                         f"num_attention_heads ({cfg['num_attention_heads']})")]
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    if hidden % heads:
+        # Named by whichever of the two the manifest overrides (the preset's own always divide).
+        field = "num_attention_heads" if "num_attention_heads" in job.spec.model.overrides else "hidden_size"
+        return [(f"spec.model.overrides.{field}",
+                 f"hidden_size ({hidden}) must be divisible by num_attention_heads ({heads}); "
+                 f"set num_attention_heads to a divisor of {hidden} or hidden_size to a multiple of {heads}")]
     return []
 
 

@@ -11,7 +11,10 @@ import pytest
 import yaml
 
 from orchestrator.errors import ManifestError
-from orchestrator.spec import PRESETS, load_manifest, parse_manifest
+from orchestrator.spec import (
+    HIDDEN_ACTS, MAX_MANIFEST_CHARS, MAX_MANIFEST_DEPTH, MAX_MANIFEST_NODES, PRESETS, load_manifest,
+    load_manifest_text, parse_manifest,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +55,31 @@ BAD = [
     ("unknown top-level spec field", mutate("spec.trainig", {}), "spec.trainig"),
     ("unknown data field", mutate("spec.data.shard", "/x"), "spec.data.shard"),
     ("unknown preset", mutate("spec.model.preset", "bert-huge"), "spec.model.preset"),
-    ("unknown model override", mutate("spec.model.overrides", {"n_layers": 2}), "spec.model.overrides"),
-    ("heads do not divide hidden", mutate("spec.model.overrides", {"num_attention_heads": 3}), "spec.model.overrides"),
+    ("unknown model override", mutate("spec.model.overrides", {"n_layers": 2}), "spec.model.overrides.n_layers"),
+    ("heads do not divide hidden", mutate("spec.model.overrides", {"num_attention_heads": 3}),
+     "spec.model.overrides.num_attention_heads"),
+    ("hidden not a multiple of heads", mutate("spec.model.overrides", {"hidden_size": 129}),
+     "spec.model.overrides.hidden_size"),
+    ("positions not a number", mutate("spec.model.overrides", {"max_position_embeddings": "lots"}),
+     "spec.model.overrides.max_position_embeddings"),
+    ("positions as a boolean", mutate("spec.model.overrides", {"max_position_embeddings": True}),
+     "spec.model.overrides.max_position_embeddings"),
+    ("zero layers", mutate("spec.model.overrides", {"num_hidden_layers": 0}), "spec.model.overrides.num_hidden_layers"),
+    ("intermediate size as a float", mutate("spec.model.overrides", {"intermediate_size": 512.5}),
+     "spec.model.overrides.intermediate_size"),
+    ("dropout of 1", mutate("spec.model.overrides", {"hidden_dropout_prob": 1.0}), "spec.model.overrides.hidden_dropout_prob"),
+    ("negative attention dropout", mutate("spec.model.overrides", {"attention_probs_dropout_prob": -0.1}),
+     "spec.model.overrides.attention_probs_dropout_prob"),
+    ("unknown activation", mutate("spec.model.overrides", {"hidden_act": "gleu"}), "spec.model.overrides.hidden_act"),
+    ("one token type with sentence pairs", mutate("spec.model.overrides", {"type_vocab_size": 1}),
+     "spec.model.overrides.type_vocab_size"),
+    ("NaN layer norm eps", mutate("spec.model.overrides", {"layer_norm_eps": float("nan")}),
+     "spec.model.overrides.layer_norm_eps"),
+    ("zero initializer range", mutate("spec.model.overrides", {"initializer_range": 0}),
+     "spec.model.overrides.initializer_range"),
+    ("positions below seq_len", mutate("spec.model.overrides", {"max_position_embeddings": 32}), "spec.data.seq_len"),
+    ("infinite heartbeat timeout", mutate("spec.recovery.heartbeat_timeout_s", float("inf")),
+     "spec.recovery.heartbeat_timeout_s"),
     ("no data section", mutate("spec.data", delete=True), "spec.data"),
     ("seq_len above positions", mutate("spec.data.seq_len", 1024), "spec.data.seq_len"),
     ("mlm probability 1.5", mutate("spec.data.mlm_probability", 1.5), "spec.data.mlm_probability"),
@@ -177,3 +203,85 @@ def test_validate_cli_on_missing_file_and_bad_yaml(tmp_path):
     broken.write_text("spec: [unclosed\n")
     result = run_validate(broken)
     assert result.returncode == 2 and "not valid YAML" in result.stderr
+
+
+def test_overrides_of_every_kind_that_builds_are_kept():
+    overrides = {"num_hidden_layers": 3, "hidden_size": 96, "num_attention_heads": 3, "intermediate_size": 200,
+                 "max_position_embeddings": 64, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.2,
+                 "hidden_act": "gelu_new", "type_vocab_size": 2, "layer_norm_eps": 1e-12, "initializer_range": 0.02}
+    job = parse_manifest(mutate("spec.model.overrides", overrides))
+    cfg = job.spec.model.bert_config(vocab_size=1000)
+    assert {k: cfg[k] for k in overrides} == overrides
+
+
+def test_unknown_override_lists_the_valid_ones():
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(mutate("spec.model.overrides", {"n_layers": 2}))
+    [(path, message)] = info.value.problems
+    assert path == "spec.model.overrides.n_layers" and "num_hidden_layers" in message
+
+
+def test_activation_names_are_transformers_own():
+    from transformers.activations import ACT2FN  # the manager never imports it; the test keeps the copy honest
+
+    assert set(HIDDEN_ACTS) <= set(ACT2FN), set(HIDDEN_ACTS) - set(ACT2FN)
+
+
+def _refused(text: str) -> list[tuple[str, str]]:
+    with pytest.raises(ManifestError) as info:
+        load_manifest_text(text, "job.yaml")
+    return info.value.problems
+
+
+@pytest.mark.parametrize("text", ["a: " + "[" * 300 + "]" * 300, "{" * 5000, "- " * 400 + "x",
+                                  "a: " + "{b: " * 3000 + "1" + "}" * 3000],
+                         ids=["300 lists", "5000 open maps", "400 block lists", "3000 flow maps"])
+def test_deep_nesting_is_a_manifest_error_naming_the_limit(text):
+    [(path, message)] = _refused(text)
+    assert path == "job.yaml" and f"limit of {MAX_MANIFEST_DEPTH} levels" in message
+
+
+def test_deep_nesting_through_an_alias_is_refused():
+    text = "a: &a " + "[" * 20 + "]" * 20 + "\nb: " + "[" * 20 + "*a" + "]" * 20
+    [(_, message)] = _refused(text)
+    assert f"limit of {MAX_MANIFEST_DEPTH} levels" in message
+
+
+def test_alias_bomb_is_refused_not_expanded():
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]  # 10^9 values
+    [(_, message)] = _refused("\n".join(lines))
+    assert f"limit of {MAX_MANIFEST_NODES} values" in message
+
+
+def test_oversized_manifest_is_refused():
+    [(_, message)] = _refused("a: " + "x" * MAX_MANIFEST_CHARS)
+    assert "above the limit" in message
+
+
+def test_a_manifest_within_the_limits_with_anchors_parses():
+    doc, selector = copy.deepcopy(GOOD), {"team": "nlp"}
+    doc["spec"]["kubernetes"] = {"head_node_selector": selector, "worker_node_selector": selector}
+    text = yaml.safe_dump(doc)  # a shared object is written once, as an anchor and an alias
+    assert "*id001" in text
+    assert load_manifest_text(text).spec.kubernetes.worker_node_selector == selector
+
+
+@pytest.mark.parametrize("text,field", [
+    (yaml.safe_dump(mutate("spec.model.overrides", {"max_position_embeddings": "lots"})),
+     "spec.model.overrides.max_position_embeddings"),
+    ("apiVersion: bertctl/v1\nkind: PretrainJob\nspec: " + "[" * 300 + "]" * 300, "limit of"),
+], ids=["override of the wrong type", "300 levels"])
+def test_validate_cli_refuses_bad_input_with_exit_2(tmp_path, text, field):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    result = run_validate(path)
+    assert result.returncode == 2, result.stderr
+    assert field in result.stderr and "Traceback" not in result.stderr
+
+
+def test_validate_cli_on_a_binary_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"apiVersion: \xff\xfe\x00")
+    result = run_validate(path)
+    assert result.returncode == 2 and "not UTF-8" in result.stderr and "Traceback" not in result.stderr

@@ -14,13 +14,14 @@ from orchestrator.manager.views import job_detail, job_summary
 from orchestrator.spec import PretrainJob, load_manifest_text
 
 MAX_MANIFEST_BYTES = 1 << 20
+SUBMISSION_ID = r"^[\x21-\x7e]+$"  # printable ASCII, as a header can carry it (and never a NUL)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_admin)])
 
 
 @router.post("", status_code=201)
 async def submit(request: Request, response: Response, store: StoreDep, clock: ClockDep,
-                 submission_id: str | None = Query(None, max_length=200)) -> dict[str, Any]:
+                 submission_id: str | None = Query(None, max_length=200, pattern=SUBMISSION_ID)) -> dict[str, Any]:
     """201 with a new job; 200 with the first one when its submission id comes again."""
     body = await request.body()
     if len(body) > MAX_MANIFEST_BYTES:
@@ -46,7 +47,8 @@ def _parse_manifest(body: bytes) -> PretrainJob:
 
 
 @router.get("")
-def list_jobs(store: StoreDep, phase: Phase | None = None, name: str | None = None,
+def list_jobs(store: StoreDep, phase: Phase | None = None,
+              name: str | None = Query(None, max_length=63, pattern=r"^[a-z0-9-]+$", description="A job name."),
               limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
     rows = store.list_jobs(phase.value if phase else None, name, limit)
     return {"jobs": [job_summary(r) for r in rows]}
