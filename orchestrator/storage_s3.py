@@ -66,7 +66,7 @@ def retry_budget_s() -> float:
     return float(os.environ.get("BERTCTL_S3_RETRY_BUDGET_S", "120"))
 
 
-def classify(exc: BaseException) -> tuple[str, str | None]:
+def s3_error_kind(exc: BaseException) -> tuple[str, str | None]:
     """('transient' | 'permanent' | 'unknown', the permanent code's hint key)."""
     code = _client_error_code(exc)
     if code is not None:
@@ -116,7 +116,7 @@ def with_retries(what: str, uri: str, fn: Callable[[], T], budget_s: float | Non
         except (StorageError, TransientStorageError):
             raise
         except Exception as exc:  # classified below: the SDKs raise many unrelated types
-            kind, code = classify(exc)
+            kind, code = s3_error_kind(exc)
             if kind == "permanent":
                 raise StorageError(f"{uri}: {what} failed: {_PERMANENT[code]} ({_short(exc)})") from None
             if kind == "unknown":

@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from orchestrator.errors import StorageError, TransientStorageError
 from orchestrator.storage import LocalStorage, storage_for
-from orchestrator.storage_s3 import S3Storage, classify
+from orchestrator.storage_s3 import S3Storage, s3_error_kind
 
 
 def test_protocol_round_trip(s3_env, tmp_path):
@@ -72,7 +72,7 @@ def test_permanent_errors_name_the_uri_at_once(s3_env, uri_fmt, match):
 ])
 def test_error_classification_table(code, kind):
     exc = ClientError({"Error": {"Code": code, "Message": "m"}}, "GetObject")
-    assert classify(exc)[0] == kind
+    assert s3_error_kind(exc)[0] == kind
 
 
 def test_faults_are_retried_and_data_is_identical(s3_fault_proxy):

@@ -14,6 +14,8 @@ import pytest
 
 from orchestrator.contract import ExitCode
 from orchestrator.train.checkpoint import CheckpointStore
+from orchestrator.train.worker import loop
+from tests.train.poisoned_worker import train_loop_with_poisoned_weights
 from tests.train.conftest import manifest, read_metrics, train
 
 pytestmark = pytest.mark.e2e
@@ -99,10 +101,11 @@ def test_zero_stage_trains_checkpoints_and_exports(zero, tmp_path, shards, ray_c
     assert export_checkpoint(str(ckpt), tmp_path / "hf").step == 4
 
 
-def test_nan_loss_exits_with_its_code(tmp_path, shards, ray_cluster):
-    # Weights of order 1e30 overflow fp32 in the first forward pass.
-    m = manifest(tmp_path / "nan.yaml", shards, tmp_path / "ckpt", steps=5, every=1,
-                 overrides={"initializer_range": 1e30})
+def test_nan_loss_exits_with_its_code(tmp_path, shards, ray_cluster, monkeypatch):
+    # Weights of order 1e28 overflow fp32 in the first forward pass (a manifest cannot ask for
+    # them: overrides.initializer_range must lie in (0, 1), so the workers run a poisoned model).
+    monkeypatch.setattr(loop, "train_loop_per_worker", train_loop_with_poisoned_weights)
+    m = manifest(tmp_path / "nan.yaml", shards, tmp_path / "ckpt", steps=5, every=1)
     code, _ = train(m, tmp_path / "w")
     assert code == ExitCode.NAN_LOSS
     assert CheckpointStore(str(tmp_path / "ckpt")).committed() == []
