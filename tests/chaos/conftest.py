@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
+
+from orchestrator.manager.backends.processes import command_line
 
 from tests.support.s3server import FaultProxy, make_bucket, s3_server  # noqa: F401 - fixture
 from tests.train.conftest import manifest, read_metrics, shards, train  # noqa: F401 - fixtures / helpers
@@ -112,26 +115,14 @@ def attempt(manifest_path: Path, work: Path, n: int, monkeypatch) -> tuple[int, 
 
 def descendants(root: int) -> list[int]:
     """Every process below ``root`` (by parent pid), so a test only ever kills its own processes."""
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = [], [root]
-    while frontier:
-        kids = [p for p, pp in parent.items() if pp in frontier]
-        found += kids
-        frontier = kids
-    return found
+    try:
+        return [p.pid for p in psutil.Process(root).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return command_line(pid)
 
 
 def train_workers(root: int | None = None) -> list[int]:

@@ -17,7 +17,7 @@ import pytest
 from orchestrator import contract
 from orchestrator.manager.backends.local import LocalBackend, logical_cpus, train_workers
 from orchestrator.manager.backends.local_ray import LocalRayCluster
-from orchestrator.manager.backends.procfs import alive, members
+from orchestrator.manager.backends.processes import alive, members
 
 ROOT = Path(__file__).resolve().parents[2]
 

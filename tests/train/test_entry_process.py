@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.contract import ExitCode
+from orchestrator.manager.backends.processes import members
 from orchestrator.train.checkpoint import CheckpointStore
 from tests.train.conftest import manifest, read_metrics
 from tests.train.test_units import _Manager
@@ -37,17 +38,8 @@ def _start(job: Path, work: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # field 6 of stat: session id
-            pids.append(int(entry.name))
-    return pids
+    """Live members of the session (a zombie counts as gone)."""
+    return members(sid)
 
 
 def test_fenced_attempt_stops_without_checkpoint_and_hides_its_token(tmp_path, shards):

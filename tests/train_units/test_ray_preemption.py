@@ -17,9 +17,11 @@ import sys
 import tempfile
 import time
 
+import psutil
 import pytest
 
 from orchestrator.contract import ExitCode
+from orchestrator.manager.backends.processes import command_line, signal_pid
 from tests.train_units.procs import HERE, ROOT
 
 DRIVER = HERE / "ray_driver.py"
@@ -28,19 +30,9 @@ pytestmark = pytest.mark.chaos
 
 def _kill_session(ray_tmp: str) -> None:
     """Kill only the processes of this test's Ray cluster (their command lines name ray_tmp)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if ray_tmp.encode() in cmd:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    for proc in psutil.process_iter():
+        if ray_tmp in command_line(proc.pid):
+            signal_pid(proc.pid, signal.SIGKILL)
 
 
 def _run_and_sigterm(mode: str, tmp_path):

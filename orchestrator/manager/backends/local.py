@@ -24,12 +24,12 @@ from orchestrator import contract
 from orchestrator.errors import TemporaryError
 from orchestrator.manager.backends.base import AttemptStatus, LaunchRequest, RunState, register
 from orchestrator.manager.backends.local_ray import LocalRayCluster
-from orchestrator.manager.backends.procfs import alive as _alive
-from orchestrator.manager.backends.procfs import members as _members
-from orchestrator.manager.backends.procfs import read_text as _read
-from orchestrator.manager.backends.procfs import signal_group as _signal_group
-from orchestrator.manager.backends.procfs import signal_pid as _signal_pid
-from orchestrator.manager.backends.procfs import with_title_and_env
+from orchestrator.manager.backends.processes import alive as _alive
+from orchestrator.manager.backends.processes import command_line
+from orchestrator.manager.backends.processes import members as _members
+from orchestrator.manager.backends.processes import signal_group as _signal_group
+from orchestrator.manager.backends.processes import signal_pid as _signal_pid
+from orchestrator.manager.backends.processes import with_title_and_env
 from orchestrator.spec import ResourcesSpec
 
 log = logging.getLogger("bertctl.manager.local")
@@ -201,12 +201,16 @@ def _shell_code(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
 def _is_ours(pid: int, adir: Path) -> bool:
     # Guards against pid reuse after a restart: the wrapper's argv names this attempt's directory.
-    try:
-        return str(adir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False
+    return str(adir) in command_line(pid)
 
 
 def logical_cpus(manifest: dict) -> float:
@@ -216,7 +220,7 @@ def logical_cpus(manifest: dict) -> float:
 
 
 # Ray sets an actor's process title to ``ray::<Class>[.<method>]``.
-_TRAIN_WORKER_TITLE = b"ray::RayTrainWorker"
+_TRAIN_WORKER_TITLE = "ray::RayTrainWorker"
 
 
 def train_workers(job_id: str, attempt: int) -> list[int]:
@@ -228,8 +232,7 @@ def train_workers(job_id: str, attempt: int) -> list[int]:
     coordinator) carries the same variables but belongs to the head, and Ray restarts it whenever
     it is killed: matching it kept an ended attempt "running" until its heartbeat timed out.
     """
-    wanted = {f"{contract.ENV_JOB_ID}={job_id}".encode(), f"{contract.ENV_ATTEMPT}={attempt}".encode()}
-    return with_title_and_env(_TRAIN_WORKER_TITLE, wanted)
+    return with_title_and_env(_TRAIN_WORKER_TITLE, {contract.ENV_JOB_ID: job_id, contract.ENV_ATTEMPT: str(attempt)})
 
 
 register("local", LocalBackend)

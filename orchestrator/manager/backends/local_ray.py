@@ -27,8 +27,8 @@ from pathlib import Path
 
 from orchestrator import contract
 from orchestrator.errors import TemporaryError
-from orchestrator.manager.backends.procfs import alive as _alive
-from orchestrator.manager.backends.procfs import members, signal_group, signal_pid
+from orchestrator.manager.backends.processes import alive as _alive
+from orchestrator.manager.backends.processes import members, signal_group, signal_pid
 
 DEFAULT_LOGICAL_CPUS = 32  # a scheduling budget, not cores: room for a few concurrent small jobs
 _READY_LINE = "Ray runtime started"
