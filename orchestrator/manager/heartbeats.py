@@ -68,7 +68,27 @@ def _starting(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, n
     the clock of the last word moves, and nothing else: no step, no first_step or recovery_s,
     and the job stays LAUNCHING (RUNNING means training; phases.py)."""
     att.last_heartbeat_at, att.heartbeats = now, att.heartbeats + 1
-    phase = (hb.phase or "starting").strip()[:200] or "starting"
+    _record_phase(store, s, job, att, hb.phase or "", now)
+
+
+def record_startup_phase(store: Store, job_id: str, number: int, phase: str, now: float) -> None:
+    """A startup phase the backend sees (pods Pending for capacity, an image pull failing),
+    recorded as a 'starting' heartbeat's is; not liveness: the heartbeat clock stays."""
+    with store.tx(durable=False) as s:
+        found = s.execute(select(Job, Attempt).outerjoin(Attempt, (Attempt.job_id == Job.id)
+                                                         & (Attempt.number == number))
+                          .where(Job.id == job_id).with_for_update(of=Job)).first()
+        if found is None:
+            return
+        job, att = found
+        if job.current_attempt == number and Phase(job.phase) not in TERMINAL and att is not None \
+                and att.state != AttemptState.ENDED.value:
+            _record_phase(store, s, job, att, phase, now)
+
+
+def _record_phase(store: Store, s: Session, job: Job, att: Attempt, phase: str, now: float) -> None:
+    """One 'starting' event per change of phase, made durable with it."""
+    phase = phase.strip()[:200] or "starting"
     if phase != att.startup_phase:
         att.startup_phase = phase
         store.make_durable(s)

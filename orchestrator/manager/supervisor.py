@@ -27,6 +27,7 @@ from orchestrator.contract import EXIT_REASONS, EndReason
 from orchestrator.errors import PermanentError
 from orchestrator.manager.auth import hash_token, new_token
 from orchestrator.manager.backends.base import AttemptStatus, Backend, LaunchRequest, RunState
+from orchestrator.manager.heartbeats import record_startup_phase
 from orchestrator.manager.models import AttemptState
 from orchestrator.manager.phases import WAITING, Phase
 from orchestrator.manager.policy import decide_attempt_end, unfenced_failure
@@ -156,6 +157,10 @@ class Supervisor:
             self._end_in_background(job, att["number"], att["handle"], self._reason(att, status), now,
                                     grace_s=0.0, exit_code=status.exit_code, message=status.message)
             return
+        if status.state is RunState.STARTING and status.message and status.message[:200] != att.get("startup_phase"):
+            # What the backend sees the attempt wait for (pods Pending for capacity, an image pull):
+            # recorded like a trainer's 'starting' phase, one event per change.
+            record_startup_phase(self.store, job["id"], att["number"], status.message, now)
         overdue = self._overdue(job, att, now)
         if overdue is not None:
             reason, message = overdue

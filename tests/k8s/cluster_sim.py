@@ -48,3 +48,26 @@ def event(involved_kind: str, involved_name: str, reason: str, message: str = ""
 
 def add_event(kube, *args: Any) -> None:
     kube.put(EVENTS, event(*args))
+
+
+def scheduling(reason: str, message: str) -> dict[str, Any]:
+    """The status of a pod the scheduler has not placed: Pending, PodScheduled=False, no containers yet."""
+    return {"phase": "Pending", "containerStatuses": [],
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": reason, "message": message}]}
+
+
+def workers_unschedulable(kube, name: str, message: str, workers: int = 2) -> None:
+    """The operator created the RayCluster: its head runs on a CPU node, its GPU workers wait for a node."""
+    labels = {k: v for k, v in kube.get(RAYJOBS, name)["metadata"]["labels"].items() if k.startswith("bertctl.dev/")}
+    kube.put(NODES, node("od-1"))
+    kube.put(PODS, pod(f"{name}-raycluster-head-x", "od-1", labels, "head"))
+    for i in range(workers):
+        kube.put(PODS, pod(f"{name}-raycluster-gpu-workers-worker-{i}", "", labels, "worker",
+                           **scheduling("Unschedulable", message)))
+    set_status(kube, name, jobDeploymentStatus="Initializing", rayClusterName=f"{name}-raycluster")
+
+
+def pull_fails(kube, pod_name: str, reason: str = "ErrImagePull") -> None:
+    """The kubelet cannot pull the pod's image (a registry hiccup, or a wrong name: it cannot tell)."""
+    kube.get(PODS, pod_name)["status"]["containerStatuses"][0]["state"] = {
+        "waiting": {"reason": reason, "message": f"rpc error: code = Unknown desc = failed to pull: {reason}"}}

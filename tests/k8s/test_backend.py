@@ -15,7 +15,8 @@ from orchestrator.contract import EndReason, ExitCode, reason_for_exit
 from orchestrator.errors import PermanentError
 from orchestrator.manager.backends.base import LaunchRequest, RunState, get_backend
 from orchestrator.manager.backends.kuberay import KubeRayBackend
-from tests.k8s.cluster_sim import add_event, node, set_status, start_cluster
+from orchestrator.manager.policy import Action, decide_attempt_end
+from tests.k8s.cluster_sim import add_event, node, pull_fails, set_status, start_cluster
 from tests.k8s.conftest import CONFIGMAPS, EVENTS, NODES, PODS, RAYJOBS, SECRETS, manifest
 
 TOKEN = "attempt-token-Zq8x1-very-secret"
@@ -170,15 +171,46 @@ def test_user_error_fails_without_retry(kube, backend):
     assert status.reason not in RETRIED
 
 
-def test_image_pull_failure_is_permanent(kube, backend):
+def test_image_pull_error_gets_a_grace_then_is_permanent(kube, api_client):
+    clock = [1000.0]
+    backend = KubeRayBackend(api_client=api_client, poll_interval_s=0.0, delete_timeout_s=5.0, sleep=lambda s: None,
+                             image_pull_grace_s=120.0, clock=lambda: clock[0])
     handle = backend.launch(request(1))
     start_cluster(kube, "job-1-a1")
-    head = kube.get(PODS, "job-1-a1-raycluster-head-x")
-    head["status"]["containerStatuses"][0]["state"] = {
-        "waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}
+    set_status(kube, "job-1-a1", jobDeploymentStatus="Initializing")
+    pull_fails(kube, "job-1-a1-raycluster-head-x", "ErrImagePull")
+    status = backend.poll(JOB, 1, handle)   # first seen now: the grace starts
+    assert (status.state, status.reason) == (RunState.STARTING, None)
+    assert "pulling image registry.example/bertctl:1 failed (ErrImagePull" in status.message
+    clock[0] = 1119.0
+    assert backend.poll(JOB, 1, handle).state == RunState.STARTING
+    clock[0] = 1120.0
     status = backend.poll(JOB, 1, handle)
     assert (status.state, status.reason) == (RunState.EXITED, EndReason.IMAGE_PULL)
+    assert "cannot pull image registry.example/bertctl:1 for 120s" in status.message
     assert "spec.kubernetes.image" in status.message and status.reason not in RETRIED
+    assert decide_attempt_end(status.reason, restarts_used=0, max_restarts=10).action is Action.FAIL
+
+
+def test_a_pull_error_that_clears_starts_its_grace_anew(kube, api_client):
+    clock = [1000.0]
+    backend = KubeRayBackend(api_client=api_client, poll_interval_s=0.0, delete_timeout_s=5.0, sleep=lambda s: None,
+                             image_pull_grace_s=120.0, clock=lambda: clock[0])
+    handle = backend.launch(request(1))
+    start_cluster(kube, "job-1-a1")
+    set_status(kube, "job-1-a1", jobDeploymentStatus="Initializing")
+    head = kube.get(PODS, "job-1-a1-raycluster-head-x")
+    pulled = dict(head["status"]["containerStatuses"][0]["state"])
+    pull_fails(kube, head["metadata"]["name"], "ImagePullBackOff")
+    assert backend.poll(JOB, 1, handle).state == RunState.STARTING
+    head["status"]["containerStatuses"][0]["state"] = pulled  # the registry answered again
+    clock[0] = 1100.0
+    assert backend.poll(JOB, 1, handle).message == "RayJob Initializing: starting the Ray cluster"
+    pull_fails(kube, head["metadata"]["name"], "ErrImagePull")  # another pod, another hiccup
+    clock[0] = 1150.0
+    assert backend.poll(JOB, 1, handle).state == RunState.STARTING  # 50 s into a new grace, not 150 s
+    clock[0] = 1270.0
+    assert backend.poll(JOB, 1, handle).reason == EndReason.IMAGE_PULL
 
 
 def test_succeeded(kube, backend):

@@ -9,7 +9,7 @@ import pytest
 from orchestrator.contract import EndReason as R
 from orchestrator.manager.backends.base import RunState as S
 from orchestrator.manager.backends.kuberay_classify import rayjob_attempt_status
-from tests.k8s.cluster_sim import event, node, pod
+from tests.k8s.cluster_sim import event, node, pod, scheduling
 
 LAB = {"bertctl.dev/job-id": "j", "bertctl.dev/attempt": "1"}
 RUNNING = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
@@ -119,3 +119,47 @@ def test_unknown_spot_taint_can_be_configured():
     assert rayjob_attempt_status({"status": FAILED}, [head(), worker()], nodes, []).reason == R.WORKER_LOST
     got = rayjob_attempt_status({"status": FAILED}, [head(), worker()], nodes, [], spot_taints={"example.com/reclaim"})
     assert got.reason == R.PREEMPTED
+
+
+INIT = {"jobDeploymentStatus": "Initializing"}
+NO_GPU = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available."
+
+
+def pending(i: int = 0, reason: str = "Unschedulable", message: str = NO_GPU) -> dict:
+    return pod(f"j-a1-worker-{i}", "", LAB, "worker", **scheduling(reason, message))
+
+
+# Startup: (case, rayjob status, pods, now, pull first seen, pull grace) -> (state, reason, in the message)
+STARTUP = [
+    ("workers Pending for capacity: the scheduler's words", INIT, [head(), pending(0), pending(1)],
+     None, None, 0.0, S.STARTING, None, f"2 pod(s) waiting for a node (Unschedulable): {NO_GPU}"),
+    ("the head's reason first", INIT, [pending(1, message="0/3 nodes: 1 untolerated taint"),
+                                      pod("j-a1-head", "", LAB, "head", **scheduling("Unschedulable", "no CPU"))],
+     None, None, 0.0, S.STARTING, None, ": no CPU"),
+    ("scheduled, containers not started: the RayJob's state", INIT, [head(phase="Pending")],
+     None, None, 0.0, S.STARTING, None, "RayJob Initializing"),
+    ("image pull error younger than the grace", INIT, [head(), worker(**waiting("ErrImagePull"))],
+     1050.0, 1000.0, 120.0, S.STARTING, None, "pulling image img:1 failed (ErrImagePull); failing in 70s"),
+    ("a pull error outranks Pending pods within the grace", INIT, [pending(1), worker(**waiting("ImagePullBackOff"))],
+     1000.0, 1000.0, 120.0, S.STARTING, None, "pulling image img:1"),
+    ("image pull error as old as the grace", INIT, [head(), worker(**waiting("ImagePullBackOff"))],
+     1120.0, 1000.0, 120.0, S.EXITED, R.IMAGE_PULL, "cannot pull image img:1 for 120s: ImagePullBackOff"),
+    ("image pull error, no first-seen time: no grace", INIT, [head(), worker(**waiting("ErrImagePull"))],
+     1000.0, None, 120.0, S.EXITED, R.IMAGE_PULL, "spec.kubernetes.image"),
+    ("a new worker's pull error within the grace does not stop training", RUNNING,
+     [head(), worker(**waiting("ErrImagePull"))], 1010.0, 1000.0, 120.0, S.RUNNING, None, ""),
+    ("within the grace other evidence decides", FAILED,
+     [head(), worker(0, **disrupted("TerminationByKubelet")), worker(1, **waiting("ErrImagePull"))],
+     1010.0, 1000.0, 120.0, S.EXITED, R.PREEMPTED, "TerminationByKubelet"),
+    ("past the grace the pull error outranks the RayJob's end", FAILED, [head(), worker(**waiting("ErrImagePull"))],
+     1200.0, 1000.0, 120.0, S.EXITED, R.IMAGE_PULL, "img:1"),
+]
+
+
+@pytest.mark.parametrize("case, status, pods, now, seen, grace, state, reason, says", STARTUP,
+                         ids=[t[0] for t in STARTUP])
+def test_startup_table(case, status, pods, now, seen, grace, state, reason, says):
+    got = rayjob_attempt_status({"status": status}, pods, OK_NODES, [], now=now, pull_seen_at=seen,
+                                pull_grace_s=grace)
+    assert (got.state, got.reason) == (state, reason), got.message
+    assert says in got.message

@@ -5,7 +5,9 @@ kubeconfig; loaded on first use so importing this module needs no cluster). Fenc
 attempt is created every older attempt of the job is deleted and *waited for* until its RayJob
 and pods are gone, so two attempts never train at once. ``poll`` is a snapshot (RayJob, its
 pods, their nodes; events only once something ended) fed to the pure
-``kuberay_classify.rayjob_attempt_status``.
+``kuberay_classify.rayjob_attempt_status``. An image pull error ends the attempt only once it
+has lasted ``image_pull_grace_s`` since this backend first saw it for that attempt (a registry
+hiccup heals; a wrong image name does not); a restarted manager starts that grace anew.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from orchestrator.contract import ENV_MANAGER_URL, EndReason
 from orchestrator.errors import PermanentError, TemporaryError
 from orchestrator.manager.backends import base
 from orchestrator.manager.backends import kuberay_render as render
-from orchestrator.manager.backends.kuberay_classify import DEFAULT_SPOT_TAINTS, rayjob_attempt_status
+from orchestrator.manager.backends.kuberay_classify import (DEFAULT_SPOT_TAINTS, image_pull_failure,
+                                                            rayjob_attempt_status)
 from orchestrator.spec import parse_manifest
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,8 @@ class KubeRayBackend:
     def __init__(self, api_client: Any = None, namespace: str | None = None, manager_url: str | None = None,
                  delete_timeout_s: float = 600.0,
                  poll_interval_s: float = 2.0, spot_taints: frozenset[str] = DEFAULT_SPOT_TAINTS,
-                 sleep: Callable[[float], None] = time.sleep):
+                 image_pull_grace_s: float = 120.0,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time):
         self._api_client = api_client
         self._namespace = namespace          # overrides spec.kubernetes.namespace when set
         # The URL pods reach the manager at (its Service); the supervisor only knows its own bind address.
@@ -54,7 +58,9 @@ class KubeRayBackend:
         self.delete_timeout_s = delete_timeout_s
         self.poll_interval_s = poll_interval_s
         self.spot_taints = spot_taints
-        self._sleep = sleep
+        self.image_pull_grace_s = image_pull_grace_s
+        self._pull_seen_at: dict[tuple[str, int], float] = {}  # (job, attempt) -> first poll with a pull error
+        self._sleep, self._clock = sleep, clock
         self._core = self._custom = None
 
     # -- clients -------------------------------------------------------------------------
@@ -100,11 +106,24 @@ class KubeRayBackend:
                                       message=f"RayJob {ns}/{handle} no longer exists")
         pods = self._pods(ns, job_id, attempt)
         nodes = self._nodes(pods)
-        status = rayjob_attempt_status(rayjob, pods, nodes, [], self.spot_taints)
+        now = self._clock()
+        seen = self._pull_seen(job_id, attempt, pods, now)
+
+        def classify(events: list[dict]) -> base.AttemptStatus:
+            return rayjob_attempt_status(rayjob, pods, nodes, events, self.spot_taints, now=now,
+                                         pull_seen_at=seen, pull_grace_s=self.image_pull_grace_s)
+
+        status = classify([])
         if status.state == base.RunState.EXITED and status.reason in (EndReason.WORKER_LOST, None):
-            # Pods of a preempted node may already be gone: their events still say why.
-            status = rayjob_attempt_status(rayjob, pods, nodes, self._events(ns, handle), self.spot_taints)
+            status = classify(self._events(ns, handle))  # pods of a preempted node may be gone: events say why
         return status
+
+    def _pull_seen(self, job_id: str, attempt: int, pods: list[dict], now: float) -> float | None:
+        """When this attempt's image pull error was first seen; forgotten once it clears."""
+        if image_pull_failure(pods) is None:
+            self._pull_seen_at.pop((job_id, attempt), None)
+            return None
+        return self._pull_seen_at.setdefault((job_id, attempt), now)
 
     def terminate(self, job_id: str, attempt: int, handle: str, grace_s: float) -> None:
         """Delete the attempt's RayJob (foreground), wait until it and its pods are gone, then its Secret and ConfigMap."""
@@ -160,6 +179,7 @@ class KubeRayBackend:
         self._delete(lambda: core.delete_namespaced_secret(render.secret_name(job_id, attempt), ns))
         self._delete(lambda: core.delete_namespaced_config_map(render.configmap_name(job_id, attempt), ns))
         log.info("deleted attempt %d of job %s (RayJob %s/%s)", attempt, job_id, ns, name)
+        self._pull_seen_at.pop((job_id, attempt), None)
 
     def _force_delete_pods(self, ns: str, job_id: str, attempt: int) -> None:
         # A pod outliving its grace is usually on an unreachable node; its containers may still

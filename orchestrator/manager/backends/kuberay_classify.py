@@ -4,12 +4,17 @@ Inputs are the JSON shapes the API server returns (a RayJob, its pods, the nodes
 were bound to — ``None`` for a node that no longer exists — and events), so the table tests
 and the backend feed the same function. Order of evidence, and why:
 
-1. an image that cannot be pulled will never start: permanent, even before the RayJob ends;
+1. an image that cannot be pulled will never start: permanent, even before the RayJob ends,
+   once the pull error has lasted ``pull_grace_s`` (a registry hiccup heals; within the grace
+   a starting attempt stays STARTING with the pull error as its message);
 2. a disruption (preemption, eviction, spot interruption, lost node) wins over the trainer's
    exit code, because a dying node makes trainers fail in arbitrary ways and a retry is cheap
    while wrongly failing a job is not;
 3. the trainer's own exit code (from a container or the Ray job message) via the contract;
 4. losing the head pod while the job runs ends the attempt: the driver died with it.
+
+A STARTING status's message says what the attempt waits for (the supervisor records it as the
+attempt's startup phase): a pod the scheduler cannot place yet, in the scheduler's own words.
 """
 
 from __future__ import annotations
@@ -125,16 +130,42 @@ def disruption(pods: list[dict], nodes: dict[str, dict | None], events: list[dic
     return None
 
 
-def image_pull_failure(pods: list[dict]) -> Evidence | None:
+@dataclass(frozen=True)
+class PullFailure:
+    pod: str
+    image: str
+    reason: str    # ErrImagePull, ImagePullBackOff, InvalidImageName
+    detail: str    # the kubelet's message
+
+
+def image_pull_failure(pods: list[dict]) -> PullFailure | None:
     for pod in pods:
         for cs in _statuses(pod):
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in IMAGE_PULL_WAITING:
-                return Evidence(EndReason.IMAGE_PULL,
-                                f"pod {_name(pod)} cannot pull image {cs.get('image', '?')}: {waiting['reason']} "
-                                f"{waiting.get('message', '')}; fix spec.kubernetes.image or the registry "
-                                "credentials (imagePullSecrets of the service account)".replace("  ", " "))
+                return PullFailure(_name(pod), cs.get("image", "?"), waiting["reason"], waiting.get("message", ""))
     return None
+
+
+def _pull_ended(pull: PullFailure, waited_s: float) -> AttemptStatus:
+    lasted = f" for {waited_s:.0f}s" if waited_s != float("inf") else ""
+    message = (f"pod {pull.pod} cannot pull image {pull.image}{lasted}: {pull.reason} {pull.detail}".rstrip()
+               + "; fix spec.kubernetes.image or the registry credentials (imagePullSecrets of the service account)")
+    return AttemptStatus(RunState.EXITED, reason=EndReason.IMAGE_PULL, message=message)
+
+
+def unschedulable(pods: list[dict]) -> str | None:
+    """Why pods wait for a node, in the scheduler's words (the head's first, then by name):
+    on a cloud cluster usually capacity the autoscaler is adding."""
+    pending = [(not is_head(p), _name(p), c) for p in pods
+               if (p.get("status") or {}).get("phase", "Pending") == "Pending"
+               for c in (p.get("status") or {}).get("conditions") or []
+               if c.get("type") == "PodScheduled" and c.get("status") == "False"]
+    if not pending:
+        return None
+    cond = min(pending, key=lambda t: t[:2])[2]
+    why = cond.get("message") or cond.get("reason") or "not scheduled yet"
+    return f"{len(pending)} pod(s) waiting for a node ({cond.get('reason', 'Unschedulable')}): {why}"
 
 
 def trainer_exit_code(rayjob: dict[str, Any], pods: list[dict]) -> int | None:
@@ -179,11 +210,27 @@ def _ended(rayjob: dict[str, Any], pods: list[dict], evidence: Evidence | None) 
 
 
 def rayjob_attempt_status(rayjob: dict[str, Any], pods: list[dict], nodes: dict[str, dict | None],
-                          events: list[dict], spot_taints: Iterable[str] = DEFAULT_SPOT_TAINTS) -> AttemptStatus:
-    """The attempt's state from one snapshot of the RayJob, its pods, their nodes and events."""
-    pulled = image_pull_failure(pods)
-    if pulled:
-        return AttemptStatus(RunState.EXITED, reason=pulled.reason, message=pulled.message)
+                          events: list[dict], spot_taints: Iterable[str] = DEFAULT_SPOT_TAINTS,
+                          now: float | None = None, pull_seen_at: float | None = None,
+                          pull_grace_s: float = 0.0) -> AttemptStatus:
+    """The attempt's state from one snapshot of the RayJob, its pods, their nodes and events.
+    ``pull_seen_at``: when the caller first saw the current image pull error (none: no grace)."""
+    status = _classify(rayjob, pods, nodes, events, spot_taints)
+    pull = image_pull_failure(pods)
+    if pull is None:
+        return status
+    waited = now - pull_seen_at if now is not None and pull_seen_at is not None else float("inf")
+    if waited >= pull_grace_s:
+        return _pull_ended(pull, waited)
+    if status.state is RunState.STARTING:
+        left = pull_grace_s - waited
+        return AttemptStatus(RunState.STARTING, message=f"pulling image {pull.image} failed ({pull.reason} "
+                             f"{pull.detail}".rstrip() + f"); failing in {left:.0f}s unless it succeeds")
+    return status  # within the grace the pull error is not yet evidence: other evidence decides
+
+
+def _classify(rayjob: dict[str, Any], pods: list[dict], nodes: dict[str, dict | None],
+              events: list[dict], spot_taints: Iterable[str]) -> AttemptStatus:
     st = rayjob.get("status") or {}
     evidence = disruption(pods, nodes, events, spot_taints)
     if st.get("jobDeploymentStatus") in _TERMINAL_DEPLOY or st.get("jobStatus") in _TERMINAL_JOB:
@@ -197,7 +244,8 @@ def rayjob_attempt_status(rayjob: dict[str, Any], pods: list[dict], nodes: dict[
     if st.get("jobDeploymentStatus") == "Running":
         note = f"trainer is checkpointing after: {evidence.message}" if evidence else ""
         return AttemptStatus(RunState.RUNNING, message=note)
-    return AttemptStatus(RunState.STARTING, message=st.get("jobDeploymentStatus") or "submitted")
+    waiting = f"RayJob {st.get('jobDeploymentStatus') or 'submitted'}: starting the Ray cluster"
+    return AttemptStatus(RunState.STARTING, message=unschedulable(pods) or waiting)
 
 
 def _head_nodes(pods: list[dict], nodes: dict[str, dict | None]) -> dict[str, dict | None]:
