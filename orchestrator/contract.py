@@ -152,7 +152,8 @@ class CheckpointRef(BaseModel):
 
 
 class SkippedCheckpoint(BaseModel):
-    """A committed checkpoint the trainer refused to load (partial or corrupt), and why."""
+    """A checkpoint step the trainer passed over when it resumed, and why: a committed one that failed
+    verification (corrupt, truncated, unsafe to load) or a partial one whose save never committed."""
 
     model_config = ConfigDict(extra="forbid")
     step: int = Field(ge=0)

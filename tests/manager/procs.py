@@ -87,7 +87,8 @@ def terminal(job: dict) -> bool:
 
 def group_members(leader: int) -> list[int]:
     """Live processes in the leader's process group or session (zombies count as gone, as in the
-    backend's fencing). Found with psutil, independently of the backend's own /proc helpers."""
+    backend's fencing). Written apart from the backend's own helpers (backends/processes.py) on
+    purpose: a fencing test must not trust the code it checks."""
     found = []
     for proc in psutil.process_iter(["status"]):
         if proc.info["status"] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
