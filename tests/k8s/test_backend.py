@@ -171,13 +171,19 @@ def test_user_error_fails_without_retry(kube, backend):
     assert status.reason not in RETRIED
 
 
-def test_image_pull_error_gets_a_grace_then_is_permanent(kube, api_client):
-    clock = [1000.0]
+def _starting_attempt(kube, api_client, clock: list[float]):
+    """Attempt 1 launched on a backend with a 120 s image-pull grace, its cluster initializing."""
     backend = KubeRayBackend(api_client=api_client, poll_interval_s=0.0, delete_timeout_s=5.0, sleep=lambda s: None,
                              image_pull_grace_s=120.0, clock=lambda: clock[0])
     handle = backend.launch(request(1))
     start_cluster(kube, "job-1-a1")
     set_status(kube, "job-1-a1", jobDeploymentStatus="Initializing")
+    return backend, handle
+
+
+def test_image_pull_error_gets_a_grace_then_is_permanent(kube, api_client):
+    clock = [1000.0]
+    backend, handle = _starting_attempt(kube, api_client, clock)
     pull_fails(kube, "job-1-a1-raycluster-head-x", "ErrImagePull")
     status = backend.poll(JOB, 1, handle)   # first seen now: the grace starts
     assert (status.state, status.reason) == (RunState.STARTING, None)
@@ -194,11 +200,7 @@ def test_image_pull_error_gets_a_grace_then_is_permanent(kube, api_client):
 
 def test_a_pull_error_that_clears_starts_its_grace_anew(kube, api_client):
     clock = [1000.0]
-    backend = KubeRayBackend(api_client=api_client, poll_interval_s=0.0, delete_timeout_s=5.0, sleep=lambda s: None,
-                             image_pull_grace_s=120.0, clock=lambda: clock[0])
-    handle = backend.launch(request(1))
-    start_cluster(kube, "job-1-a1")
-    set_status(kube, "job-1-a1", jobDeploymentStatus="Initializing")
+    backend, handle = _starting_attempt(kube, api_client, clock)
     head = kube.get(PODS, "job-1-a1-raycluster-head-x")
     pulled = dict(head["status"]["containerStatuses"][0]["state"])
     pull_fails(kube, head["metadata"]["name"], "ImagePullBackOff")
