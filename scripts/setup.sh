@@ -20,4 +20,10 @@ $PIP install -q "torch==2.13.0"
 $PIP install -q -e ".[train,test]"
 # DeepSpeed compiles against the installed torch, so it must not get an isolated build env.
 $PIP install -q --no-build-isolation "deepspeed==0.19.8"
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download cannot
+# work offline); installed here so that the test command needs nothing else.
+if ! command -v chromium >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 echo "$WANT" > "$STAMP"

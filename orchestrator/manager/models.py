@@ -113,3 +113,34 @@ class Token(Base):
     attempt: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class MetricPoint(Base):
+    """One step's training metrics from a heartbeat, kept for the dashboard and the data audit;
+    long runs are downsampled (docs/manager.md gives the bound per job)."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "step"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    at: Mapped[float] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float)
+    mlm_accuracy: Mapped[float | None] = mapped_column(Float)
+    nsp_accuracy: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    world_size: Mapped[int | None] = mapped_column(Integer)
+    sample_digest: Mapped[str | None] = mapped_column(String(64))  # the data ledger's chain value
+
+
+class LeaderLease(Base):
+    """Which manager replica supervises: one row per lease name. ``epoch`` grows by one at each
+    takeover, so a replica that lost the lease can tell (and is told) it is stale."""
+
+    __tablename__ = "leader_leases"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    epoch: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float)
