@@ -151,3 +151,18 @@ def test_job_view_events_metrics(server, tmp_path):
     assert c.get("/v1/jobs", params={"phase": "NOPE"}).status_code == 422
     assert c.get("/v1/jobs/nope").status_code == 404
     assert c.get("/openapi.json").json()["info"]["title"] == "bertctl job manager"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_oversized_body_is_refused_before_any_route_reads_it(server, tmp_path, declared):
+    from orchestrator.manager.api.body_limit import MAX_REQUEST_BYTES
+    job_id, token = _job_with_attempt(server, tmp_path)
+    huge = json.dumps({"attempt": 1, "step": 7, "message": "x" * MAX_REQUEST_BYTES}).encode()
+    body = huge if declared else iter([huge[i:i + 65536] for i in range(0, len(huge), 65536)])
+    r = client(server, token).post(f"/v1/jobs/{job_id}/heartbeat", content=body,
+                                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and f"larger than {MAX_REQUEST_BYTES} bytes" in r.json()["detail"]
+    view = client(server, ADMIN).get(f"/v1/jobs/{job_id}").json()
+    assert view["step"] == 0  # nothing of the refused heartbeat was applied
+    ok = client(server, token).post(f"/v1/jobs/{job_id}/heartbeat", json={"attempt": 1, "step": 3})
+    assert ok.status_code == 200  # the connection and the server are fine afterwards

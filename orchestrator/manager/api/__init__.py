@@ -22,6 +22,7 @@ from typing import Callable
 from fastapi import FastAPI
 
 from orchestrator.manager.api import heartbeat, history, jobs, ops
+from orchestrator.manager.api.body_limit import BodyLimit
 from orchestrator.manager.auth import Authenticator
 from orchestrator.manager.store import Store
 
@@ -38,4 +39,5 @@ def create_app(store: Store, auth: Authenticator, backend: str = "local",
                                            thread_name_prefix="heartbeat")
     for router in (ops.router, jobs.router, history.router, heartbeat.router):
         app.include_router(router)
+    app.add_middleware(BodyLimit)
     return app
