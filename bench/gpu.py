@@ -1,158 +1,380 @@
-"""GPU check and throughput: the worker's real pieces on one CUDA device, without Ray.
+"""MFU of bertctl's step on one device, against the best plain-PyTorch loop on the same data.
 
-Runs what a Ray Train worker runs on a GPU node — the data stream, the masked-positions BERT
-head, the DeepSpeed engine from the manifest (ZeRO-2 (ZeRO-0 for LAMB), NCCL for CUDA collectives and gloo for
-CPU ones), the per-step metric all-reduce, the preemption poll and a transactional
-checkpoint save + restore — for fp32 AdamW, bf16 AdamW and fp16 LAMB (DeepSpeed's fused CUDA
-optimizer, which has no bf16 kernel). Ray itself is left out so the script runs on a GPU machine that only has torch,
-transformers, pyarrow, tokenizers and DeepSpeed.
+For each configuration (bert-base seq 128, bert-large seq 128, bert-base seq 512) it runs, in
+one process and without Ray:
 
-    python bench/gpu.py [--preset bert-base] [--steps 40] [--micro 64] [--seq-len 128]
+- **bertctl's path**, the pieces a Ray Train worker runs: the data stream, the masked-positions
+  BERT head fed by the static-size index (``heads.device_inputs``), the DeepSpeed engine from a
+  manifest (NCCL for CUDA collectives, gloo for CPU ones), the per-step metric all-reduce and the
+  preemption poll; after the first configuration, a transactional checkpoint save + restore
+  into a fresh engine, compared parameter by parameter;
+- **plain PyTorch** on the same batches (a second stream with the same seed), staged on the
+  device before timing: transformers' ``BertForPreTraining`` with SDPA attention and its own
+  loss, bf16 autocast (fp32 on the CPU), ``torch.optim.AdamW(fused=True)`` on a GPU, the same
+  gradient clipping and lr schedule, no host sync until the end.
 
-Prints a table; the last line is `ratios: bf16/fp32=<x> fp16_lamb/bf16_adamw=<x> resume_equal=<0|1>`.
+Both are charged the same model FLOPs per real token (``orchestrator/flops.py``: 6 x non-embedding
+parameters + attention + the masked-positions head over the measured masked fraction), so the
+MFU ratio is the throughput ratio; padding tokens count for nothing. MFU is against the device's
+dense peak for the precision (``flops.PEAK_TFLOPS``, sources in docs/training.md), or
+``--peak-tflops``; "n/a" when neither is known (a CPU). ``loss0`` / ``plain0``: each path's first
+loss — the same initial weights on the same batch, so equal in fp32 (a check that both train the
+same model on the same data); ``lossN`` / ``plainN``: the last.
+
+    python bench/gpu.py [--steps 30] [--warmup 5] [--configs base-128,large-128,base-512]
+    python bench/gpu.py --tiny     # CPU check of the whole script (automatic without CUDA)
+
+The last line: ``ratios: mfu_base=<x> mfu_large=<x> bertctl/plain_torch=<x> resume_equal=<0|1>``,
+where ``bertctl/plain_torch`` is the lowest of the per-configuration throughput ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from orchestrator.data.prepare import PrepareConfig, prepare  # noqa: E402
 from orchestrator.data.stream import BatchStream  # noqa: E402
+from orchestrator.flops import flops_per_token, mfu, peak_flops  # noqa: E402
 from orchestrator.model import build_model  # noqa: E402
 from orchestrator.spec import parse_manifest  # noqa: E402
-from orchestrator.train.worker import metrics as M  # noqa: E402
 from orchestrator.train.checkpoint import Checkpointer, CheckpointStore, TrainState  # noqa: E402
-from orchestrator.train.worker.engine import build_engine  # noqa: E402
-from orchestrator.train.worker.heads import MaskedPositionsPretraining  # noqa: E402
 from orchestrator.train.worker import PreemptionWatcher, StopRequest  # noqa: E402
+from orchestrator.train.worker import metrics as M  # noqa: E402
+from orchestrator.train.worker.engine import build_engine, lr_multiplier  # noqa: E402
+from orchestrator.train.worker.heads import MaskedPositionsPretraining, device_inputs, mlm_capacity  # noqa: E402
 
-WARMUP_STEPS = 5
+SEED = 7
+LR, WARMUP_LR_STEPS = 1e-4, 2
 
 
-def manifest(args, shards: str, ckpt: str, precision: str, optimizer: str) -> dict:
+@dataclass(frozen=True)
+class Config:
+    name: str
+    preset: str
+    seq_len: int
+    micro: int
+
+
+# GPU configurations; micro batches sized for one 80 GB device at ZeRO-0.
+CONFIGS = {
+    "base-128": Config("base-128", "bert-base", 128, 256),
+    "large-128": Config("large-128", "bert-large", 128, 128),
+    "base-512": Config("base-512", "bert-base", 512, 64),
+}
+# --tiny stand-ins with the same names (so the last line has the same keys): seconds on a CPU.
+TINY = {
+    "base-128": Config("base-128", "bert-tiny", 64, 8),
+    "large-128": Config("large-128", "bert-mini", 64, 8),
+    "base-512": Config("base-512", "bert-tiny", 128, 4),
+}
+
+
+def manifest(args, cfg: Config, shards: str, ckpt: str) -> dict:
+    ds: dict = {"zero_stage": 0 if args.optimizer == "lamb" else args.zero_stage}
+    if args.adamw == "torch-fused":  # DeepSpeed builds torch.optim.AdamW(fused=True) from these params
+        ds["config"] = {"optimizer": {"params": {"torch_adam": True, "fused": True}}}
     return {
         "apiVersion": "bertctl/v1", "kind": "PretrainJob", "metadata": {"name": "gpu-check"},
         "spec": {
-            "model": {"preset": args.preset},
-            "tokenizer": {"vocab_size": args.vocab_size},
-            "data": {"shards": shards, "seq_len": args.seq_len, "nsp": True, "seed": 7},
-            "training": {"max_steps": args.steps, "global_batch_size": args.micro, "micro_batch_size": args.micro,
-                         "optimizer": optimizer, "lr": 1e-4, "warmup_steps": 2, "precision": precision},
-            "deepspeed": {"zero_stage": 0 if optimizer == "lamb" else args.zero_stage},
-            "resources": {"workers": 1, "gpus_per_worker": 0 if args.cpu_smoke else 1},
-            "checkpoint": {"uri": ckpt, "every_steps": args.steps},
+            "model": {"preset": cfg.preset},
+            "data": {"shards": shards, "seq_len": cfg.seq_len, "nsp": True, "seed": SEED},
+            "training": {"max_steps": args.warmup + args.steps, "global_batch_size": cfg.micro,
+                         "micro_batch_size": cfg.micro, "optimizer": args.optimizer, "lr": LR,
+                         "warmup_steps": WARMUP_LR_STEPS, "precision": args.precision},
+            "deepspeed": ds,
+            "resources": {"workers": 1, "gpus_per_worker": 1 if args.device.type == "cuda" else 0},
+            "checkpoint": {"uri": ckpt, "every_steps": args.warmup + args.steps},
         },
     }
 
 
-def build(job, index, device):
-    cfg = job.spec.model.bert_config(index.vocab_size)
-    torch.manual_seed(job.spec.data.seed)
-    model = MaskedPositionsPretraining(build_model(cfg, nsp=True), nsp=True).to(device)
-    return build_engine(job, model, world_size=1, on_gpu=device.type == "cuda"), cfg
+def open_stream(shards: str, cfg: Config) -> BatchStream:
+    return BatchStream(shards, global_batch_size=cfg.micro, micro_batch_size=cfg.micro, rank=0, world_size=1,
+                       seed=SEED)
 
 
-def run_config(args, shards: str, index, precision: str, optimizer: str, work: Path, n: int) -> dict:
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    job = parse_manifest(manifest(args, shards, str(work / f"ckpt-{n}-{precision}-{optimizer}"), precision, optimizer))
-    engine, cfg = build(job, index, device)
-    stream = BatchStream(shards, global_batch_size=args.micro, micro_batch_size=args.micro, rank=0, world_size=1,
-                         seed=7)
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_bertctl(job, index, device):
+    fields = job.spec.model.bert_config(index.vocab_size)
+    torch.manual_seed(SEED)
+    model = MaskedPositionsPretraining(build_model(fields, nsp=True), nsp=True).to(device)
+    return build_engine(job, model, world_size=1, on_gpu=device.type == "cuda"), fields
+
+
+def bertctl_step(engine, batch, device, capacity: int, watcher, step: int) -> M.StepMetrics:
+    """One optimizer step as the worker runs it, inputs through the static-size head index."""
+    acc = M.StepAccumulator(started=time.perf_counter())
+    for micro in batch.micro_batches:
+        out = engine(**device_inputs(micro, device, capacity))
+        engine.backward(out["loss"])
+        engine.step()
+        acc.add_outputs(out)
+    m = M.sync_step(acc, step, float(engine.get_lr()[0]))  # the CPU all-reduce (gloo) next to NCCL
+    if watcher.poll(None) is not StopRequest.CONTINUE:
+        raise RuntimeError("unexpected preemption decision")
+    return m
+
+
+def run_bertctl(args, cfg: Config, shards: str, index, work: Path, resume_check: bool) -> dict:
+    job = parse_manifest(manifest(args, cfg, shards, str(work / f"ckpt-{cfg.name}")))
+    engine, fields = build_bertctl(job, index, args.device)
+    stream = open_stream(shards, cfg)
     watcher = PreemptionWatcher(25.0, str(work / "notice"))
-    losses, tokens, timed = [], 0, 0.0
-    batches = iter(stream)
-    for step in range(1, args.steps + 1):
+    capacity = mlm_capacity(cfg.micro * cfg.seq_len, job.spec.data.mlm_probability)
+    batches, counts, losses = iter(stream), Counts(), []
+    for step in range(1, args.warmup + args.steps + 1):
+        if step == args.warmup + 1:
+            sync(args.device)
+            counts.start()
         batch = next(batches)
-        acc = M.StepAccumulator(started=time.perf_counter())
-        for micro in batch.micro_batches:
-            out = engine(**{k: torch.as_tensor(v).to(device) for k, v in micro.items()})
-            engine.backward(out["loss"])
-            engine.step()
-            acc.add_outputs(out)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        m = M.sync_step(acc, step, float(engine.get_lr()[0]))  # the CPU all-reduce (gloo) next to NCCL
-        if watcher.poll(None) is not StopRequest.CONTINUE:
-            raise RuntimeError("unexpected preemption decision")
-        losses.append(m.loss)
-        if step > WARMUP_STEPS:
-            tokens, timed = tokens + m.tokens, timed + m.seconds
-    resume_equal = checkpoint_roundtrip(job, engine, index, cfg, device, work, batch.cursor.to_dict(), args.steps)
+        losses.append(bertctl_step(engine, batch, args.device, capacity, watcher, step).loss)
+        counts.add(batch, timed=step > args.warmup)
+    sync(args.device)
+    counts.stop()
+    equal = checkpoint_roundtrip(job, engine, index, fields, args.device, work, batch.cursor.to_dict(),
+                                 len(losses)) if resume_check else None
     stream.close()
     del engine
-    return {"precision": precision, "optimizer": optimizer, "first_loss": sum(losses[:3]) / 3,
-            "last_loss": sum(losses[-3:]) / 3, "tokens_per_s": tokens / max(timed, 1e-9), "resume_equal": resume_equal}
+    return {**counts.summary(), "fields": fields, "losses": losses, "resume_equal": equal}
 
 
-def checkpoint_roundtrip(job, engine, index, cfg, device, work: Path, cursor: dict, step: int) -> bool:
+class Counts:
+    """Real (non-padding) tokens and masked positions of the timed steps, from the host arrays."""
+
+    def __init__(self):
+        self.tokens = self.masked = self.all_tokens = 0
+        self.began = self.ended = 0.0
+
+    def start(self) -> None:
+        self.began = time.perf_counter()
+
+    def stop(self) -> None:
+        self.ended = time.perf_counter()
+
+    def add(self, batch, timed: bool) -> None:
+        for micro in batch.micro_batches:
+            real = int(np.asarray(micro["attention_mask"]).sum())
+            self.all_tokens += real
+            self.masked += int((np.asarray(micro["labels"]) != -100).sum())
+            self.tokens += real if timed else 0
+
+    def summary(self) -> dict:
+        seconds = max(self.ended - self.began, 1e-9)
+        return {"tokens_per_s": self.tokens / seconds, "masked_fraction": self.masked / max(self.all_tokens, 1)}
+
+
+def checkpoint_roundtrip(job, engine, index, fields, device, work: Path, cursor: dict, step: int) -> bool:
     """Save transactionally, restore into a fresh engine, compare every parameter."""
     store = CheckpointStore(job.spec.checkpoint.uri, keep_last=1)
     saver = Checkpointer(store, 0, 1, 1, Path(tempfile.mkdtemp(dir=work)))
-    state = TrainState(step=step, tokens_seen=0, cursor=cursor, world_size=1, attempt=1, zero_stage=job.spec.deepspeed.zero_stage,
+    state = TrainState(step=step, tokens_seen=0, cursor=cursor, world_size=1, attempt=1,
+                       zero_stage=job.spec.deepspeed.zero_stage,
                        global_batch_size=job.spec.training.global_batch_size, job_id="gpu-check",
-                       model_config=cfg, nsp=True)
+                       model_config=fields, nsp=True)
     saver.save(engine, state)
-    fresh, _ = build(job, index, device)
+    fresh, _ = build_bertctl(job, index, device)
     loader = Checkpointer(store, 0, 1, 2, Path(tempfile.mkdtemp(dir=work)))
-    resume = loader.find()
-    restored = loader.restore(fresh, resume)
+    restored = loader.restore(fresh, loader.find())
     same = all(torch.equal(a, b) for a, b in zip(engine.module.parameters(), fresh.module.parameters()))
+    del fresh
     return same and restored.step == step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="bert-base")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--micro", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--vocab-size", type=int, default=16000)
-    parser.add_argument("--zero-stage", type=int, default=2, help="ZeRO stage of the AdamW runs")
-    parser.add_argument("--cpu-smoke", action="store_true", help="fp32 AdamW on the CPU only: checks the script")
-    args = parser.parse_args()
-    if not torch.cuda.is_available() and not args.cpu_smoke:
-        raise SystemExit("bench/gpu.py needs a CUDA device (or --cpu-smoke)")
+# ----- the plain PyTorch loop
+def staged_batches(shards: str, cfg: Config, device, count: int) -> list[dict]:
+    """The same batches bertctl's path trained on, on the device before the clock starts."""
+    stream = open_stream(shards, cfg)
+    batches = iter(stream)
+    staged = []
+    for _ in range(count):
+        for micro in next(batches).micro_batches:
+            staged.append({k: torch.as_tensor(np.asarray(v), dtype=torch.long).to(device) for k, v in micro.items()})
+    stream.close()
+    return staged
+
+
+def plain_model(fields: dict, device):
+    from transformers import BertConfig, BertForPreTraining
+
+    torch.manual_seed(SEED)
+    return BertForPreTraining(BertConfig(**fields, attn_implementation="sdpa")).to(device).train()
+
+
+def run_plain(args, cfg: Config, shards: str, fields: dict) -> dict:
+    device, cuda = args.device, args.device.type == "cuda"
+    staged = staged_batches(shards, cfg, device, args.warmup + args.steps)
+    model = plain_model(fields, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+                                  fused=cuda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier("linear", WARMUP_LR_STEPS, args.warmup + args.steps))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and args.precision == "bf16")
+    losses = torch.zeros(len(staged), device=device)
+    for step, inputs in enumerate(staged):
+        if step == args.warmup:
+            sync(device)
+            began = time.perf_counter()
+        with amp:
+            loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses[step] = loss.detach()
+    sync(device)
+    seconds = time.perf_counter() - began
+    tokens = sum(int(b["attention_mask"].sum()) for b in staged[args.warmup:])
+    del model, optimizer, staged
+    return {"tokens_per_s": tokens / seconds, "first_loss": float(losses[0]), "last_loss": float(losses[-1])}
+
+
+# ----- driver
+def device_peak(args) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    return peak_flops(args.device_name, args.precision) if args.device.type == "cuda" else None
+
+
+def measure(args, cfg: Config, shards: str, index, work: Path, first: bool) -> dict:
+    ours = run_bertctl(args, cfg, shards, index, work, resume_check=first)
+    free(args.device)
+    plain = run_plain(args, cfg, shards, ours["fields"])
+    free(args.device)
+    per_token = flops_per_token(ours["fields"], cfg.seq_len, ours["masked_fraction"], nsp=True).total
+    peak = device_peak(args)
+    return {"cfg": cfg, "flops": per_token, "ours": ours, "plain": plain,
+            "mfu": mfu(ours["tokens_per_s"], per_token, peak),
+            "plain_mfu": mfu(plain["tokens_per_s"], per_token, peak),
+            "ratio": ours["tokens_per_s"] / plain["tokens_per_s"]}
+
+
+def free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def print_row(r: dict) -> None:
+    c, ours, plain = r["cfg"], r["ours"], r["plain"]
+    print(f"{c.name:<10}{c.preset:<11}{c.seq_len:>5}{c.micro:>7}{r['flops'] / 1e9:>11.4g}"
+          f"{ours['masked_fraction']:>8.3f}{ours['tokens_per_s']:>15,.0f}{pct(r['mfu']):>8}"
+          f"{plain['tokens_per_s']:>13,.0f}{pct(r['plain_mfu']):>8}{r['ratio']:>7.2f}"
+          f"{ours['losses'][0]:>8.3f}{plain['first_loss']:>8.3f}{ours['losses'][-1]:>8.3f}{plain['last_loss']:>8.3f}",
+          flush=True)
+
+
+def last_line(rows: list[dict]) -> str:
+    by_name = {r["cfg"].name: r for r in rows}
+
+    def mfu_of(name: str) -> str:
+        value = by_name[name]["mfu"] if name in by_name else None
+        return "n/a" if value is None else f"{value:.3f}"
+
+    equal = [r["ours"]["resume_equal"] for r in rows if r["ours"]["resume_equal"] is not None]
+    return (f"ratios: mfu_base={mfu_of('base-128')} mfu_large={mfu_of('large-128')} "
+            f"bertctl/plain_torch={min(r['ratio'] for r in rows):.2f} resume_equal={int(bool(equal) and all(equal))}")
+
+
+def prepared(args, seq_len: int, work: Path, cache: dict):
+    """Shards of the built-in corpus at ``seq_len`` (once per length)."""
+    if seq_len not in cache:
+        shards = str(work / f"shards-{seq_len}")
+        t0 = time.perf_counter()
+        index = prepare(PrepareConfig(inputs=["builtin:python-stdlib-docs"], output=shards, seq_len=seq_len,
+                                      vocab_size=args.vocab_size, use_ray=False), progress=False)
+        print(f"prepared seq {seq_len}: {sum(s.rows for s in index.shards)} rows, vocab {index.vocab_size}, "
+              f"{time.perf_counter() - t0:.1f}s", flush=True)
+        cache[seq_len] = (shards, index)
+    return cache[seq_len]
+
+
+def init_process_group(device) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")
     for name in ("LOCAL_RANK", "RANK"):
         os.environ.setdefault(name, "0")
     os.environ.setdefault("WORLD_SIZE", "1")
-    if args.cpu_smoke:
-        dist.init_process_group("gloo", rank=0, world_size=1)
-    else:
+    if device.type == "cuda":
         torch.cuda.set_device(0)
         # The same split Ray Train gets on GPU workers: CUDA tensors over NCCL, CPU tensors over gloo.
         dist.init_process_group("cpu:gloo,cuda:nccl", rank=0, world_size=1)
-    work = Path(tempfile.mkdtemp(prefix="bertctl-gpu-"))
-    shards = str(work / "shards")
-    t0 = time.perf_counter()
-    index = prepare(PrepareConfig(inputs=["builtin:python-stdlib-docs"], output=shards, seq_len=args.seq_len,
-                                  vocab_size=args.vocab_size, use_ray=False), progress=False)
-    device = "cpu" if args.cpu_smoke else torch.cuda.get_device_name(0)
-    print(f"prepared {sum(s.rows for s in index.shards)} rows in {time.perf_counter() - t0:.1f}s; device {device}")
-    configs = [("fp32", "adamw")] * 3 if args.cpu_smoke else [("fp32", "adamw"), ("bf16", "adamw"), ("fp16", "lamb")]
-    print(f"{'precision':<10}{'optimizer':<10}{'loss first3':>12}{'loss last3':>12}{'tokens/s':>14}{'resume':>8}")
-    rows = []
-    for n, (precision, optimizer) in enumerate(configs):
-        r = run_config(args, shards, index, precision, optimizer, work, n)
-        rows.append(r)
-        print(f"{r['precision']:<10}{r['optimizer']:<10}{r['first_loss']:>12.3f}{r['last_loss']:>12.3f}"
-              f"{r['tokens_per_s']:>14,.0f}{str(r['resume_equal']):>8}", flush=True)
-    fp32, bf16, lamb = rows
-    equal = int(all(r["resume_equal"] for r in rows))
+    else:
+        dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny models, few steps, on the CPU (auto without CUDA)")
+    p.add_argument("--configs", default="base-128,large-128,base-512", help=f"of {', '.join(CONFIGS)}")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run (30 on a GPU, 6 tiny)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (5 on a GPU, 2 tiny)")
+    p.add_argument("--micro", type=int, default=None, help="micro batch for every configuration")
+    p.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"], help="bf16 on a GPU, fp32 tiny")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "lamb"])
+    p.add_argument("--adamw", default="deepspeed", choices=["deepspeed", "torch-fused"],
+                   help="bertctl's AdamW on a GPU: DeepSpeed's FusedAdam (the default) or torch's fused AdamW")
+    p.add_argument("--zero-stage", type=int, default=0, help="ZeRO stage of bertctl's AdamW runs")
+    p.add_argument("--vocab-size", type=int, default=None, help="WordPiece vocabulary (30522 GPU, 4000 tiny)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="dense peak to use instead of the table")
+    return p.parse_args()
+
+
+def resolve(args) -> list[Config]:
+    args.tiny = args.tiny or not torch.cuda.is_available()
+    args.device = torch.device("cpu") if args.tiny else torch.device("cuda", 0)
+    args.device_name = "cpu" if args.tiny else torch.cuda.get_device_name(0)
+    args.steps = args.steps or (6 if args.tiny else 30)
+    args.warmup = args.warmup if args.warmup is not None else (2 if args.tiny else 5)
+    args.precision = args.precision or ("fp32" if args.tiny else "bf16")
+    args.vocab_size = args.vocab_size or (4000 if args.tiny else 30522)
+    table = TINY if args.tiny else CONFIGS
+    unknown = [n for n in args.configs.split(",") if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown configuration(s) {unknown}; choose from {', '.join(table)}")
+    chosen = [table[n] for n in args.configs.split(",")]
+    return [Config(c.name, c.preset, c.seq_len, args.micro) if args.micro else c for c in chosen]
+
+
+def main() -> None:
+    args = parse_args()
+    configs = resolve(args)
+    init_process_group(args.device)
+    work, cache, rows = Path(tempfile.mkdtemp(prefix="bertctl-gpu-")), {}, []
+    peak = device_peak(args)
+    print(f"device {args.device_name}; precision {args.precision}; ZeRO {args.zero_stage}; AdamW {args.adamw}; "
+          f"dense peak {'n/a' if peak is None else f'{peak / 1e12:.1f} TFLOP/s'}", flush=True)
+    for n, cfg in enumerate(configs):
+        shards, index = prepared(args, cfg.seq_len, work, cache)
+        if n == 0:
+            print(f"{'config':<10}{'preset':<11}{'seq':>5}{'micro':>7}{'GFLOP/tok':>11}{'masked':>8}"
+                  f"{'bertctl tok/s':>15}{'MFU':>8}{'plain tok/s':>13}{'MFU':>8}{'ratio':>7}"
+                  f"{'loss0':>8}{'plain0':>8}{'lossN':>8}{'plainN':>8}")
+        rows.append(measure(args, cfg, shards, index, work, first=n == 0))
+        print_row(rows[-1])
     dist.destroy_process_group()
-    print(f"ratios: bf16/fp32={bf16['tokens_per_s'] / fp32['tokens_per_s']:.2f} "
-          f"fp16_lamb/bf16_adamw={lamb['tokens_per_s'] / bf16['tokens_per_s']:.2f} resume_equal={equal}")
+    print(last_line(rows))
 
 
 if __name__ == "__main__":
