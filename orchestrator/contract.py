@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 ENV_JOB_ID = "BERTCTL_JOB_ID"
 ENV_ATTEMPT = "BERTCTL_ATTEMPT"
 ENV_MANAGER_URL = "BERTCTL_MANAGER_URL"
+# Operator -> trainer: every manager replica's URL, comma-separated (a highly available manager on
+# hosts without one shared address); the heartbeat client fails over between them and ENV_MANAGER_URL.
+ENV_MANAGER_URLS = "BERTCTL_MANAGER_URLS"
 ENV_ATTEMPT_TOKEN = "BERTCTL_ATTEMPT_TOKEN"
 # Trainer driver -> its Ray workers on a shared local head: a 0600 file holding the attempt token
 # (workers there inherit the head's environment, and a token in Ray's job metadata is one too many).
@@ -27,8 +30,12 @@ ENV_MTBP_S = "BERTCTL_MTBP_S"
 # Local backend -> trainer: the address of the warm local Ray head to connect to (instead of
 # starting a cluster for the attempt); KubeRay sets RAY_ADDRESS itself.
 ENV_RAY_ADDRESS = "BERTCTL_RAY_ADDRESS"
-# Operator -> trainer: total time budget of one S3 operation (orchestrator/storage_s3.py).
+# Operator -> trainer: the time one S3 operation may spend waiting between the SDK's retries; it
+# sets the SDKs' attempt bound (orchestrator/storage_s3.py, docs/data.md "Retries").
 ENV_S3_RETRY_BUDGET_S = "BERTCTL_S3_RETRY_BUDGET_S"
+# Where `bertctl data fetch` caches the named evaluation sets (orchestrator/finetune/registry_data.py).
+ENV_DATA_CACHE = "BERTCTL_DATA_CACHE"
+DEFAULT_DATA_CACHE = "~/.cache/bertctl/data"
 
 # -- The environment a trainer, its Ray workers and its pods get: an ALLOWLIST --------------------
 # Nothing else of the manager's environment passes: its admin token, database URL, kubeconfig,
@@ -37,7 +44,7 @@ ENV_S3_RETRY_BUDGET_S = "BERTCTL_S3_RETRY_BUDGET_S"
 ATTEMPT_ENV = frozenset({ENV_JOB_ID, ENV_ATTEMPT, ENV_MANAGER_URL, ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE,
                          ENV_MTBP_S, ENV_RAY_ADDRESS})
 # Operator settings the trainer reads and a process may inherit from the manager.
-INHERITED_BERTCTL_ENV = frozenset({ENV_S3_RETRY_BUDGET_S, ENV_NOTICE_FILE})
+INHERITED_BERTCTL_ENV = frozenset({ENV_S3_RETRY_BUDGET_S, ENV_NOTICE_FILE, ENV_MANAGER_URLS})
 # What any process needs to run: the executable search path and home (tool caches), the locale,
 # a temporary directory, the Python environment, and the time zone for log timestamps.
 _PROCESS_ENV = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TMPDIR", "TZ",
@@ -105,7 +112,9 @@ class ExitCode(enum.IntEnum):
     DATA_ERROR = 65         # corrupt or missing data (EX_DATAERR): never retried
     NAN_LOSS = 66
     OUT_OF_MEMORY = 67
-    INFRASTRUCTURE = 69     # storage / network / Ray failure: retried (EX_UNAVAILABLE)
+    INFRASTRUCTURE = 69     # a temporary storage / network / Ray failure: retried (EX_UNAVAILABLE)
+    CHECKPOINT_ERROR = 73   # checkpoint URI unwritable, a checkpoint unloadable (EX_CANTCREAT): never retried
+    STORAGE_ERROR = 77      # no such bucket, access denied, invalid credentials (EX_NOPERM): never retried
 
 
 class EndReason(str, enum.Enum):
@@ -122,6 +131,8 @@ class EndReason(str, enum.Enum):
     OUT_OF_MEMORY = "out_of_memory"
     NAN_LOSS = "nan_loss"
     IMAGE_PULL = "image_pull"
+    STORAGE_ERROR = "storage_error"
+    CHECKPOINT_ERROR = "checkpoint_error"
     CANCELLED = "cancelled"
 
 
@@ -133,6 +144,8 @@ EXIT_REASONS: dict[int, EndReason] = {
     ExitCode.NAN_LOSS: EndReason.NAN_LOSS,
     ExitCode.OUT_OF_MEMORY: EndReason.OUT_OF_MEMORY,
     ExitCode.INFRASTRUCTURE: EndReason.INFRASTRUCTURE,
+    ExitCode.CHECKPOINT_ERROR: EndReason.CHECKPOINT_ERROR,
+    ExitCode.STORAGE_ERROR: EndReason.STORAGE_ERROR,
 }
 
 
@@ -184,8 +197,12 @@ class Heartbeat(BaseModel):
     lr: float | None = None
     tokens_seen: int | None = Field(None, ge=0)
     world_size: int | None = Field(None, ge=1)
+    sample_digest: str | None = Field(None, pattern=r"^[0-9a-f]{16}$",
+                                      description="The data ledger's value after this step (docs/data.md).")
     checkpoint: CheckpointRef | None = Field(None, description="Newest committed checkpoint.")
     resumed_from_step: int | None = Field(None, ge=0, description="Set on an attempt's first report.")
     checkpoint_seconds: float | None = Field(None, ge=0, description="Time spent checkpointing so far.")
+    retry_after_s: float | None = Field(
+        None, ge=0, le=86400, description="With a final 'failed': the wait a temporary error asked for.")
     skipped_checkpoints: list[SkippedCheckpoint] | None = Field(
         None, max_length=8, description="Checkpoints this attempt skipped when loading (recorded once as events).")

@@ -17,9 +17,14 @@ class PermanentError(BertctlError):
 
 
 class TemporaryError(BertctlError):
-    """A transient condition (throttling, a dropped connection); retry after ``delay_s``."""
+    """A transient condition (throttling, a dropped connection); retry after ``delay_s`` seconds.
 
-    def __init__(self, message: str, delay_s: float = 1.0):
+    ``delay_s`` is the wait the condition itself asks for (a Retry-After, the SDK's longest backoff);
+    None means it asks for none and the caller's own backoff applies. A trainer reports it with its
+    final word, and the manager's policy waits that long before the next attempt.
+    """
+
+    def __init__(self, message: str, delay_s: float | None = None):
         super().__init__(message)
         self.delay_s = delay_s
 
@@ -34,11 +39,17 @@ class ManifestError(PermanentError):
 
 
 class StorageError(PermanentError):
-    """A permanent object-storage failure (no such bucket or key, access denied)."""
+    """A permanent storage failure (no such bucket or key, access denied, invalid credentials, an
+    unwritable path): the message names the URI and what to fix."""
+
+
+class NotFoundError(StorageError):
+    """No such object, key or file (the bucket itself may exist): a missing file of a checkpoint
+    makes that checkpoint unusable, where access denied must end the job."""
 
 
 class TransientStorageError(TemporaryError):
-    """A retryable object-storage failure that outlived its retry budget."""
+    """A retryable storage failure that outlived the SDK's retries within the retry budget."""
 
 
 class DataError(PermanentError):

@@ -12,20 +12,16 @@ later epochs trust the verified bytes' digest, size, schema and row count.
 from __future__ import annotations
 
 import hashlib
-import random
 import threading
-import time
 from collections import deque
 
 import numpy as np
 
 from orchestrator.data.index import ShardIndex, check_shard_bytes
-from orchestrator.errors import TemporaryError
 from orchestrator.storage import storage_for
 
 _VERIFIED: set[tuple[str, str]] = set()   # (shard uri, sha256) verified by this process
 _VERIFIED_LOCK = threading.Lock()
-READ_ATTEMPTS = 6
 
 
 def read_shard(index: ShardIndex, name: str, verify: str = "once") -> dict[str, np.ndarray]:
@@ -33,7 +29,9 @@ def read_shard(index: ShardIndex, name: str, verify: str = "once") -> dict[str, 
     info = index.info(name)
     uri = index.shard_uri(name)
     key = (uri, info.sha256)
-    data = _read_with_retries(uri)
+    # One read: the storage's SDK already retried within its budget (docs/data.md, "Retries"); a
+    # TemporaryError it still raises ends the attempt, and the manager retries that after its delay.
+    data = storage_for(uri).read_bytes(uri)
     need = verify == "always" or (verify == "once" and key not in _VERIFIED)
     table = check_shard_bytes(index, info, data, hashlib.sha256(data).hexdigest() if need else None)
     if need:
@@ -48,18 +46,6 @@ def decode(table, seq_len: int) -> dict[str, np.ndarray]:
     for name in ("length", "a_end", "next_sentence_label"):
         out[name] = table.column(name).to_numpy()
     return out
-
-
-def _read_with_retries(uri: str) -> bytes:
-    store = storage_for(uri)
-    for attempt in range(READ_ATTEMPTS):
-        try:
-            return store.read_bytes(uri)
-        except TemporaryError:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-            time.sleep(min(8.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
-    raise AssertionError("unreachable")
 
 
 class ShardLoader:

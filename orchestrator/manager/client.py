@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from orchestrator.errors import ManifestError, PermanentError
+from orchestrator.errors import ManifestError, PermanentError, TemporaryError
 
 ENV_URL = "BERTCTL_URL"
 ENV_TOKEN = "BERTCTL_TOKEN"
@@ -19,7 +19,11 @@ DEFAULT_URL = "http://127.0.0.1:8470"
 
 
 class ClientError(PermanentError):
-    pass
+    """The manager answered and refused: retrying the same request cannot help."""
+
+
+class ManagerUnreachable(TemporaryError):
+    """No answer from the manager (not started yet, restarting, a network hiccup): try again later."""
 
 
 class ManagerClient:
@@ -36,8 +40,8 @@ class ManagerClient:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.TransportError as exc:
-            raise ClientError(f"cannot reach the manager at {self.url} ({type(exc).__name__}); start it with "
-                              f"`bertctl server` or pass --url / set {ENV_URL}") from None
+            raise ManagerUnreachable(f"cannot reach the manager at {self.url} ({type(exc).__name__}); start it "
+                                     f"with `bertctl server` or pass --url / set {ENV_URL}", delay_s=5.0) from None
         self._check(resp)
         return resp
 
@@ -68,6 +72,10 @@ class ManagerClient:
     def events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
         return self._request("GET", f"/v1/jobs/{job_id}/events", params={"after": after}).json()["events"]
 
+    def metrics(self, job_id: str, since_step: int = 0) -> list[dict[str, Any]]:
+        """The job's metric history (downsampled by the manager), with the data ledger's values."""
+        return self._request("GET", f"/v1/jobs/{job_id}/metrics", params={"since_step": since_step}).json()["points"]
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
@@ -82,7 +90,8 @@ class ManagerClient:
                     self._check(resp)
                 yield from resp.iter_bytes()
         except httpx.TransportError as exc:
-            raise ClientError(f"lost the manager at {self.url} ({type(exc).__name__})") from None
+            raise ManagerUnreachable(f"lost the manager at {self.url} ({type(exc).__name__}); "
+                                     "run the command again once it answers", delay_s=5.0) from None
 
 
 def _detail(resp: httpx.Response) -> Any:

@@ -8,9 +8,9 @@ import threading
 import pytest
 from botocore.exceptions import ClientError
 
-from orchestrator.errors import StorageError, TransientStorageError
+from orchestrator.errors import NotFoundError, StorageError, TransientStorageError
 from orchestrator.storage import LocalStorage, storage_for
-from orchestrator.storage_s3 import S3Storage, s3_error_kind
+from orchestrator.storage_s3 import S3Storage, classify
 
 
 def test_protocol_round_trip(s3_env, tmp_path):
@@ -65,14 +65,31 @@ def test_permanent_errors_name_the_uri_at_once(s3_env, uri_fmt, match):
         S3Storage().download_file(uri, "/tmp/unused-download")
 
 
-@pytest.mark.parametrize("code,kind", [
-    ("NoSuchBucket", "permanent"), ("AccessDenied", "permanent"), ("NoSuchKey", "permanent"),
-    ("InvalidAccessKeyId", "permanent"), ("SlowDown", "transient"), ("503", "transient"),
-    ("ThrottlingException", "transient"), ("InternalError", "transient"), ("RequestTimeout", "transient"),
-])
-def test_error_classification_table(code, kind):
-    exc = ClientError({"Error": {"Code": code, "Message": "m"}}, "GetObject")
-    assert s3_error_kind(exc)[0] == kind
+# (error code, HTTP status) -> the project's error: the map from the SDK's final error, by code alone.
+# Real errors from moto for the common rows are in test_error_taxonomy.py.
+CODES = [
+    ("NoSuchBucket", 404, StorageError), ("NoSuchKey", 404, NotFoundError), ("404", 404, NotFoundError),
+    ("AccessDenied", 403, StorageError), ("403", 403, StorageError), ("InvalidAccessKeyId", 403, StorageError),
+    ("SignatureDoesNotMatch", 403, StorageError), ("ExpiredToken", 400, StorageError),
+    ("InvalidRequest", 400, StorageError), ("SlowDown", 503, TransientStorageError),
+    ("503", 503, TransientStorageError), ("InternalError", 500, TransientStorageError),
+    ("ThrottlingException", 400, TransientStorageError), ("RequestTimeout", 400, TransientStorageError),
+    ("SomethingNew", 502, TransientStorageError), ("TooManyRequests", 429, TransientStorageError),
+]
+
+
+@pytest.mark.parametrize("code,status,kind", CODES)
+def test_the_final_error_maps_by_code(code, status, kind):
+    response = {"Error": {"Code": code, "Message": "whatever the text says"},
+                "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}}}
+    err = classify("s3://bkt/k", "read", ClientError(response, "GetObject"))
+    assert type(err) is kind and str(err).startswith("s3://bkt/k: read")
+
+
+def test_a_retry_after_header_becomes_the_delay():
+    response = {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503,
+                                                                     "HTTPHeaders": {"retry-after": "42"}}}
+    assert classify("s3://bkt/k", "write", ClientError(response, "PutObject")).delay_s == 42.0
 
 
 def test_faults_are_retried_and_data_is_identical(s3_fault_proxy):
@@ -92,9 +109,9 @@ def test_an_unreachable_store_becomes_transient_after_the_budget(s3_fault_proxy,
     proxy, bucket = s3_fault_proxy
     monkeypatch.setenv("BERTCTL_S3_RETRY_BUDGET_S", "1.5")
     proxy.blackhole = True
-    with pytest.raises(TransientStorageError, match=f"s3://{bucket}/k: write still failing") as info:
+    with pytest.raises(TransientStorageError, match=f"s3://{bucket}/k: write still failing after 2 attempt") as info:
         S3Storage().write_bytes(f"s3://{bucket}/k", b"data")
-    assert info.value.delay_s > 0
+    assert info.value.delay_s > 0 and proxy.stats["dropped"] == 2  # the SDK's two attempts, nothing more
     proxy.blackhole = False
     S3Storage().write_bytes(f"s3://{bucket}/k", b"data")  # and it recovers
 

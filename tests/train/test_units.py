@@ -76,7 +76,7 @@ def test_lr_schedules(schedule, expected):
     (DataError("corrupt shard"), ExitCode.DATA_ERROR, EndReason.DATA_ERROR),
     (FencedError("409"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
     (StaleAttemptError("stale"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
-    (CheckpointError("upload failed"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (CheckpointError("checkpoint URI not writable"), ExitCode.CHECKPOINT_ERROR, EndReason.CHECKPOINT_ERROR),
     (MemoryError(), ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),
     (RuntimeError("??"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
 ])

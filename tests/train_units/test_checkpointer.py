@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.errors import CheckpointError, StaleAttemptError, StorageError
+from orchestrator.errors import CheckpointError, NotFoundError, StaleAttemptError, StorageError, TransientStorageError
 from orchestrator.train.checkpoint import (
     DS_TAG, MANIFEST, AsyncUploader, Checkpointer, CheckpointStore, ResumePlan, TrainState, prepare_resume,
 )
@@ -149,7 +149,8 @@ def test_async_save_returns_before_the_upload_and_commits_once_it_drains(store, 
     assert (result.step, result.uri) == (10, store.step_uri(10))
     assert slow.held.wait(WAIT_S)  # an upload is in flight, held by the store...
     assert _committed_steps(store) == [] and ckpter.last is None  # ...and nothing is committed
-    assert "still running" in ckpter.wait_committed(0)
+    still_running = ckpter.wait_committed(0)
+    assert "still running" in still_running and not still_running.permanent  # worth another attempt
     slow.release()
     assert ckpter.wait_committed(WAIT_S) is None
     assert _committed_steps(store) == [10] and ckpter.last.step == 10 and ckpter.commit_cost_s is not None
@@ -527,7 +528,9 @@ def test_async_upload_failure_is_reported_and_the_previous_commit_kept(store, ro
     ckpter.save(FakeEngine(deferred=True), _state(20))  # returns: the failure comes in the background
     failed = ckpter.wait_committed(WAIT_S)
 
-    assert failed.startswith("rank 0: TransientStorageError") and "stays uncommitted" in failed
+    # the injected failure is a StorageError (permanent): it stays permanent (uploader.upload_failure)
+    assert failed.startswith("rank 0: CheckpointError") and "stays uncommitted" in failed
+    assert failed.permanent  # so the loop ends the job instead of retrying it
     assert _committed_steps(store) == [10] and store.verify(store.committed()[0]) is None
     assert ckpter.last.step == 10
     [marker_file] = (root / "step-00000020" / "uploaded" / "attempt-00000001").glob("*/rank-00000.json")
@@ -544,7 +547,7 @@ def test_background_failures_are_reported_once(store, tmp_path, uploaders):
 
     first = ckpter.background_failures()
 
-    assert len(first) == 1 and first[0].startswith("TransientStorageError") and "injected" in first[0]
+    assert len(first) == 1 and first[0].startswith("CheckpointError") and "injected" in first[0]
     assert ckpter.background_failures() == [] and _committed_steps(store) == []
 
 
@@ -647,3 +650,38 @@ def test_storage_error_while_finding_is_not_swallowed(store, storage, tmp_path):
     loader = _ckpter(CheckpointStore(store.uri, storage=Unreadable()), tmp_path, attempt=2)
     with pytest.raises(StorageError, match="access denied"):
         loader.find()
+
+
+# ----- materialize: a missing file skips the checkpoint, access denied ends the job ------------------
+
+class _DownloadingStore(CheckpointStore):
+    """Reads its step directories by download, as it does from S3."""
+
+    def _local_step_dir(self, ckpt):
+        return None
+
+
+class _RefusingStorage(FakeStorage):
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.error = error
+
+    def download_file(self, uri: str, local_file: str) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize("error, expected", [
+    (NotFoundError("s3://b/ckpt/step-00000010/x: no such object (NoSuchKey)"), CheckpointError),
+    (StorageError("s3://b/ckpt/step-00000010/x: access denied (AccessDenied)"), StorageError),
+    (TransientStorageError("s3://b/ckpt/step-00000010/x: still failing (503)"), TransientStorageError),
+], ids=["missing-file", "access-denied", "throttled"])
+def test_materialize_skips_only_a_missing_file(root, tmp_path, error, expected):
+    _commit_steps(CheckpointStore(str(root), keep_last=3, storage=FakeStorage()), tmp_path, (10,))
+    store = _DownloadingStore(str(root), keep_last=3, storage=_RefusingStorage(error))
+    [ckpt] = store.committed()
+    with pytest.raises(expected) as raised:
+        store.materialize(ckpt, tmp_path / "scratch")
+    if expected is CheckpointError:  # the checkpoint is unusable: newest_verified passes over it
+        assert "failed verification" in str(raised.value)
+    else:  # the store's answer itself: the job ends (permanent) or the attempt is retried (temporary)
+        assert raised.value is error

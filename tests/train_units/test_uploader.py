@@ -137,9 +137,10 @@ def test_rank_markers_let_rank0_commit_without_collectives(s3, tmp_path):
     assert rank_marker_uri(markers, 2) == f"{step_uri}/uploaded/attempt-00000001/save-a/rank-00002.json"
 
 
-def test_missing_rank_marker_is_a_checkpoint_error(tmp_path):
+def test_missing_rank_marker_is_a_temporary_error(tmp_path):
+    """A rank that did not finish (lost, slow) is worth another attempt: the commit is abandoned as temporary."""
     storage = LocalStorage()
     write_rank_marker(storage, str(tmp_path), 0, [])
     naps = []
-    with pytest.raises(CheckpointError, match=r"rank\(s\) \[1\] did not finish"):
+    with pytest.raises(TransientStorageError, match=r"rank\(s\) \[1\] did not finish"):
         gather_rank_markers(storage, str(tmp_path), 2, timeout_s=0, sleep=naps.append)

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import CheckpointError, StaleAttemptError
+from orchestrator.errors import CheckpointError, PermanentError, StaleAttemptError
 from orchestrator.train.checkpoint import rng
 from orchestrator.train.checkpoint import uploader as up
 from orchestrator.train.checkpoint.store import (
@@ -67,6 +67,18 @@ class TorchCollectives:
         out = [None] * dist.get_world_size()
         dist.all_gather_object(out, obj)
         return out
+
+
+class CommitFailure(str):
+    """Why background checkpoint work did not commit (the same text on every rank); ``permanent``
+    when any rank's cause was a permanent error, so the caller raises the type the taxonomy needs."""
+
+    permanent: bool
+
+    def __new__(cls, text: str, permanent: bool) -> "CommitFailure":
+        failure = super().__new__(cls, text)
+        failure.permanent = permanent
+        return failure
 
 
 @dataclass(frozen=True)
@@ -178,7 +190,7 @@ class Checkpointer:
         """Background: tell rank 0 not to wait for this rank (the checkpoint stays uncommitted)."""
         log.warning("checkpoint step %d: rank %d upload failed, it stays uncommitted: %s", step, self.rank, exc)
         try:
-            up.write_rank_failure(self.store.storage, markers, self.rank, f"{type(exc).__name__}: {exc}")
+            up.write_rank_failure(self.store.storage, markers, self.rank, exc)  # the marker keeps its kind
         except Exception:  # noqa: BLE001 - rank 0 then times out waiting; still no commit
             pass
 
@@ -205,21 +217,23 @@ class Checkpointer:
             raise StaleAttemptError(f"attempt {self.attempt} is stale: a newer attempt registered; "
                                     "its background commit was refused")
 
-    def wait_committed(self, timeout_s: float | None) -> str | None:
+    def wait_committed(self, timeout_s: float | None) -> "CommitFailure | None":
         """Collective: wait (bounded) for this rank's in-flight uploads/commit; None when every rank's
         background work finished without error, else why not (the same answer on every rank)."""
         if self.uploader is None:
             return None
         error = None
         if not self.uploader.flush(timeout_s):
-            error = f"rank {self.rank}: checkpoint upload/commit still running after {timeout_s:.1f} s"
+            error = (f"rank {self.rank}: checkpoint upload/commit still running after {timeout_s:.1f} s", False)
         else:
             try:
                 self.uploader.raise_if_failed()
             except Exception as exc:  # noqa: BLE001 - every rank must learn the outcome
-                error = f"rank {self.rank}: {type(exc).__name__}: {exc}"
+                error = (f"rank {self.rank}: {type(exc).__name__}: {exc}", isinstance(exc, PermanentError))
         errors = [e for e in self.collectives.gather(error) if e]
-        return "; ".join(errors) if errors else None
+        if not errors:
+            return None
+        return CommitFailure("; ".join(m for m, _ in errors), permanent=any(p for _, p in errors))
 
     def background_failures(self) -> list[str]:
         """Finished background saves that failed on this rank (logged; training goes on)."""

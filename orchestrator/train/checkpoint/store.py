@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import storage as st
-from orchestrator.errors import CheckpointError, StaleAttemptError, StorageError
+from orchestrator.errors import CheckpointError, NotFoundError, StaleAttemptError
 
 log = logging.getLogger("bertctl.train.checkpoint")
 
@@ -73,6 +73,7 @@ class TrainState:
     lr_scheduler: dict[str, Any] = field(default_factory=dict)
     model_config: dict[str, Any] = field(default_factory=dict)
     nsp: bool = False
+    ledger: str = ""  # the data ledger's value at ``step`` (data/ledger.py); "" in older checkpoints
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
@@ -266,8 +267,8 @@ class CheckpointStore:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     self.storage.download_file(st.join(ckpt.uri, e.path), str(dest))
-                except StorageError:
-                    pass  # reported by verify() below as missing
+                except NotFoundError:
+                    pass  # reported by verify() below as missing; access denied and the like end the job
         reason = self.verify(ckpt, local)
         if reason:
             raise CheckpointError(f"checkpoint step {ckpt.step} at {ckpt.uri} failed verification: {reason}")

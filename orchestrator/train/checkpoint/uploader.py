@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import storage as st
-from orchestrator.errors import CheckpointError, TransientStorageError
+from orchestrator.errors import CheckpointError, PermanentError, TemporaryError, TransientStorageError
 from orchestrator.train.checkpoint.store import file_digest
 
 MARKER_DIR = "uploaded"
@@ -96,9 +96,7 @@ class AsyncUploader:
                                         "the checkpoint stays uncommitted")
         failures = [f.exception() for f in futures if f.exception() is not None]
         if failures:
-            detail = "; ".join(f"{type(e).__name__}: {e}" for e in failures[:5])
-            raise TransientStorageError(f"{len(failures)} of {len(futures)} checkpoint upload(s) failed "
-                                        f"({detail}); the checkpoint stays uncommitted", delay_s=5.0)
+            raise upload_failure(failures, len(futures))
         return [f.result() for f in futures]
 
     # --- commit ---------------------------------------------------------------------------------
@@ -171,6 +169,20 @@ class AsyncUploader:
         return finished
 
 
+def upload_failure(failures: list[BaseException], total: int) -> Exception:
+    """One error for the failed uploads of a checkpoint, as the taxonomy says: a permanent failure
+    (access denied, no such bucket) is a CheckpointError that ends the job at once, naming the file
+    and the fix; only temporary ones stay temporary, carrying the longest delay any of them asked for."""
+    permanent = [e for e in failures if isinstance(e, PermanentError)]
+    shown = permanent or failures
+    detail = "; ".join(f"{type(e).__name__}: {e}" for e in shown[:5])
+    what = f"{len(failures)} of {total} checkpoint upload(s) failed ({detail}); the checkpoint stays uncommitted"
+    if permanent:
+        return CheckpointError(f"{what} - the checkpoint URI is not writable: fix checkpoint.uri or its access")
+    delays = [e.delay_s for e in failures if isinstance(e, TemporaryError) and e.delay_s is not None]
+    return TransientStorageError(what, delay_s=max(delays) if delays else None)
+
+
 # --- cross-rank completion without collectives ---------------------------------------------------
 def marker_dir(step_uri: str, attempt_root: str, save_id: str) -> str:
     """Where the rank markers of one save live: scoped by the attempt and the save's id (rank 0
@@ -190,14 +202,19 @@ def write_rank_marker(storage: st.Storage, markers: str, rank: int, files: list[
     storage.write_bytes(rank_marker_uri(markers, rank), body)
 
 
-def write_rank_failure(storage: st.Storage, markers: str, rank: int, error: str) -> None:
-    """Written by a rank whose uploads failed, so rank 0 refuses to commit at once instead of waiting."""
-    storage.write_bytes(rank_marker_uri(markers, rank), json.dumps({"rank": rank, "error": error[:500]}).encode())
+def write_rank_failure(storage: st.Storage, markers: str, rank: int, error: str | BaseException) -> None:
+    """Written by a rank whose uploads failed, so rank 0 refuses to commit at once instead of waiting.
+    Given the exception, the marker also says whether it was permanent (rank 0 then raises a
+    permanent error too); given only its text, the failure counts as temporary."""
+    body = {"rank": rank, "error": (error if isinstance(error, str) else f"{type(error).__name__}: {error}")[:500],
+            "permanent": isinstance(error, PermanentError)}
+    storage.write_bytes(rank_marker_uri(markers, rank), json.dumps(body).encode())
 
 
 def gather_rank_markers(storage: st.Storage, markers: str, world_size: int, timeout_s: float,
                         poll_s: float = 0.2, sleep: Callable[[float], None] = time.sleep) -> list[Uploaded]:
-    """Every rank's uploaded files, once all ``world_size`` markers exist; else CheckpointError."""
+    """Every rank's uploaded files, once all ``world_size`` markers exist; else why not: a permanent
+    CheckpointError when a rank failed permanently, a TransientStorageError otherwise (or on timeout)."""
     deadline = time.monotonic() + timeout_s
     found: dict[int, list[Uploaded]] = {}
     while True:
@@ -206,13 +223,19 @@ def gather_rank_markers(storage: st.Storage, markers: str, world_size: int, time
             if rank not in found and storage.exists(uri):
                 marker = json.loads(storage.read_bytes(uri))
                 if marker.get("error"):
-                    raise CheckpointError(f"{markers}: rank {rank} failed to upload its files "
-                                          f"({marker['error']}); the checkpoint stays uncommitted")
+                    raise _rank_failed(markers, rank, marker)
                 found[rank] = [Uploaded(**f) for f in marker["files"]]
         if len(found) == world_size:
             return [f for rank in range(world_size) for f in found[rank]]
         if time.monotonic() >= deadline:
             missing = sorted(set(range(world_size)) - set(found))
-            raise CheckpointError(f"{markers}: rank(s) {missing} did not finish uploading within {timeout_s} s; "
-                                  "the checkpoint stays uncommitted and the previous one is used on resume")
+            raise TransientStorageError(f"{markers}: rank(s) {missing} did not finish uploading within {timeout_s} s; "
+                                        "the checkpoint stays uncommitted and the previous one is used on resume")
         sleep(poll_s)
+
+
+def _rank_failed(markers: str, rank: int, marker: dict) -> Exception:
+    what = f"{markers}: rank {rank} failed to upload its files ({marker['error']}); the checkpoint stays uncommitted"
+    if marker.get("permanent"):
+        return CheckpointError(f"{what} - fix checkpoint.uri or its access")
+    return TransientStorageError(what)

@@ -22,7 +22,7 @@ from pathlib import Path
 from orchestrator.contract import ENV_NOTICE_FILE, CheckpointRef, EndReason, ExitCode, Heartbeat
 from orchestrator.errors import BertctlError, ManifestError
 from orchestrator.spec import PretrainJob, load_manifest
-from orchestrator.train.driver.outcome import ending_of
+from orchestrator.train.driver.outcome import ending_of, retry_after_s
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import PreemptionWatcher
 
@@ -68,7 +68,7 @@ def _last_metrics(path: Path) -> dict:
 
 
 def _final_beat(identity: Identity, job: PretrainJob | None, code: ExitCode, reason: EndReason,
-                message: str | None, metrics: dict) -> Heartbeat:
+                message: str | None, metrics: dict, retry_after: float | None = None) -> Heartbeat:
     status = {ExitCode.SUCCEEDED: "succeeded", ExitCode.PREEMPTED: "preempted"}.get(code, "failed")
     return Heartbeat(
         attempt=identity.attempt, status=status, reason=reason, message=(message or None) and message[:4000],
@@ -76,7 +76,7 @@ def _final_beat(identity: Identity, job: PretrainJob | None, code: ExitCode, rea
         loss=metrics.get("loss"), mlm_accuracy=metrics.get("mlm_accuracy"),
         nsp_accuracy=metrics.get("nsp_accuracy"), tokens_per_s=metrics.get("tokens_per_s"),
         lr=metrics.get("lr"), tokens_seen=metrics.get("tokens_seen"),
-        checkpoint=_newest_checkpoint(job) if job else None)
+        checkpoint=_newest_checkpoint(job) if job else None, retry_after_s=retry_after)
 
 
 def _already_done(store, job: PretrainJob, work_dir: Path) -> bool:
@@ -165,16 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         identity = Identity.from_env(default_job_id=job.metadata.name)
         log.info("attempt %d of job %s starting (work dir %s)", identity.attempt, identity.job_id, work_dir)
         run_attempt(job, identity, work_dir, metrics_file, prepare=not args.no_prepare)
-        code, reason, message = ExitCode.SUCCEEDED, EndReason.SUCCEEDED, None
+        code, reason, message, retry_after = ExitCode.SUCCEEDED, EndReason.SUCCEEDED, None, None
     except BaseException as exc:  # noqa: BLE001 - every ending maps to one exit code
         if isinstance(exc, KeyboardInterrupt):
             raise
         code, reason, decisive = ending_of(exc)
-        message = f"{type(decisive).__name__}: {decisive}"
+        message, retry_after = f"{type(decisive).__name__}: {decisive}", retry_after_s(decisive)
         if isinstance(decisive, ManifestError):
             print(str(decisive), file=sys.stderr)
         log.error("attempt failed (%s, exit %d): %s", reason.value, int(code), message)
-    beat = _final_beat(identity, job, code, reason, message, _last_metrics(metrics_file))
+    beat = _final_beat(identity, job, code, reason, message, _last_metrics(metrics_file), retry_after)
     HeartbeatClient(identity).send_final(beat)
     log.info("attempt ended: %s (exit %d) after %.1fs", reason.value, int(code), time.time() - started)
     if args.work_dir is None:  # our own temporary directory (Ray results, scratch, metrics)

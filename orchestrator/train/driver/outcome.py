@@ -1,15 +1,19 @@
-"""How a training attempt ends: typed exceptions raised in workers (worker/errors.py), mapped to
-contract exit codes.
+"""How a training attempt ends: typed exceptions (errors.py, worker/errors.py) mapped to contract
+exit codes, which the manager's policy maps to a decision (manager/policy.py).
 
 Ray Train wraps a worker's exception (WorkerGroupError -> per-rank failures, possibly inside a
-RayTaskError); ``ending_of`` digs the original out and maps it. Anything unrecognised is an
-infrastructure failure (retried by the manager), never a silent success.
+RayTaskError); ``ending_of`` digs the original out and maps it. The error taxonomy decides: a
+permanent error (a storage or checkpoint error, bad config or data) gets a code that is never
+retried, and beats a temporary one found beside it (another rank's); a temporary one is
+INFRASTRUCTURE, retried after the delay it carries (``retry_after_s``). Anything unrecognised is
+an infrastructure failure (retried), never a silent success.
 """
 
 from __future__ import annotations
 
 from orchestrator.contract import EndReason, ExitCode
-from orchestrator.errors import CheckpointError, DataError, ManifestError, StaleAttemptError, StorageError
+from orchestrator.errors import (CheckpointError, DataError, ManifestError, PermanentError, StaleAttemptError,
+                                 StorageError, TemporaryError)
 from orchestrator.train.worker.errors import NanLossError, PreemptedError
 
 
@@ -20,10 +24,12 @@ _CODES: list[tuple[type[BaseException] | str, ExitCode, EndReason]] = [
     (StaleAttemptError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
     (ManifestError, ExitCode.USER_ERROR, EndReason.INVALID_CONFIG),
     (DataError, ExitCode.DATA_ERROR, EndReason.DATA_ERROR),
-    (StorageError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
-    (CheckpointError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (StorageError, ExitCode.STORAGE_ERROR, EndReason.STORAGE_ERROR),
+    (CheckpointError, ExitCode.CHECKPOINT_ERROR, EndReason.CHECKPOINT_ERROR),
     (MemoryError, ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),
     ("OutOfMemoryError", ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),  # torch.OutOfMemoryError
+    (PermanentError, ExitCode.USER_ERROR, EndReason.INVALID_CONFIG),  # any other: its message says what to fix
+    (TemporaryError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
 ]
 
 
@@ -57,3 +63,14 @@ def ending_of(exc: BaseException) -> tuple[ExitCode, EndReason, BaseException]:
             if _matches(e, kind):
                 return code, reason, e
     return ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE, chain[-1] if chain else exc
+
+
+def retry_after_s(decisive: BaseException) -> float | None:
+    """The delay the deciding error asks the manager to wait before the next attempt, if any
+    (within the heartbeat's bounds: a day at most; the policy caps it at max_backoff_s anyway)."""
+    delay = getattr(decisive, "delay_s", None) if isinstance(decisive, TemporaryError) else None
+    try:
+        delay = float(delay) if delay is not None else None
+    except (TypeError, ValueError):
+        return None
+    return None if delay is None or not 0 <= delay < float("inf") else min(delay, 86400.0)
