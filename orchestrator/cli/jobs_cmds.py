@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -11,7 +12,8 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import app, console
-from orchestrator.cli.follow import STATUS_BAR, follow_job
+from orchestrator.cli.follow import STATUS_BAR, fmt_count, fmt_loss, fmt_seconds, fmt_share, follow_job
+from orchestrator.contract import ENV_MANAGER_URLS
 from orchestrator.manager.phases import Phase
 from orchestrator.spec import read_manifest_text
 
@@ -20,6 +22,12 @@ if TYPE_CHECKING:  # the server module loads FastAPI; only `bertctl server` need
 
 URL = typer.Option(None, "--url", help="Manager URL (default: $BERTCTL_URL or http://127.0.0.1:8470).")
 TOKEN = typer.Option(None, "--token", help="Bearer token (default: $BERTCTL_TOKEN).")
+# Several `bertctl server` replicas on one PostgreSQL (docs/manager.md, "A highly available manager").
+LEASE_TTL = typer.Option(8.0, "--lease-ttl-s", min=1.0, help="The supervisor's lease: a dead supervising "
+                         "replica is replaced within about this.")
+MANAGER_URLS = typer.Option(None, "--manager-urls", envvar=ENV_MANAGER_URLS, help="Every replica's URL, "
+                            "comma-separated: local trainers fail over between them (on Kubernetes the Service "
+                            "is enough).")
 
 
 def _client(url: str | None, token: str | None):
@@ -44,16 +52,26 @@ def server_cmd(
                                   "for every attempt (--no-warm-ray: each attempt starts its own cluster)."),
     check: bool = typer.Option(False, "--check-config", help="Check the token, backend and database URL, "
                                "print the resolved settings and exit (no database, socket or cluster is touched)."),
+    lease_ttl_s: float = LEASE_TTL,
+    manager_urls: Optional[str] = MANAGER_URLS,
 ) -> None:
-    """Run the job manager (API + supervisor) in the foreground. Needs BERTCTL_ADMIN_TOKEN(_FILE)."""
+    """Run the job manager (API + supervisor; replicas on one PostgreSQL: one supervises) in the
+    foreground. Needs BERTCTL_ADMIN_TOKEN(_FILE)."""
     from orchestrator.manager.server import ManagerConfig, default_data_dir
 
+    _trainers_report_to(manager_urls)
     cfg = ManagerConfig(host=host, port=port, database_url=database_url, data_dir=data_dir or default_data_dir(),
-                        supervise=supervise, backend=backend, warm_ray=warm_ray)
+                        supervise=supervise, backend=backend, warm_ray=warm_ray, lease_ttl_s=lease_ttl_s)
     if check:
         _check_config(cfg)
     else:
         _serve(cfg)
+
+
+def _trainers_report_to(manager_urls: str | None) -> None:
+    """The local backend hands this to every trainer (contract.INHERITED_BERTCTL_ENV)."""
+    if manager_urls:
+        os.environ[ENV_MANAGER_URLS] = manager_urls
 
 
 def _check_config(cfg: ManagerConfig) -> None:
@@ -136,12 +154,13 @@ def _print_job(job: dict) -> None:
     g = job.get("goodput") or {}
     m = job.get("metrics") or {}
     lines = [f"job        {job['id']}  ({job['phase']})", f"message    {job['message'] or '-'}",
-             f"step       {job['step']}/{job['max_steps']}  loss {m.get('loss', '-')}  tokens/s {m.get('tokens_per_s', '-')}",
+             f"step       {job['step']}/{job['max_steps']}  loss {fmt_loss(m.get('loss'))}  "
+             f"{fmt_count(m.get('tokens_per_s'))} tokens/s",
              f"attempt    {job['current_attempt']}  restarts {job['restarts_used']}"
              + (f"  starting: {job['startup_phase']}" if job.get("startup_phase") else ""),
              f"checkpoint {'-' if not ck else str(ck['step']) + ' ' + ck['uri']}",
-             f"goodput    productive {g.get('productive_fraction')}  steps lost {g.get('steps_lost')}  "
-             f"recovery {g.get('recovery_s')}s  checkpointing {g.get('checkpoint_s')}s"]
+             f"goodput    productive {fmt_share(g.get('productive_fraction'))}  steps lost {g.get('steps_lost', '-')}  "
+             f"recovery {fmt_seconds(g.get('recovery_s'))}  checkpointing {fmt_seconds(g.get('checkpoint_s'))}"]
     for a in job.get("attempts", []):
         lines.append(f"  attempt {a['number']}: {a['state']} {a['end_reason'] or ''} step {a['last_step']}"
                      + (f" exit {a['exit_code']}" if a["exit_code"] is not None else ""))

@@ -41,8 +41,9 @@ def make_engine(url: str, schema: str | None = None) -> Engine:
         options = "-csynchronous_commit=off" + (f" -csearch_path={schema}" if schema else "")
         # No pre-ping (a round trip per checkout); a dropped connection fails one request, which
         # its caller retries (heartbeats repeat, the supervisor loops), and is then replaced.
+        # A bounded connect: the supervisor's lease (lease.py) must learn soon that the server is gone.
         return create_engine(parsed, pool_size=10, max_overflow=10, pool_recycle=600,
-                             connect_args={"options": options})
+                             connect_args={"options": options, "connect_timeout": 10})
     raise PermanentError(f"unsupported database '{parsed.get_backend_name()}'; use sqlite or postgresql")
 
 

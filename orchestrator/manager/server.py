@@ -21,11 +21,12 @@ from typing import Sequence
 import uvicorn
 
 from orchestrator.errors import PermanentError
-from orchestrator.manager.api import create_app
+from orchestrator.manager.api import create_app, metrics_history, ui
 from orchestrator.manager.auth import Authenticator, admin_token_from_env, ENV_ADMIN_TOKEN
 from orchestrator.manager.backends import base
 from orchestrator.manager.backends.local import LocalBackend
 from orchestrator.manager.backends.local_ray import LocalRayCluster
+from orchestrator.manager.lease import DEFAULT_TTL_S, Lease
 from orchestrator.manager.store import Store
 from orchestrator.manager.supervisor import Supervisor
 
@@ -70,6 +71,7 @@ class ManagerConfig:
     db_schema: str | None = None             # PostgreSQL schema (tests use a fresh one)
     supervise: bool = True                   # False: API only (benchmarks, a second read-only API)
     warm_ray: bool = True                    # local attempts of the bundled trainer share one Ray head
+    lease_ttl_s: float = DEFAULT_TTL_S       # the supervisor's lease (manager/lease.py): takeover after <= this
 
     def resolved_url(self) -> str:
         url = self.database_url or os.environ.get(ENV_DATABASE_URL)
@@ -89,10 +91,15 @@ class Manager:
         self.store.migrate()
         self.auth = Authenticator(self.store, token)
         self.app = create_app(self.store, self.auth, backend=cfg.backend)
+        self.app.include_router(metrics_history.router)
+        ui.install(self.app)  # the dashboard at /ui
         self.sock = _bind(cfg.host, cfg.port)
         self.port = self.sock.getsockname()[1]
+        self.lease = Lease(self.store, ttl_s=cfg.lease_ttl_s)
+        self.app.state.lease = self.lease  # /healthz says whether this replica supervises
         self.supervisor = Supervisor(self.store, self.backends, self.url, stall_grace_s=cfg.stall_grace_s,
-                                     cancel_grace_s=cfg.cancel_grace_s, interval_s=cfg.interval_s)
+                                     cancel_grace_s=cfg.cancel_grace_s, interval_s=cfg.interval_s,
+                                     lease=self.lease)
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
                                                     timeout_graceful_shutdown=2))
 
@@ -133,6 +140,8 @@ class Manager:
     def close_backends(self, force: bool = False) -> None:
         """Release what the backends hold (the warm Ray head). While jobs are active a graceful stop
         leaves it running: their attempts train on, and the next manager adopts both."""
+        if self.lease.started and not self.lease.ever_held:
+            return  # a standby replica started nothing: what the backends hold is the supervisor's
         if not force and self.store.active_jobs():
             log.info("jobs are active: the local Ray head keeps running for the next manager to adopt")
             return
@@ -179,7 +188,12 @@ class ServerThread:
                 raise PermanentError("the embedded manager's HTTP server did not start")
             time.sleep(0.02)
         if self.supervise:
-            self.manager.supervisor.start()
+            try:
+                self.manager.supervisor.start()
+            except BaseException:  # e.g. a second manager on one SQLite file: serve nothing
+                self.manager.server.should_exit = True
+                self._thread.join(10)
+                raise
         return self
 
     def alive(self) -> bool:

@@ -10,6 +10,12 @@ Every backend call that may wait (a launch, which on KubeRay first fences older 
 every terminate) runs in a thread beside the loop: the job is skipped (``_busy``) until that
 thread is done, so one draining cluster never holds up the supervision of other jobs.
 
+Several replicas (manager/lease.py): the loop acts only while this replica holds the lease.
+A new term (the first, or a takeover) begins by adopting every live attempt; the lease is checked
+before each job and verified against the database (holder and epoch) just before an attempt is
+recorded or launched, and an attempt that a newer term ended while this one was launching it is
+stopped at once (its trainer is fenced off by its attempt number in any case).
+
 Liveness: until its first training heartbeat (the job still LAUNCHING) an attempt has
 ``recovery.startup_timeout_s`` from its creation (or adoption) to start training; 'starting'
 heartbeats are recorded but do not extend that deadline. Afterwards it may be silent at most
@@ -28,6 +34,7 @@ from orchestrator.errors import PermanentError
 from orchestrator.manager.auth import hash_token, new_token
 from orchestrator.manager.backends.base import AttemptStatus, Backend, LaunchRequest, RunState
 from orchestrator.manager.heartbeats import record_startup_phase
+from orchestrator.manager.lease import Lease
 from orchestrator.manager.models import AttemptState
 from orchestrator.manager.phases import WAITING, Phase
 from orchestrator.manager.policy import decide_attempt_end, unfenced_failure
@@ -42,8 +49,10 @@ log = logging.getLogger("bertctl.manager")
 
 class Supervisor:
     def __init__(self, store: Store, backends: dict[str, Backend], manager_url: str | Callable[[], str],
-                 stall_grace_s: float = 5.0, cancel_grace_s: float | None = None, interval_s: float = 1.0):
+                 stall_grace_s: float = 5.0, cancel_grace_s: float | None = None, interval_s: float = 1.0,
+                 lease: Lease | None = None):
         self.store, self.backends = store, backends
+        self.lease = lease  # None: this supervisor is the only one (tests, a single embedded manager)
         self._url = manager_url
         self.stall_grace_s = stall_grace_s
         self.cancel_grace_s = cancel_grace_s  # None: the manifest's preemption deadline + 5 s
@@ -59,24 +68,46 @@ class Supervisor:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def adopt(self, now: float) -> None:
-        """At manager start: remember running attempts so their heartbeat clock restarts now
-        (they could not report while we were down); poll decides whether they still live."""
+    def adopt(self, now: float, why: str = "manager started") -> None:
+        """At the start of a term (manager start, takeover): remember running attempts so their
+        heartbeat clock restarts now (they may not have reached a supervisor meanwhile); poll
+        decides whether they still live."""
         for job, att in self.store.active_jobs():
             if att and att["state"] != AttemptState.ENDED.value:
                 self._adopted_at[(job["id"], att["number"])] = now
-                self.store.note(job["id"], "adopting", f"manager started; checking attempt {att['number']}",
+                self.store.note(job["id"], "adopting", f"{why}; checking attempt {att['number']}",
                                 now, attempt=att["number"])
+
+    def _elected(self) -> bool:
+        """Whether this supervisor takes part in an election (else it is alone: a test steps it)."""
+        return self.lease is not None and self.lease.started
+
+    def leading(self) -> bool:
+        """Whether this replica may act now (always, when it is alone)."""
+        return not self._elected() or self.lease.held()
+
+    def _term(self) -> int | None:
+        """The epoch this replica supervises under (0 when alone), None while it does not."""
+        return self.lease.epoch if self._elected() else 0
+
+    def _confirmed(self, epoch: int | None) -> bool:
+        """Just before acting: the database still says this replica supervises in ``epoch``."""
+        return not self._elected() or self.lease.verify(epoch)
 
     def reconcile_once(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for job, att in self.store.active_jobs():
+            if not self.leading():  # the lease was lost mid-iteration: stop at once
+                return
             try:
                 self._reconcile(job, att, now)
             except Exception:  # one job's trouble must not stop the others; retried next iteration
                 log.exception("reconcile of job %s failed; will retry", job["id"])
 
     def start(self) -> None:
+        """Join the election (on SQLite: refuse to run beside another live manager), then loop."""
+        if self.lease is not None:
+            self.lease.start()
         self._thread = threading.Thread(target=self._run, name="bertctl-supervisor", daemon=True)
         self._thread.start()
 
@@ -84,6 +115,9 @@ class Supervisor:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout_s)
+        if self._elected():  # hand over only once this replica's own launches and stops are done
+            self.wait_idle(timeout_s)
+            self.lease.stop()
 
     def wait_idle(self, timeout_s: float = 60.0, jobs: Iterable[str] | None = None) -> bool:
         """Wait for the launches and stops now running beside the loop (of ``jobs``, or all);
@@ -97,9 +131,15 @@ class Supervisor:
         return not wanted & set(self._busy)
 
     def _run(self) -> None:
-        self.adopt(time.time())
+        term: int | None = None
         while not self._stop.is_set():
-            self.reconcile_once()
+            current = self._term()
+            if current is not None:
+                if current != term:
+                    why = f"supervising (lease epoch {current})" if self._elected() else "manager started"
+                    self.adopt(time.time(), why)
+                self.reconcile_once()
+            term = current
             self._stop.wait(self.interval_s)
 
     # -- one job --------------------------------------------------------------------------------
@@ -128,15 +168,23 @@ class Supervisor:
         number = job["current_attempt"] + 1
         token = new_token()
         backend = self._backend(job)
-        if not self.store.start_attempt(job["id"], number, hash_token(token), now):
+        epoch = self._term()
+        if not self._confirmed(epoch) or not self.store.start_attempt(job["id"], number, hash_token(token), now):
             return
         request = LaunchRequest(job_id=job["id"], attempt=number, manifest=job["manifest"],
                                 manager_url=self.manager_url, attempt_token=token,
                                 mtbp_s=self.store.mtbp_s(job["id"], now))
-        self._beside(job["id"], f"launch-{job['id']}", lambda: self._launch_now(job, backend, request, now))
+        self._beside(job["id"], f"launch-{job['id']}",
+                     lambda: self._launch_now(job, backend, request, now, epoch))
 
-    def _launch_now(self, job: dict[str, Any], backend: Backend, request: LaunchRequest, now: float) -> None:
+    def _launch_now(self, job: dict[str, Any], backend: Backend, request: LaunchRequest, now: float,
+                    epoch: int | None = 0) -> None:
         number = request.attempt
+        if not self._confirmed(epoch):
+            # Another replica took over since the attempt was recorded: it finds the attempt
+            # LAUNCHING without a handle, fences it through the backend and retries it.
+            log.warning("job %s attempt %d not launched: this replica no longer supervises", job["id"], number)
+            return
         try:
             handle = backend.launch(request)
         except Exception as exc:  # the attempt never ran: fence whatever may exist, then decide
@@ -144,6 +192,16 @@ class Supervisor:
             self._end(job, number, "", reason, now, message=f"launch failed: {exc}")
             return
         self.store.record_launch(job["id"], number, handle, backend.log_path(job["id"], number, handle) or "", now)
+        self._stop_if_orphaned(job, backend, number, handle)
+
+    def _stop_if_orphaned(self, job: dict[str, Any], backend: Backend, number: int, handle: str) -> None:
+        """A newer term ended this attempt while this replica was launching it (the recorded attempt
+        does not carry our handle): what we started must not run beside the attempt that follows."""
+        att = next((a for a in self.store.attempts(job["id"]) if a["number"] == number), None)
+        if att is not None and att["state"] == AttemptState.ENDED.value and att["handle"] != handle:
+            log.warning("job %s attempt %d was ended by another replica while launching; stopping it",
+                        job["id"], number)
+            backend.terminate(job["id"], number, handle, 0.0)
 
     def _watch(self, job: dict[str, Any], att: dict[str, Any], now: float) -> None:
         if att["state"] == AttemptState.LAUNCHING.value:
@@ -155,7 +213,8 @@ class Supervisor:
         status = self._backend(job).poll(job["id"], att["number"], att["handle"])
         if status.state in (RunState.EXITED, RunState.GONE):
             self._end_in_background(job, att["number"], att["handle"], self._reason(att, status), now,
-                                    grace_s=0.0, exit_code=status.exit_code, message=status.message)
+                                    grace_s=0.0, exit_code=status.exit_code, message=status.message,
+                                    final=att.get("metrics"))
             return
         if status.state is RunState.STARTING and status.message and status.message[:200] != att.get("startup_phase"):
             # What the backend sees the attempt wait for (pods Pending for capacity, an image pull):
@@ -206,11 +265,13 @@ class Supervisor:
                                 message="cancelled by a user")
 
     def _end_in_background(self, job: dict[str, Any], number: int, handle: str, reason: EndReason, now: float,
-                           grace_s: float, message: str, exit_code: int | None = None) -> None:
+                           grace_s: float, message: str, exit_code: int | None = None,
+                           final: dict[str, Any] | None = None) -> None:
         """Fencing may take minutes (a grace period, pods draining): do it beside the loop so other
-        jobs are still supervised meanwhile; the job is skipped until its attempt is fenced and recorded."""
+        jobs are still supervised meanwhile; the job is skipped until its attempt is fenced and recorded.
+        ``final``: the trainer's final word (heartbeats._final), which the policy reads."""
         self._beside(job["id"], f"stop-{job['id']}", lambda: self._end(
-            job, number, handle, reason, now, exit_code=exit_code, message=message, grace_s=grace_s))
+            job, number, handle, reason, now, exit_code=exit_code, message=message, grace_s=grace_s, final=final))
 
     def _beside(self, job_id: str, name: str, work: Callable[[], None]) -> None:
         """Run one job's slow backend work in its own thread; the loop skips the job meanwhile.
@@ -228,12 +289,17 @@ class Supervisor:
         thread.start()
 
     def _end(self, job: dict[str, Any], number: int, handle: str, reason: EndReason, now: float,
-             exit_code: int | None = None, message: str = "", grace_s: float = 0.0) -> None:
+             exit_code: int | None = None, message: str = "", grace_s: float = 0.0,
+             final: dict[str, Any] | None = None) -> None:
+        if not self.leading():  # decided in a term that has ended: the next supervisor judges again
+            return
         # Fence first: nothing of attempt `number` may run once it is recorded ENDED.
         started = time.monotonic()
         recovery = job["manifest"]["spec"]["recovery"]
+        final = final or {}
         decision = decide_attempt_end(reason, job["restarts_used"], recovery["max_restarts"],
-                                      recovery["backoff_s"], recovery["max_backoff_s"])
+                                      recovery["backoff_s"], recovery["max_backoff_s"],
+                                      retry_after_s=final.get("retry_after_s"), detail=final.get("final_message") or "")
         try:
             self._backend(job).terminate(job["id"], number, handle, grace_s)
         except PermanentError as exc:

@@ -2,7 +2,10 @@
 
 Training must never wait on the manager: ``HeartbeatClient.send`` only replaces the pending
 heartbeat (newer ones coalesce older ones) and a background thread POSTs it with a short
-timeout. An unreachable manager is logged once and otherwise ignored. HTTP 409 means a newer
+timeout. Several manager replicas (a highly available manager) are tried in turn: the first URL
+is the replica that launched the attempt, ``BERTCTL_MANAGER_URLS`` names the others, and a
+replica that does not answer (or answers 5xx) hands the heartbeat to the next one, which is then
+kept. Only when none answers is it logged (once) and otherwise ignored. HTTP 409 means a newer
 attempt exists: this attempt is fenced, ``fenced`` turns true and the loop stops without
 checkpointing. The bearer token lives only in the request header, never in a log line.
 """
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.contract import (
-    ENV_ATTEMPT, ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_JOB_ID, ENV_MANAGER_URL, Heartbeat,
+    ENV_ATTEMPT, ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_JOB_ID, ENV_MANAGER_URL, ENV_MANAGER_URLS,
+    Heartbeat,
 )
 from orchestrator.errors import ManifestError
 
@@ -31,7 +35,7 @@ class Identity:
 
     job_id: str
     attempt: int = 1
-    manager_url: str | None = None
+    manager_url: str | None = None  # one URL, or several comma-separated (replicas, tried in order)
     token: str | None = None
 
     @classmethod
@@ -40,8 +44,9 @@ class Identity:
         raw = env.get(ENV_ATTEMPT, "1") or "1"
         if not raw.isdigit() or int(raw) < 1:
             raise ManifestError([(ENV_ATTEMPT, f"must be a positive integer, got {raw!r}")])
+        urls = manager_urls(f"{env.get(ENV_MANAGER_URL, '')},{env.get(ENV_MANAGER_URLS, '')}")
         return cls(job_id=env.get(ENV_JOB_ID) or default_job_id, attempt=int(raw),
-                   manager_url=(env.get(ENV_MANAGER_URL) or None), token=(env.get(ENV_ATTEMPT_TOKEN) or None))
+                   manager_url=",".join(urls) or None, token=(env.get(ENV_ATTEMPT_TOKEN) or None))
 
     @staticmethod
     def token_from_env(env: dict[str, str] | None = None) -> str | None:
@@ -64,11 +69,23 @@ class Identity:
     __str__ = __repr__
 
 
+def manager_urls(raw: str | None) -> list[str]:
+    """Comma-separated URLs -> the distinct ones, in order, without trailing slashes."""
+    found: list[str] = []
+    for url in (raw or "").split(","):
+        url = url.strip().rstrip("/")
+        if url and url not in found:
+            found.append(url)
+    return found
+
+
 class HeartbeatClient:
     """Sends heartbeats from one process; a no-op when there is no manager URL."""
 
     def __init__(self, identity: Identity, timeout_s: float = 2.0):
         self.identity = identity
+        self._urls = manager_urls(identity.manager_url)
+        self._current = 0  # the replica that answered last
         self.timeout_s = timeout_s
         self.fenced = threading.Event()
         self._pending: Heartbeat | None = None
@@ -83,9 +100,10 @@ class HeartbeatClient:
 
     @property
     def url(self) -> str | None:
-        if not self.identity.manager_url:
+        """The heartbeat endpoint on the replica now in use."""
+        if not self._urls:
             return None
-        return f"{self.identity.manager_url.rstrip('/')}/v1/jobs/{self.identity.job_id}/heartbeat"
+        return f"{self._urls[self._current]}/v1/jobs/{self.identity.job_id}/heartbeat"
 
     def send(self, beat: Heartbeat) -> None:
         """Queue a heartbeat; never blocks. A newer one replaces one not yet sent."""
@@ -129,23 +147,41 @@ class HeartbeatClient:
             self._post(beat, self.timeout_s)
 
     def _post(self, beat: Heartbeat, timeout_s: float) -> int | None:
+        """POST to the replica in use; one that does not answer or answers 5xx passes the beat on to
+        the next replica (each tried once per beat)."""
         import httpx
 
         headers = {"Authorization": f"Bearer {self.identity.token}"} if self.identity.token else {}
-        try:
-            resp = httpx.post(self.url, content=beat.model_dump_json(exclude_none=True),
-                              headers={**headers, "Content-Type": "application/json"}, timeout=timeout_s)
-        except httpx.HTTPError as exc:
-            self._warn_once(f"manager unreachable ({type(exc).__name__}); training goes on, heartbeats dropped")
-            return None
-        if resp.status_code == 409:
+        headers["Content-Type"] = "application/json"
+        body = beat.model_dump_json(exclude_none=True)
+        for _ in range(len(self._urls)):
+            try:
+                resp = httpx.post(self.url, content=body, headers=headers, timeout=timeout_s)
+            except httpx.HTTPError as exc:
+                failure = type(exc).__name__
+            else:
+                if resp.status_code < 500:
+                    return self._answered(resp.status_code)
+                failure = f"HTTP {resp.status_code}"
+            self._next_replica(failure)
+        self._warn_once(f"manager unreachable ({failure}); training goes on, heartbeats dropped")
+        return None
+
+    def _next_replica(self, failure: str) -> None:
+        if len(self._urls) > 1:
+            log.info("manager %s did not take a heartbeat (%s); trying %s", self._urls[self._current], failure,
+                     self._urls[(self._current + 1) % len(self._urls)])
+        self._current = (self._current + 1) % len(self._urls)
+
+    def _answered(self, status_code: int) -> int:
+        if status_code == 409:
             if not self.fenced.is_set():
                 log.error("manager answered 409: a newer attempt than %d exists; this attempt is fenced "
                           "and stops without checkpointing", self.identity.attempt)
             self.fenced.set()
-        elif resp.status_code >= 400:
-            self._warn_once(f"manager refused a heartbeat with HTTP {resp.status_code}; training goes on")
-        return resp.status_code
+        elif status_code >= 400:
+            self._warn_once(f"manager refused a heartbeat with HTTP {status_code}; training goes on")
+        return status_code
 
     def _warn_once(self, message: str) -> None:
         if not self._warned:

@@ -121,5 +121,37 @@ CONTAINER_NODE_POOL: dict[str, Any] = {
     },
 }
 
+# Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), the fields k8s/monitoring uses.
+_SECRET_KEY = {"type": "object", "required": ["name", "key"], "additionalProperties": False,
+               "properties": {"name": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1},
+                              "optional": {"type": "boolean"}}}
+_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_LABEL_SELECTOR = {"type": "object", "additionalProperties": False,
+                   "properties": {"matchLabels": _STR_MAP, "matchExpressions": {"type": "array"}}}
+_SM_ENDPOINT = {"type": "object", "additionalProperties": False,
+                "properties": {"port": {"type": "string"}, "targetPort": {}, "path": {"type": "string"},
+                               "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                               "interval": _DURATION, "scrapeTimeout": _DURATION, "honorLabels": {"type": "boolean"},
+                               "honorTimestamps": {"type": "boolean"},
+                               "authorization": {"type": "object", "additionalProperties": False,
+                                                 "properties": {"type": {"type": "string"},
+                                                                "credentials": _SECRET_KEY}},
+                               "tlsConfig": {"type": "object"}, "relabelings": {"type": "array"},
+                               "metricRelabelings": {"type": "array"}, "params": {"type": "object"}}}
+SERVICEMONITOR: dict[str, Any] = {
+    "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"}, "metadata": _META,
+        "spec": {"type": "object", "required": ["selector", "endpoints"], "additionalProperties": False,
+                 "properties": {"selector": _LABEL_SELECTOR, "jobLabel": {"type": "string"},
+                                "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                                      "properties": {"any": {"type": "boolean"},
+                                                                     "matchNames": {"type": "array",
+                                                                                    "items": {"type": "string"}}}},
+                                "endpoints": {"type": "array", "minItems": 1, "items": _SM_ENDPOINT}}},
+    },
+}
+
 CUSTOM = {("ray.io/v1", "RayJob"): RAYJOB, ("karpenter.sh/v1", "NodePool"): NODEPOOL,
-          ("container.cnrm.cloud.google.com/v1beta1", "ContainerNodePool"): CONTAINER_NODE_POOL}
+          ("container.cnrm.cloud.google.com/v1beta1", "ContainerNodePool"): CONTAINER_NODE_POOL,
+          ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICEMONITOR}

@@ -78,3 +78,20 @@ def test_overlays_bind_cloud_identity():
     for target, key in (("overlays/aws", "eks.amazonaws.com/role-arn"), ("overlays/gke", "iam.gke.io/gcp-service-account")):
         sa = next(o for o in build(target) if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "bertctl-trainer")
         assert key in sa["metadata"]["annotations"]
+
+
+def test_the_manager_runs_two_replicas_that_a_drain_never_takes_together():
+    objs = build("base")
+    dep = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "bertctl-manager")
+    pdb = next(o for o in objs if o["kind"] == "PodDisruptionBudget" and o["metadata"]["name"] == "bertctl-manager")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "an update keeps one replica serving"
+    assert pdb["spec"]["minAvailable"] == 1 and "maxUnavailable" not in pdb["spec"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items(), "the budget covers the manager's pods"
+    spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert "kubernetes.io/hostname" in {c["topologyKey"] for c in spread}, "replicas on different nodes"
+    service = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "bertctl-manager")
+    assert service["spec"]["selector"].items() <= labels.items(), "trainers report to every replica through the Service"
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["BERTCTL_MANAGER_URL"] == "http://bertctl-manager.bertctl.svc:8470"
