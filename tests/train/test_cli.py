@@ -17,6 +17,13 @@ from tests.train.conftest import MODULES, manifest
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
+STEPS = 100  # enough to measure how much the trainer log grows per step
+MAX_LOG_BYTES_PER_STEP = 200
+
+
+def log_bytes_per_step(log: bytes, steps: int) -> float:
+    """The trainer log's growth while training: from the workers' last `engine_built` to `fit_end`."""
+    return (log.index(b"timing: fit_end") - log.rindex(b"timing: engine_built")) / steps
 
 
 def test_bertctl_run_prepares_trains_exports_and_fills_masks(tmp_path):
@@ -24,7 +31,7 @@ def test_bertctl_run_prepares_trains_exports_and_fills_masks(tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(module_docstrings(f) for f in stdlib_files() if f.stem in MODULES[:8]))
-    job = manifest(tmp_path / "job.yaml", tmp_path / "shards", tmp_path / "out" / "ckpt", steps=6, every=3,
+    job = manifest(tmp_path / "job.yaml", tmp_path / "shards", tmp_path / "out" / "ckpt", steps=STEPS, every=50,
                    name="cli-run")
     doc = yaml.safe_load(job.read_text())
     doc["spec"]["data"]["prepare"] = {"inputs": [str(corpus)]}
@@ -34,7 +41,7 @@ def test_bertctl_run_prepares_trains_exports_and_fills_masks(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "shards" / "index.json").is_file()
-    assert "trained steps 1-6" in out.stdout and "1 attempt(s)" in out.stdout
+    assert f"trained steps 1-{STEPS}" in out.stdout and "1 attempt(s)" in out.stdout
     assert (tmp_path / "out" / "export" / "model.safetensors").is_file()
     assert "[MASK]" in out.stdout and "->" in out.stdout  # the fill-mask example was printed
     # It went through the manager: the embedded store holds the job, its attempt, checkpoints, events.
@@ -45,11 +52,20 @@ def test_bertctl_run_prepares_trains_exports_and_fills_masks(tmp_path):
         checkpoints = store.checkpoints(row["id"])
     finally:
         store.close()
-    assert row["phase"] == "SUCCEEDED" and row["step"] == 6
+    assert row["phase"] == "SUCCEEDED" and row["step"] == STEPS
     assert [(a["number"], a["end_reason"], a["exit_code"]) for a in attempts] == [(1, "succeeded", 0)]
-    assert attempts[0]["heartbeats"] >= 1 and {c["step"] for c in checkpoints} >= {6}
+    assert attempts[0]["heartbeats"] >= 1 and {c["step"] for c in checkpoints} >= {STEPS}
     assert {"submitted", "succeeded"} <= {e["type"] for e in events}
-    assert (data / "jobs" / row["id"] / "attempt-1" / "trainer.log").is_file()
+    log = (data / "jobs" / row["id"] / "attempt-1" / "trainer.log").read_bytes()
+    # Quiet logs: no per-step sample ids or report echoes, no Ray Train polling warnings.
+    for noise in (b"sample_ids", b"Reporting training result", b"Failed to query Ray Train Controller"):
+        assert noise not in log, noise
+    assert log_bytes_per_step(log, STEPS) <= MAX_LOG_BYTES_PER_STEP, log.decode()[-5000:]
+    # TensorBoard's reader reads the run's scalars from beside the checkpoints.
+    from tests.train.test_tensorboard import read_scalars
+
+    assert [s for s, _ in read_scalars(tmp_path / "out" / "ckpt" / "tensorboard")["train/loss"]] == \
+        list(range(1, STEPS + 1))
 
 
 def test_bertctl_run_rejects_a_bad_manifest_with_exit_2(tmp_path):

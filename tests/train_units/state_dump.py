@@ -63,9 +63,9 @@ class DumpingWorker(loop.Worker):
         dump(self.prefix, "loaded", state.step, self.engine, self.rank, self.world_size)
         return state
 
-    def _save(self, step: int, tokens: int, cursor: dict):
-        dump(self.prefix, "saved", step, self.engine, self.rank, self.world_size)
-        return super()._save(step, tokens, cursor)
+    def _save(self, run):
+        dump(self.prefix, "saved", run.step, self.engine, self.rank, self.world_size)
+        return super()._save(run)
 
 
 def train_loop_dumping_state(prefix: str, config: dict[str, Any]) -> None:

@@ -2,15 +2,18 @@
 
 The ``MetricsFile`` callback runs on the Ray Train controller and appends one JSON line per
 report (rank 0's metrics plus every rank's sample ids) to a local file: ``bertctl run``'s
-progress bar and the tests read it.
+progress bar and the tests read it. The sample ids travel there through ``ray.train.report``,
+never through a log: the trainer log stays at a few bytes per step (see ``quiet_worker_loop``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.train import UserCallback
 from ray.train.torch import TorchTrainer
@@ -100,6 +103,47 @@ def start_ray(job: PretrainJob, work_dir: Path) -> bool:
         env_defaults={"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"})
 
 
+def _cluster_has_no_dashboard() -> bool:
+    """True when this driver is connected to a cluster that runs without Ray's dashboard."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    try:
+        from ray._private.worker import get_dashboard_url
+    except ImportError:
+        return False
+    return not get_dashboard_url()
+
+
+def _without_blind_placement_group_cleaner(callbacks: list) -> list:
+    """Ray Train's PlacementGroupCleaner asks Ray's state API, which the dashboard serves, every
+    second whether the controller lives, and warns each time it gets no answer. The clusters bertctl
+    starts itself (a local cluster, the local backend's warm head) run without the dashboard: there
+    it would warn every few seconds for the whole run and never clean anything (the driver's exit
+    frees its placement groups anyway). Where the dashboard runs (KubeRay) it stays."""
+    if not _cluster_has_no_dashboard():
+        return callbacks
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return callbacks
+    return [cb for cb in callbacks if not isinstance(cb, PlacementGroupCleanerCallback)]
+
+
+def quiet_worker_loop(loop: Callable[[dict[str, Any]], None], config: dict[str, Any]) -> None:
+    """``loop`` with Ray Train's echo of every ``ray.train.report`` turned off: it logs each payload at
+    INFO from every rank (each buffered row and every rank's sample ids, hundreds of bytes per step).
+    Only that logger is raised to WARNING; it lives in the worker process, so this runs there."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        getattr(train_context, "logger", logging.getLogger(train_context.__file__)).setLevel(logging.WARNING)
+    except ImportError:  # another Ray layout: the echo stays, training does not change
+        pass
+    loop(config)
+
+
 def _without_idle_dataset_manager(callbacks: list) -> list:
     """Ray Train starts a DatasetManager actor even when a run has no Ray Datasets (ours streams
     its own shards): one more process start on the path from a preemption to the first resumed step.
@@ -112,10 +156,11 @@ def _without_idle_dataset_manager(callbacks: list) -> list:
 
 
 class PretrainTrainer(TorchTrainer):
-    """TorchTrainer without the idle DatasetManager when no Ray Dataset is given."""
+    """TorchTrainer without the idle DatasetManager when no Ray Dataset is given, and without a
+    placement group cleaner that cannot see the cluster's state."""
 
     def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
+        callbacks = _without_blind_placement_group_cleaner(super()._create_default_callbacks())
         return callbacks if self.datasets else _without_idle_dataset_manager(callbacks)
 
 
@@ -124,7 +169,7 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig
 
-    from orchestrator.train.worker.loop import train_loop_per_worker
+    from orchestrator.train.worker import loop  # looked up now: tests replace loop.train_loop_per_worker
 
     callbacks = [MetricsFile(str(metrics_file))] if metrics_file else []
     storage_path.mkdir(parents=True, exist_ok=True)
@@ -132,7 +177,7 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
     # preemption flags, checkpoint outcomes) over gloo; pure NCCL rejects CPU tensors.
     backend = "cpu:gloo,cuda:nccl" if job.spec.resources.gpus_per_worker else "gloo"
     return PretrainTrainer(
-        train_loop_per_worker,
+        functools.partial(quiet_worker_loop, loop.train_loop_per_worker),
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend),
         scaling_config=scaling_config(job),

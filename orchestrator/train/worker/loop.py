@@ -20,7 +20,8 @@ from typing import Any
 
 from orchestrator import storage as st
 from orchestrator.contract import CheckpointRef, Heartbeat, SkippedCheckpoint
-from orchestrator.errors import CheckpointError
+from orchestrator.data.ledger import GENESIS as LEDGER_GENESIS, link as ledger_link
+from orchestrator.errors import CheckpointError, TransientStorageError
 from orchestrator.model import build_model
 from orchestrator.spec import PretrainJob, parse_manifest
 from orchestrator.train.checkpoint import (
@@ -31,8 +32,9 @@ from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import metrics as M
 from orchestrator.train.worker.engine import build_engine
 from orchestrator.train.worker.errors import FencedError, NanLossError, PreemptedError
-from orchestrator.train.worker.heads import MaskedPositionsPretraining
+from orchestrator.train.worker.heads import MaskedPositionsPretraining, device_inputs, mlm_capacity
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest
+from orchestrator.train.worker.tensorboard import ScalarLog
 
 log = logging.getLogger("bertctl.train.loop")
 
@@ -72,12 +74,6 @@ def _device(on_gpu: bool):
     return torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
 
 
-def _to_device(micro: dict, device) -> dict:
-    import torch
-
-    return {k: torch.as_tensor(v).to(device=device, dtype=torch.long) for k, v in micro.items()}
-
-
 @dataclass
 class Progress:
     """Where the run is: the last finished step, tokens and data cursor, and what to report."""
@@ -87,15 +83,18 @@ class Progress:
     cursor: dict[str, int]
     resumed_from: int | None  # reported with the first heartbeat after a (re)start, then None
     last_saved: int | None
+    ledger: str  # the data ledger's value at ``step``; "" when resumed from a checkpoint without one
 
     @classmethod
     def from_state(cls, state: TrainState | None) -> "Progress":
         if state is None:
-            return cls(0, 0, {"epoch": 0, "sample": 0}, resumed_from=0, last_saved=None)
-        return cls(state.step, state.tokens_seen, state.cursor, resumed_from=state.step, last_saved=state.step)
+            return cls(0, 0, {"epoch": 0, "sample": 0}, resumed_from=0, last_saved=None, ledger=LEDGER_GENESIS)
+        return cls(state.step, state.tokens_seen, state.cursor, resumed_from=state.step, last_saved=state.step,
+                   ledger=state.ledger)
 
-    def advance(self, tokens: int, cursor: dict[str, int]) -> None:
-        self.step, self.tokens, self.cursor = self.step + 1, self.tokens + tokens, cursor
+    def advance(self, m: M.StepMetrics, cursor: dict[str, int]) -> None:
+        self.step, self.tokens, self.cursor = self.step + 1, self.tokens + m.tokens, cursor
+        self.ledger = ledger_link(self.ledger, self.step, m.sample_sum) if self.ledger else ""
 
 
 class Worker:
@@ -112,6 +111,8 @@ class Worker:
                                  manager_url=config.get("manager_url"), token=Identity.token_from_env())
         self.on_gpu = self.job.spec.resources.gpus_per_worker > 0
         self.device = _device(self.on_gpu)
+        t, d = self.job.spec.training, self.job.spec.data  # the head's static row count (worker/heads.py)
+        self.mlm_capacity = mlm_capacity(t.micro_batch_size * d.seq_len, d.mlm_probability)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.rank}-", dir=config.get("scratch_root")))
         ckpt = self.job.spec.checkpoint
         # The driver relays SIGTERM into this file (worker/preemption.py); every rank polls it per step.
@@ -122,6 +123,7 @@ class Worker:
                                   self.identity.attempt, self.scratch, uploader=self._uploader())
         self.model_config: dict[str, Any] = {}  # set by _build_model (saved in every checkpoint)
         self.engine = None  # the DeepSpeed engine, set by _build_engine
+        self.scalars: ScalarLog | None = None  # rank 0's TensorBoard event file, opened by _train
         self.rows: list[dict] = []
         self.last_flush = time.monotonic()
         self.step_end = time.perf_counter()
@@ -146,6 +148,8 @@ class Worker:
     def _close(self) -> None:
         if self.heartbeats:
             self.heartbeats.close()
+        if self.scalars:
+            self.scalars.close()
         if self.ckpts.uploader is not None:
             self.ckpts.uploader.close(timeout=0)  # everything that had to land was waited for already
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -221,6 +225,8 @@ class Worker:
     def _train(self, stream, state: TrainState | None) -> None:
         run = Progress.from_state(state)
         self.interval.last_save_step = run.step
+        if self.rank == 0:  # purges what earlier attempts wrote past the resumed step (worker/tensorboard.py)
+            self.scalars = ScalarLog(self.job.spec.checkpoint.uri, run.step + 1, self.identity.attempt, self.scratch)
         batches = iter(stream)
         self.step_end = time.perf_counter()
         while run.step < self.job.spec.training.max_steps:
@@ -230,13 +236,13 @@ class Worker:
     def _train_step(self, batch, run: Progress) -> None:
         """One optimizer step and what follows it: stop checks, checkpoint, report."""
         m = self._step(batch, run.step + 1)
-        run.advance(m.tokens, batch.cursor.to_dict())
+        run.advance(m, batch.cursor.to_dict())
         self._raise_on_stop_flags(m, run.step)
         self.interval.record_step(m.seconds)
         request = self.watcher.poll(self._save_cost())  # collective: same answer on every rank
         saved = self._checkpoint_if_due(m, run, request)
         stopping = request is not StopRequest.CONTINUE
-        self._report(m, run.step, run.tokens, batch, run.resumed_from, saved, force_flush=stopping)
+        self._report(m, run, batch, saved, force_flush=stopping)
         run.resumed_from = None
         if stopping:
             raise PreemptedError(f"preempted after step {run.step}: "
@@ -253,7 +259,7 @@ class Worker:
         """The save of this step (None when none was due, or it missed the preemption deadline)."""
         saved = None
         if m.save or run.step == self.job.spec.training.max_steps or request is StopRequest.CHECKPOINT_AND_STOP:
-            saved = self._save(run.step, run.tokens, run.cursor)
+            saved = self._save(run)
             run.last_saved = run.step
         if request is not StopRequest.CONTINUE:
             # An async save (this one or an earlier one) must land within the deadline, or stay uncommitted.
@@ -263,10 +269,11 @@ class Worker:
 
     def _finish(self, run: Progress) -> None:
         if run.last_saved != run.step:  # resumed at max_steps with no checkpoint of it yet
-            self._save(run.step, run.tokens, run.cursor)
+            self._save(run)
         failed = self.ckpts.wait_committed(None)
-        if failed:
-            raise CheckpointError(f"the checkpoint of step {run.step} (max_steps) did not commit: {failed}")
+        if failed:  # a temporary cause (a throttled upload, a lost rank) is worth another attempt
+            error = CheckpointError if failed.permanent else TransientStorageError
+            raise error(f"the checkpoint of step {run.step} (max_steps) did not commit: {failed}")
         self._flush()
 
     def _save_cost(self) -> float | None:
@@ -284,50 +291,56 @@ class Worker:
         acc = M.StepAccumulator(started=self.step_end)
         lr = float(self.engine.get_lr()[0])
         for micro in batch.micro_batches:
-            out = self.engine(**_to_device(micro, self.device))
+            out = self.engine(**device_inputs(micro, self.device, self.mlm_capacity))
             self.engine.backward(out["loss"])
             self.engine.step()
             acc.add_outputs(out)
+        acc.add_samples(batch.sample_ids)
         if (self.heartbeats and self.heartbeats.fenced.is_set()) or self.ckpts.stale:
             acc.raise_flag(M.FLAG_FENCED)
         if self.rank == 0 and time.monotonic() - self.last_flush >= REPORT_EVERY_S:
             acc.raise_flag(M.FLAG_REPORT)
         if self.rank == 0 and self._save_due(step):
             acc.raise_flag(M.FLAG_SAVE)
-        metrics = M.sync_step(acc, step, lr)
+        metrics = M.sync_step(acc, step, lr, M.global_grad_norm(self.engine))
         self.step_end = time.perf_counter()
         return metrics
 
-    def _save(self, step: int, tokens: int, cursor: dict):
+    def _save(self, run: Progress):
         for failure in self.ckpts.background_failures():
             log.warning("an earlier background checkpoint stayed uncommitted: %s", failure)
-        result = self.ckpts.save(self.engine, self._train_state(step, tokens, cursor))
-        self.interval.record_save(step, result.seconds)
+        result = self.ckpts.save(self.engine, self._train_state(run))
+        self.interval.record_save(run.step, result.seconds)
         return result
 
-    def _train_state(self, step: int, tokens: int, cursor: dict) -> TrainState:
+    def _train_state(self, run: Progress) -> TrainState:
         spec = self.job.spec
         return TrainState(
-            step=step, tokens_seen=tokens, cursor=cursor, world_size=self.world_size,
+            step=run.step, tokens_seen=run.tokens, cursor=run.cursor, world_size=self.world_size, ledger=run.ledger,
             attempt=self.identity.attempt, zero_stage=spec.deepspeed.zero_stage,
             global_batch_size=spec.training.global_batch_size, job_id=self.identity.job_id,
             lr_scheduler=_scheduler_state(self.engine.lr_scheduler), model_config=self.model_config,
             nsp=spec.data.nsp)
 
     # ----- reporting
-    def _report(self, m: M.StepMetrics, step: int, tokens: int, batch, resumed_from: int | None, saved,
-                force_flush: bool = False) -> None:
+    def _report(self, m: M.StepMetrics, run: Progress, batch, saved, force_flush: bool = False) -> None:
+        step = run.step
         if self.heartbeats:
-            self.heartbeats.send(self._heartbeat(m, tokens, resumed_from))
+            self.heartbeats.send(self._heartbeat(m, run))
         t = self.job.spec.training
         if step % t.log_every_steps == 0 or step == t.max_steps:
-            self.rows.append(self._row(m, tokens, batch, saved))
+            self.rows.append(self._row(m, run, batch, saved))
+            if self.scalars:
+                self.scalars.step(step, m)
+        if self.scalars and saved is not None:
+            self.scalars.checkpointed(saved.step, saved.seconds)
         if m.report or saved is not None or step == t.max_steps or force_flush:
             self._flush()
 
-    def _row(self, m: M.StepMetrics, tokens: int, batch, saved) -> dict:
-        row = {**m.as_row(), "tokens_seen": tokens, "max_steps": self.job.spec.training.max_steps,
-               "time": time.time(), "sample_ids": [int(i) for i in getattr(batch, "sample_ids", [])]}
+    def _row(self, m: M.StepMetrics, run: Progress, batch, saved) -> dict:
+        row = {**m.as_row(), "tokens_seen": run.tokens, "max_steps": self.job.spec.training.max_steps,
+               "time": time.time(), "sample_ids": [int(i) for i in getattr(batch, "sample_ids", [])],
+               "sample_digest": run.ledger or None}
         if saved is not None:
             row["checkpoint_step"] = saved.step
             row["checkpoint_stall_s"] = saved.seconds  # how long training waited for this save
@@ -341,15 +354,16 @@ class Worker:
         self.rows = []
         self.last_flush = time.monotonic()
 
-    def _heartbeat(self, m: M.StepMetrics, tokens: int, resumed_from: int | None) -> Heartbeat:
+    def _heartbeat(self, m: M.StepMetrics, run: Progress) -> Heartbeat:
         last = self.ckpts.last
         ckpt = CheckpointRef(step=last.step, uri=last.uri, world_size=last.world_size,
                              save_seconds=last.seconds) if last else None
         return Heartbeat(attempt=self.identity.attempt, status="running", step=m.step,
                          max_steps=self.job.spec.training.max_steps, loss=_finite(m.loss),
                          mlm_accuracy=m.mlm_accuracy, nsp_accuracy=m.nsp_accuracy, tokens_per_s=m.tokens_per_s,
-                         lr=m.lr, tokens_seen=tokens, world_size=self.world_size, checkpoint=ckpt,
-                         resumed_from_step=resumed_from, checkpoint_seconds=self.ckpts.seconds_total,
+                         lr=m.lr, tokens_seen=run.tokens, world_size=self.world_size, checkpoint=ckpt,
+                         sample_digest=run.ledger or None, resumed_from_step=run.resumed_from,
+                         checkpoint_seconds=self.ckpts.seconds_total,
                          skipped_checkpoints=[SkippedCheckpoint(step=s, uri=u[:1000], reason=r[:500])
                                               for s, u, r in self.ckpts.skipped[:8]] or None)
 

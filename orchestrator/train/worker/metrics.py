@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 # Indices into the synced vector. Flags are summed, so "> 0" means "some rank raised it".
 _LOSS, _MLM_LOSS, _NSP_LOSS, _MICRO, _MLM_OK, _MLM_N, _NSP_OK, _NSP_N, _TOKENS = range(9)
 FLAG_NONFINITE, FLAG_FENCED, FLAG_REPORT, FLAG_SAVE = 9, 10, 11, 12
-_SIZE = 13
+_SAMPLES = 13  # the data ledger's sum of sample hashes (data/ledger.py): exact in float64
+_SIZE = 14
 
 
 @dataclass
@@ -47,6 +48,12 @@ class StepAccumulator:
         if not math.isfinite(loss):
             v[FLAG_NONFINITE] = 1.0
 
+    def add_samples(self, sample_ids) -> None:
+        """This rank's share of the step's ledger sum, for the ids it consumed."""
+        from orchestrator.data.ledger import batch_sum
+
+        self.values[_SAMPLES] += batch_sum(sample_ids)
+
     def raise_flag(self, index: int) -> None:
         self.values[index] = 1.0
 
@@ -67,14 +74,17 @@ class StepMetrics:
     fenced: bool
     save: bool    # rank 0 decided a checkpoint is due (the auto interval is measured on rank 0 only)
     report: bool  # rank 0 asks every rank to flush its buffered rows to ray.train.report now
+    grad_norm: float | None = None  # global 2-norm before clipping (None where DeepSpeed computes none)
+    sample_sum: int = 0  # the step's ledger sum over every rank
 
     def as_row(self) -> dict:
-        skip = ("nonfinite", "fenced", "save", "report")
+        skip = ("nonfinite", "fenced", "save", "report", "sample_sum")
         return {k: v for k, v in self.__dict__.items() if v is not None and k not in skip}
 
 
-def sync_step(acc: StepAccumulator, step: int, lr: float) -> StepMetrics:
-    """All-reduce one rank's sums (a collective: every rank calls it once per step)."""
+def sync_step(acc: StepAccumulator, step: int, lr: float, grad_norm: float | None = None) -> StepMetrics:
+    """All-reduce one rank's sums (a collective: every rank calls it once per step). ``grad_norm`` is
+    already global (DeepSpeed reduces the gradients), so it is passed through, not reduced."""
     import torch
     import torch.distributed as dist
 
@@ -92,5 +102,15 @@ def sync_step(acc: StepAccumulator, step: int, lr: float) -> StepMetrics:
         nsp_accuracy=(v[_NSP_OK] / v[_NSP_N]) if v[_NSP_N] else None,
         tokens=int(v[_TOKENS]), tokens_per_s=v[_TOKENS] / seconds, lr=lr, seconds=seconds,
         nonfinite=v[FLAG_NONFINITE] > 0 or not math.isfinite(v[_LOSS]),
-        fenced=v[FLAG_FENCED] > 0, save=v[FLAG_SAVE] > 0, report=v[FLAG_REPORT] > 0,
+        fenced=v[FLAG_FENCED] > 0, save=v[FLAG_SAVE] > 0, report=v[FLAG_REPORT] > 0, grad_norm=grad_norm,
+        sample_sum=int(v[_SAMPLES]),
     )
+
+
+def global_grad_norm(engine) -> float | None:
+    """The norm DeepSpeed computed in the last optimizer step (ZeRO 1/2 always, stage 0 never)."""
+    norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+    if norm is None:
+        return None
+    value = float(norm)
+    return value if math.isfinite(value) and value >= 0 else None
