@@ -29,6 +29,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def csrf_token_for(token: str) -> str:
+    """The dashboard's anti-CSRF value for a session holding ``token``: derived, so nothing is stored,
+    and one-way, so the page that shows it never learns the token (docs/manager.md, "Dashboard")."""
+    return hashlib.sha256(b"bertctl-csrf\0" + token.encode()).hexdigest()
+
+
 def admin_token_from_env(env: dict[str, str] | None = None) -> str | None:
     env = os.environ if env is None else env
     if env.get(ENV_ADMIN_TOKEN):

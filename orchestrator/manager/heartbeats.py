@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.contract import EndReason, Heartbeat
 from orchestrator.manager.models import Attempt, AttemptState, Checkpoint, Event, Job
+from orchestrator.manager.metric_history import record_point
 from orchestrator.manager.phases import TERMINAL, Phase
 from orchestrator.manager.store import Store
 
@@ -42,6 +43,7 @@ def apply_heartbeat(store: Store, job_id: str, hb: Heartbeat, now: float) -> Out
             _starting(store, s, job, att, hb, now)
             return Outcome.OK
         _progress(s, job, att, hb, now)
+        record_point(s, job.id, att.number, hb, now)
         changed = hb.checkpoint is not None and _checkpoint(store, s, job, att, hb, now)
         changed = bool(hb.skipped_checkpoints) and _skipped(store, s, job, att, hb, now) or changed
         changed = changed or job.phase == Phase.LAUNCHING.value or hb.status != "running"
@@ -179,5 +181,9 @@ def _skipped(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, no
 def _final(store: Store, s: Session, att: Attempt, hb: Heartbeat, now: float) -> None:
     reason = hb.reason or _FINAL_REASONS[hb.status]
     att.final_status, att.final_reason = hb.status, reason.value
+    # The final word the policy reads (policy.decide_attempt_end): the message naming the resource
+    # and the fix, and the delay a temporary error asked for. Kept with the attempt's metrics (JSON).
+    att.metrics = {**(att.metrics or {}), "final_message": (hb.message or "")[:1000],
+                   "retry_after_s": hb.retry_after_s}
     store.event(s, att.job_id, "reported", f"attempt {att.number} reported {hb.status} ({reason.value})"
                 + (f": {hb.message}" if hb.message else ""), now, attempt=att.number, step=hb.step)

@@ -120,9 +120,11 @@ class MetricPoint(Base):
     long runs are downsampled (docs/manager.md gives the bound per job)."""
 
     __tablename__ = "metric_points"
-    __table_args__ = (UniqueConstraint("job_id", "attempt", "step"),)
+    # (job_id, step): the job's highest step is one index seek on every heartbeat (metric_history.py).
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "step"),
+                      Index("ix_metric_points_job_id_step", "job_id", "step"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     attempt: Mapped[int] = mapped_column(Integer)
     step: Mapped[int] = mapped_column(Integer)
     at: Mapped[float] = mapped_column(Float)

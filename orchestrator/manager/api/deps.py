@@ -7,16 +7,23 @@ functions hand them to a route. The caller is found from ``Authorization: Bearer
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any, Callable
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from orchestrator.manager.auth import Authenticator, Principal
+from orchestrator.manager.auth import Authenticator, Principal, csrf_token_for
 from orchestrator.manager.store import Store
 
 bearer = HTTPBearer(auto_error=False, description="the admin token, or an attempt's own token")
+# The dashboard's session: the token in an HttpOnly, SameSite=Strict cookie (api/ui.py sets it). A
+# request that changes something with it must also carry the page's CSRF value in this header.
+SESSION_COOKIE = "bertctl_token"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 # The dependencies are ``async def`` although they do not await: FastAPI runs a plain ``def``
@@ -42,16 +49,34 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def principal(auth: Annotated[Authenticator, Depends(get_auth)],
+def same_origin(request: Request) -> bool:
+    """No Origin (not a browser's cross-site fetch), or the one this request was sent to."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+
+
+def session_token(request: Request) -> str | None:
+    """The dashboard session's token; for a request that changes something, only with the page's CSRF
+    value and from this origin (SameSite=Strict already keeps the cookie off cross-site requests)."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token and request.method not in _SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not same_origin(request) or not hmac.compare_digest(sent.encode(), csrf_token_for(token).encode()):
+            raise HTTPException(403, f"a dashboard request that changes something needs the page's {CSRF_HEADER} "
+                                     "header and its own origin; reload the dashboard")
+    return token
+
+
+async def principal(request: Request, auth: Annotated[Authenticator, Depends(get_auth)],
                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
     """Who holds the bearer token: 401 without one or with one nobody issued; 409 for a revoked one.
 
     A revoked token is an ended attempt's: 409 is what tells its trainer (train/heartbeat.py) that
     it is fenced off and must stop, the same answer a heartbeat of an ended attempt always got;
     a 401 would leave that trainer training on."""
-    if credentials is None:
+    token = credentials.credentials if credentials is not None else session_token(request)
+    if not token:
         raise _unauthorized("missing bearer token; pass --token or set BERTCTL_TOKEN")
-    token = credentials.credentials
     # The admin and already-seen attempt tokens need no database round trip (the hot path).
     found = auth.peek(token) or await run_in_threadpool(auth.resolve, token)
     if found is None:

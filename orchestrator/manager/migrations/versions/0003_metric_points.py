@@ -29,9 +29,9 @@ def upgrade() -> None:
         sa.Column("sample_digest", sa.String(length=64), nullable=True),
         sa.UniqueConstraint("job_id", "attempt", "step"),
     )
-    op.create_index("ix_metric_points_job_id", "metric_points", ["job_id"])
+    op.create_index("ix_metric_points_job_id_step", "metric_points", ["job_id", "step"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_metric_points_job_id", table_name="metric_points")
+    op.drop_index("ix_metric_points_job_id_step", table_name="metric_points")
     op.drop_table("metric_points")
