@@ -7,6 +7,7 @@ a manager that restarted (and is no longer the parent) can still tell how an att
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -35,15 +36,21 @@ from orchestrator.spec import ResourcesSpec
 log = logging.getLogger("bertctl.manager.local")
 _WRAPPER = str(Path(__file__).with_name("local_wrapper.py"))
 _REPO_ROOT = str(Path(orchestrator.__file__).resolve().parents[1])
+# A running Ray cluster that attempts join instead of the warm head, named by its state directory
+# (cluster.json: pid, port; auth_token): a simulated spot cluster (`bertctl spot up`, docs/spot.md).
+ENV_RAY_CLUSTER_DIR = "BERTCTL_RAY_CLUSTER_DIR"
 
 
 class LocalBackend:
     name = "local"
 
     def __init__(self, data_dir: str | os.PathLike, trainer_command: Sequence[str] | None = None,
-                 workdir: str | None = None, kill_wait_s: float = 30.0, ray_cluster: LocalRayCluster | None = None):
+                 workdir: str | None = None, kill_wait_s: float = 30.0, ray_cluster: LocalRayCluster | None = None,
+                 ray_cluster_dir: str | os.PathLike | None = None):
         self.data_dir = Path(data_dir)
         self.ray_cluster = ray_cluster  # None: every attempt starts a Ray cluster of its own
+        cluster_dir = ray_cluster_dir or os.environ.get(ENV_RAY_CLUSTER_DIR)
+        self.ray_cluster_dir = Path(cluster_dir) if cluster_dir else None  # set: attempts join it, never started here
         self.trainer_command = list(trainer_command or [sys.executable, "-m", "orchestrator.train"])
         self.workdir = workdir or os.getcwd()
         self.kill_wait_s = kill_wait_s
@@ -79,7 +86,7 @@ class LocalBackend:
 
     def poll(self, job_id: str, attempt: int, handle: str) -> AttemptStatus:
         status = self._poll_session(job_id, attempt, handle)
-        if status.state is RunState.RUNNING or self.ray_cluster is None:
+        if status.state is RunState.RUNNING or not self._shared_ray():
             return status
         # On the warm head the attempt's Ray workers are not in its session; Ray ends them once it
         # sees the driver gone. Until they are, the attempt has not ended (no second attempt beside
@@ -117,7 +124,7 @@ class LocalBackend:
         pid = self._pid(self.attempt_dir(job_id, attempt), handle)
         if pid is not None and self._group_alive(pid):
             self._stop_session(job_id, attempt, pid, grace_s)
-        if self.ray_cluster is not None:  # its workers on the warm head, outside the session
+        if self._shared_ray():  # its workers on the warm head (or the joined cluster), outside the session
             self._kill_ray_workers(job_id, attempt)
 
     def _stop_session(self, job_id: str, attempt: int, pid: int, grace_s: float) -> None:
@@ -146,8 +153,14 @@ class LocalBackend:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def _shared_ray(self) -> bool:
+        return self.ray_cluster is not None or self.ray_cluster_dir is not None
+
     def _ray_env(self, request: LaunchRequest) -> dict[str, str]:
-        """The warm head's address when it has room for the job; else the attempt starts its own cluster."""
+        """The named cluster's address; else the warm head's when it has room for the job; else the
+        attempt starts its own cluster."""
+        if self.ray_cluster_dir is not None:
+            return joined_cluster_env(self.ray_cluster_dir)
         if self.ray_cluster is None or not self.ray_cluster.fits(logical_cpus(request.manifest)):
             return {}
         try:
@@ -190,6 +203,18 @@ class LocalBackend:
                 return False
             time.sleep(0.05)
         return True
+
+
+def joined_cluster_env(cluster_dir: Path) -> dict[str, str]:
+    """Address and token file of the running cluster in ``cluster_dir``; TemporaryError (the launch
+    is retried) while it is not up: the attempt must not quietly train somewhere else."""
+    try:
+        port = int(json.loads((cluster_dir / "cluster.json").read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TemporaryError(f"no Ray cluster is running in {cluster_dir} (start it with "
+                             f"`bertctl spot up --state-dir {cluster_dir}`)", 10.0) from None
+    return {contract.ENV_RAY_ADDRESS: f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(cluster_dir / "auth_token")}
 
 
 def _recorded(adir: Path) -> int | None:

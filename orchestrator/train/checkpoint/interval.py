@@ -20,6 +20,7 @@ import os
 
 from orchestrator.contract import ENV_MTBP_S
 from orchestrator.errors import PermanentError
+from orchestrator.spot.planner_model import young_daly_interval_s
 
 PRIOR_MTBP_S = 2 * 3600.0
 # Weight of the newest measurement: recent saves predict the next one (storage load drifts).
@@ -35,7 +36,7 @@ def young_daly_interval_steps(checkpoint_cost_s: float, mtbp_s: float | None, st
     if min_steps < 1 or (max_steps is not None and max_steps < min_steps):
         raise PermanentError(f"need 1 <= min_steps <= max_steps, got {min_steps}, {max_steps}")
     mtbp = PRIOR_MTBP_S if mtbp_s is None or mtbp_s <= 0 else mtbp_s
-    steps = round(math.sqrt(2.0 * checkpoint_cost_s * mtbp) / step_time_s)
+    steps = round(young_daly_interval_s(checkpoint_cost_s, mtbp) / step_time_s)  # the planner's formula
     steps = max(min_steps, steps)
     return steps if max_steps is None else min(max_steps, steps)
 

@@ -1,0 +1,258 @@
+"""The planner's discrete-event model of one training run on spot capacity (numpy and stdlib only).
+
+Events are the capacity changes of a ``Timeline`` (a noticed loss is seen ``notice_s`` before the
+node goes, which is when the job reacts) and the job's own: checkpoint commits, the end of a
+pause, the last step. Between events the job trains at ``1 / step_s(w)`` steps per second on its
+``w`` workers (one per node); global batch is constant, so a step on fewer workers takes longer.
+
+Two policies:
+
+- ``relaunch`` (today's): any loss of one of the job's nodes ends the attempt. With a notice that
+  fits a checkpoint (``notice_s >= 1.25 * checkpoint_s``, the trainer's own rule) the attempt
+  saves first and loses nothing; without, it loses the steps since the last commit. The next
+  attempt starts ``relaunch_s`` later on the nodes then held (at least ``min_workers``; else it
+  waits for capacity) and keeps that size until the next loss.
+- ``elastic``: a noticed loss checkpoints inside the notice and re-forms on the survivors
+  (``checkpoint_s + reform_s``, nothing lost); a loss without notice re-forms from the newest
+  commit (``detect_s + reform_s + load_s``, the steps since it lost); returned capacity is taken
+  at the next checkpoint boundary (``grow_s``). Below ``min_workers`` it falls back to a relaunch.
+
+Goodput = productive step time (steps kept) / wall, as the manager counts it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from orchestrator.errors import PermanentError
+from orchestrator.spot.capacity import Timeline
+
+POLICIES = ("elastic", "relaunch")
+NOTICE_MARGIN = 1.25  # a preemption save starts only when 1.25 x its cost fits in the notice
+
+
+def young_daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
+    """Young (1974) / Daly (2006), first order: the interval sqrt(2 C M) between checkpoints."""
+    return math.sqrt(2.0 * checkpoint_s * mtbf_s)
+
+
+@dataclass(frozen=True)
+class Components:
+    """Time of each part of a run, in seconds (defaults: bench/recovery.py on this machine)."""
+    step_s_one: float               # one optimizer step on a single worker (global batch constant)
+    step_overhead_s: float = 0.0    # per step on top of the data-parallel share (all-reduce)
+    checkpoint_s: float = 2.0       # what training waits for one save
+    relaunch_s: float = 19.3        # a whole relaunch: detect 4.5 + relaunch 9.6 + load 4.1 + first step 1.1
+    detect_s: float = 4.5
+    load_s: float = 4.1
+    reform_s: float = 5.0           # re-forming the worker group on the survivors (bench/spot.py goal)
+    grow_s: float = 5.0             # adding returned nodes at a checkpoint boundary
+
+    def step_s(self, workers: int) -> float:
+        return self.step_s_one / workers + self.step_overhead_s
+
+
+_TIME_NAMES = {"checkpoint": "checkpoint_s", "relaunch": "relaunch_s", "detect": "detect_s", "load": "load_s",
+               "reform": "reform_s", "grow": "grow_s", "step_overhead": "step_overhead_s"}
+
+
+def components_from(pairs: list[str], step_s_one: float = 0.0) -> Components:
+    """``Components`` from ``NAME=SECONDS`` pairs (``bertctl plan --time``); the rest keep their defaults."""
+    values: dict[str, float] = {}
+    for pair in pairs:
+        name, _, raw = pair.partition("=")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if name not in _TIME_NAMES or not 0 <= seconds < float("inf"):
+            raise PermanentError(f"--time {pair!r}: give NAME=SECONDS with NAME one of {sorted(_TIME_NAMES)} "
+                                 "and SECONDS >= 0")
+        values[_TIME_NAMES[name]] = seconds
+    return Components(step_s_one=step_s_one, **values)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    policy: str
+    nodes: int
+    min_workers: int
+    max_steps: int
+    interval_steps: int
+    notice_s: float
+    sizes: tuple[int, ...] = ()     # world sizes that keep the global batch (empty: any in [min, nodes])
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise PermanentError(f"policy {self.policy!r}: one of {list(POLICIES)}")
+        if not 1 <= self.min_workers <= self.nodes or self.max_steps < 1 or self.interval_steps < 1:
+            raise PermanentError("need 1 <= min_workers <= nodes, max_steps >= 1 and interval_steps >= 1")
+
+    def fit(self, usable: int) -> int:
+        """The largest world size the job can run on with ``usable`` nodes (0: below min_workers)."""
+        usable = min(usable, self.nodes)
+        if usable < self.min_workers:
+            return 0
+        if not self.sizes:
+            return usable
+        valid = [s for s in self.sizes if self.min_workers <= s <= usable]
+        return max(valid) if valid else 0
+
+
+@dataclass
+class Outcome:
+    wall_s: float = 0.0
+    productive_s: float = 0.0
+    steps_lost: float = 0.0
+    node_s: float = 0.0             # node-seconds held (what a spot bill charges)
+    finished: bool = False
+    recoveries: dict[str, int] = field(default_factory=lambda: {"notice": 0, "no_notice": 0, "relaunch": 0, "grow": 0})
+
+    @property
+    def goodput(self) -> float:
+        return self.productive_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class Run:
+    """One run of a scenario over a capacity timeline; ``simulate`` drives it."""
+
+    def __init__(self, sc: Scenario, comp: Components, rng: np.random.Generator, start_nodes: int):
+        self.sc, self.comp, self.rng = sc, comp, rng
+        self.out = Outcome()
+        self.t = self.step = self.committed = self.pending_work = 0.0
+        self.next_ckpt = float(sc.interval_steps)
+        self.pool = start_nodes  # what the pool holds; the job can use up to sc.nodes of it
+        self.usable = min(start_nodes, sc.nodes)
+        self.w = sc.fit(self.usable)
+        self.resume_at: float | None = None
+        self.resume_action = ""
+        self.grow_pending = False
+
+    # -- training between events ----------------------------------------------------------------
+
+    def advance(self, t_end: float) -> None:
+        while self.t < t_end and not self.out.finished:
+            if self.resume_at is not None:
+                if self.resume_at > t_end:
+                    return self._idle(t_end)
+                self._idle(self.resume_at)
+                self._resume()
+            elif self.w == 0:
+                return self._idle(t_end)
+            else:
+                self._train(t_end)
+
+    def _idle(self, until: float) -> None:
+        self.out.node_s += self.usable * (until - self.t)
+        self.t = until
+
+    def _train(self, t_end: float) -> None:
+        step_s = self.comp.step_s(self.w)
+        boundary = min(self.next_ckpt, float(self.sc.max_steps))
+        needed = (boundary - self.step) * step_s
+        dt = min(needed, t_end - self.t)
+        self.out.node_s += self.usable * dt
+        self.t += dt
+        self.pending_work += dt
+        self.step = boundary if dt == needed else self.step + dt / step_s
+        if dt < needed:
+            return
+        if self.step >= self.sc.max_steps:
+            self._commit()
+            self.out.finished, self.out.wall_s = True, self.t
+            return
+        self._pause(self.comp.checkpoint_s, "commit")
+
+    def _pause(self, seconds: float, action: str) -> None:
+        self.resume_at, self.resume_action = self.t + seconds, action
+
+    def _resume(self) -> None:
+        action, self.resume_at = self.resume_action, None
+        if action == "commit":
+            self._commit()
+            self.next_ckpt = self.step + self.sc.interval_steps
+            if self.grow_pending and self.sc.fit(self.usable) > self.w:
+                self.grow_pending = False
+                self.out.recoveries["grow"] += 1
+                self.w = self.sc.fit(self.usable)
+                self._pause(self.comp.grow_s, "")
+        elif action == "restart":
+            self.w = self.sc.fit(self.usable)
+            self.next_ckpt = self.step + self.sc.interval_steps
+
+    def _commit(self) -> None:
+        self.committed = self.step
+        self.out.productive_s += self.pending_work
+        self.pending_work = 0.0
+
+    # -- capacity events ------------------------------------------------------------------------
+
+    def _set_pool(self, delta: int) -> int:
+        """Apply a capacity change; returns the change in nodes the job could use."""
+        before = self.usable
+        self.pool += delta
+        self.usable = max(0, min(self.pool, self.sc.nodes))
+        return self.usable - before
+
+    def lose(self, taken: int, noticed: bool) -> None:
+        before = self.usable
+        gone = -self._set_pool(-taken)
+        # Which of the held nodes go is random: the job's w of them, or idle ones it has not grown into.
+        hit = int(self.rng.hypergeometric(self.w, before - self.w, gone)) if self.w and gone else 0
+        if hit == 0 or self.out.finished:
+            return
+        if noticed:
+            self._commit()  # the notice's save: nothing lost
+        else:
+            self.out.steps_lost += self.step - self.committed
+            self.step, self.pending_work = self.committed, 0.0
+        self.next_ckpt = self.step + self.sc.interval_steps
+        survivors = self.sc.fit(self.w - hit)
+        if self.sc.policy == "relaunch" or survivors == 0:
+            return self._relaunch(noticed)
+        self.w = survivors
+        self.out.recoveries["notice" if noticed else "no_notice"] += 1
+        self.grow_pending = self.grow_pending or self.sc.fit(self.usable) > self.w
+        c = self.comp
+        self._pause(c.checkpoint_s + c.reform_s if noticed else c.detect_s + c.reform_s + c.load_s, "")
+
+    def _relaunch(self, noticed: bool) -> None:
+        self.out.recoveries["relaunch"] += 1
+        self.w = 0
+        self._pause((self.comp.checkpoint_s if noticed else 0.0) + self.comp.relaunch_s, "restart")
+
+    def gain(self, returned: int) -> None:
+        self._set_pool(returned)
+        if self.out.finished:
+            return
+        if self.w == 0 and self.resume_at is None and self.sc.fit(self.usable):
+            self.out.recoveries["relaunch"] += 1
+            self._pause(self.comp.relaunch_s, "restart")
+        elif self.sc.policy == "elastic" and self.w and self.sc.fit(self.usable) > self.w:
+            self.grow_pending = True
+
+
+def simulate(sc: Scenario, comp: Components, timeline: Timeline, rng: np.random.Generator) -> Outcome:
+    """Run the scenario until max_steps or the timeline's horizon (then ``finished`` is False)."""
+    run = Run(sc, comp, rng, timeline.start)
+    noticed = sc.notice_s > 0 and sc.notice_s >= NOTICE_MARGIN * comp.checkpoint_s
+    # A noticed loss is acted on when the notice arrives: shift drops earlier by the notice.
+    shift = np.where(timeline.deltas < 0, sc.notice_s if noticed else 0.0, 0.0)
+    times = np.maximum(timeline.times_s - shift, 0.0)
+    order = np.argsort(times, kind="stable")
+    for t, delta in zip(times[order], timeline.deltas[order]):
+        run.advance(float(t))
+        if run.out.finished:
+            break
+        if delta < 0:
+            run.lose(int(-delta), noticed)
+        else:
+            run.gain(int(delta))
+    if not run.out.finished:
+        run.advance(timeline.horizon_s)
+    if not run.out.finished:
+        run.out.wall_s = run.t
+    return run.out

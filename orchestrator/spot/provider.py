@@ -1,0 +1,103 @@
+"""The node provider of the simulated spot cluster, loaded by Ray's autoscaler (monitor process).
+
+Ray's ``FakeMultiNodeProvider`` starts every "node" as a real raylet on this machine. A spot
+pool adds three things a cloud has and it lacks, all configured in ``provider:`` of the cluster
+config (``config.py`` writes it):
+
+- ``provisioning_delay_s``: a requested node joins only after this delay (a GPU instance takes
+  minutes); the autoscaler meanwhile counts it as pending, as it would a cloud launch.
+- ``state_dir``/``capacity.json``: how many nodes of each type the pool can hold right now. The
+  chaos driver lowers it when it takes a node and raises it when capacity returns; a launch
+  beyond it fails like a cloud's "insufficient capacity" and the autoscaler retries later.
+- a node whose raylet died (the chaos driver killed the instance) is no longer listed: the
+  cloud removed it, so the autoscaler sees the loss and may launch a replacement.
+
+Every launch and removal is appended to ``state_dir``/``events.jsonl`` for tests and benches
+(``pool.py`` reads and writes both files).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+from ray.autoscaler.tags import NODE_KIND_WORKER, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
+
+from orchestrator.spot.pool import append_event, read_capacity
+
+log = logging.getLogger(__name__)
+_RAYLET = "raylet"
+
+
+class InsufficientCapacity(RuntimeError):
+    """The spot pool has no room for another node of this type (the autoscaler retries later)."""
+
+
+class SpotNodeProvider(FakeMultiNodeProvider):
+    def __init__(self, provider_config: dict[str, Any], cluster_name: str):
+        super().__init__(provider_config, cluster_name)
+        self._state_dir = Path(provider_config["state_dir"])
+        self._delay_s = float(provider_config.get("provisioning_delay_s", 0.0))
+        self._provisioning: dict[str, int] = {}  # node type -> launches accepted, not yet joined
+
+    def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
+        node_type = tags[TAG_RAY_USER_NODE_TYPE]
+        self._reserve(node_type, count)
+        pending = count
+        try:
+            # Outside the lock: the autoscaler launches on its own threads and keeps listing nodes.
+            time.sleep(self._delay_s)
+            for _ in range(count):
+                with self.lock:  # re-entrant: the fake provider takes it too; ids are read in the same hold
+                    before = set(self._nodes)
+                    self._create_node_with_resources_and_labels(node_config, tags, 1, resources, labels)
+                    joined = sorted(set(self._nodes) - before)
+                    self._provisioning[node_type] -= 1  # now counted as a node of the type
+                    pending -= 1
+                append_event(self._state_dir, "joined", node_type=node_type, node_id=joined[0] if joined else "")
+        finally:
+            with self.lock:
+                self._provisioning[node_type] -= pending
+
+    def _reserve(self, node_type: str, count: int) -> None:
+        with self.lock:
+            limit = read_capacity(self._state_dir).get(node_type)
+            held = self._count(node_type) + self._provisioning.get(node_type, 0)
+            if limit is not None and held + count > limit:
+                append_event(self._state_dir, "no_capacity", node_type=node_type, wanted=count, limit=limit)
+                raise InsufficientCapacity(f"spot pool {node_type!r} holds {limit} node(s), {held} taken")
+            self._provisioning[node_type] = self._provisioning.get(node_type, 0) + count
+            append_event(self._state_dir, "requested", node_type=node_type, count=count, delay_s=self._delay_s)
+
+    def _count(self, node_type: str) -> int:
+        return sum(1 for n in self._nodes.values() if n["tags"].get(TAG_RAY_USER_NODE_TYPE) == node_type
+                   and n["tags"].get(TAG_RAY_NODE_KIND) == NODE_KIND_WORKER)
+
+    def non_terminated_nodes(self, tag_filters):
+        self._reap_taken_nodes()
+        return super().non_terminated_nodes(tag_filters)
+
+    def _reap_taken_nodes(self) -> None:
+        """Forget nodes whose raylet is gone (taken by the chaos driver); stop what is left of them."""
+        with self.lock:
+            taken = [nid for nid, n in self._nodes.items() if "node" in n and _raylet_dead(n["node"])]
+            for node_id in taken:
+                entry = self._nodes.pop(node_id)
+                entry["node"].kill_all_processes(check_alive=False, allow_graceful=False)
+                append_event(self._state_dir, "removed", node_type=entry["tags"].get(TAG_RAY_USER_NODE_TYPE),
+                             node_id=node_id)
+
+    def terminate_node(self, node_id):
+        node_type = self._nodes.get(node_id, {}).get("tags", {}).get(TAG_RAY_USER_NODE_TYPE)
+        super().terminate_node(node_id)
+        append_event(self._state_dir, "terminated", node_type=node_type, node_id=node_id)
+
+
+def _raylet_dead(node) -> bool:
+    for info in node.all_processes.get(_RAYLET, []):
+        if info.process.poll() is not None:
+            return True
+    return False

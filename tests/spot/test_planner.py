@@ -1,0 +1,126 @@
+"""The planner's model against closed forms, the trainer's Young–Daly rule, and the traces' rates.
+
+Pure Python and numpy, no Ray: fast.
+"""
+
+import math
+import subprocess
+import sys
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.errors import PermanentError
+from orchestrator.spot.capacity import Timeline, from_rate, from_trace
+from orchestrator.spot.planner import PlanInputs, best_interval, plan
+from orchestrator.spot.planner_model import Components, Scenario, components_from, simulate, young_daly_interval_s
+from orchestrator.spot.traces import load_trace
+from orchestrator.train.checkpoint.interval import young_daly_interval_steps
+
+TRACES = Path(__file__).parents[2].parent / "shared" / "traces"  # ../shared/traces beside the repository
+PARCAE = TRACES / "aws-p3-2xlarge-parcae.csv"
+ROOT = Path(__file__).parents[2]
+
+
+def _poisson_run(policy: str, mtbf_s: float, interval: int, comp: Components, steps: int = 300_000, notice_s=0.0):
+    rng = np.random.default_rng(7)
+    line = from_rate(3600.0 / mtbf_s, 1.0, 0.0, 1, 50 * steps * comp.step_s_one, rng)  # the node returns at once
+    return simulate(Scenario(policy, 1, 1, steps, interval, notice_s), comp, line, rng)
+
+
+def test_relaunch_under_poisson_losses_matches_the_renewal_closed_form():
+    # A segment of K steps plus its checkpoint (L seconds) restarts after each loss, paying R:
+    # E[time per committed segment] = (1/lambda + R) (e^{lambda L} - 1).
+    comp = Components(step_s_one=1.0, checkpoint_s=2.0, relaunch_s=10.0)
+    for mtbf, k in ((1000.0, 50), (300.0, 20)):
+        out = _poisson_run("relaunch", mtbf, k, comp)
+        expected = k / ((mtbf + comp.relaunch_s) * math.expm1((k + comp.checkpoint_s) / mtbf))
+        assert out.finished
+        assert out.goodput == pytest.approx(expected, rel=0.02)
+
+
+def test_waste_per_loss_is_half_an_interval_plus_the_restart():
+    comp = Components(step_s_one=1.0, checkpoint_s=1.0, relaunch_s=15.0)
+    out = _poisson_run("relaunch", 2000.0, 100, comp)
+    losses = out.recoveries["relaunch"]
+    lost_per_loss = out.steps_lost * comp.step_s_one / losses
+    assert lost_per_loss == pytest.approx((100 + comp.checkpoint_s) / 2, rel=0.08)
+    waste = out.wall_s - out.productive_s - (out.productive_s / 100) * comp.checkpoint_s
+    assert waste / losses == pytest.approx(lost_per_loss + comp.relaunch_s, rel=0.08)
+
+
+def test_a_notice_that_fits_a_checkpoint_loses_no_step_in_either_policy():
+    comp = Components(step_s_one=1.0, checkpoint_s=2.0, relaunch_s=10.0)
+    for policy in ("relaunch", "elastic"):
+        out = _poisson_run(policy, 500.0, 50, comp, steps=50_000, notice_s=30.0)
+        assert out.steps_lost == 0 and out.finished
+    short = _poisson_run("relaunch", 500.0, 50, comp, steps=50_000, notice_s=2.0)  # 2 s < 1.25 x 2 s
+    assert short.steps_lost > 0
+
+
+def test_young_daly_is_the_trainers_rule_and_near_the_simulated_optimum():
+    for c, m, step in ((2.0, 3600.0, 0.5), (30.0, 7200.0, 1.3), (5.0, 900.0, 0.1)):
+        assert round(young_daly_interval_s(c, m) / step) == young_daly_interval_steps(c, m, step)
+    comp = Components(step_s_one=1.0, checkpoint_s=5.0, relaunch_s=0.0)
+    mtbf = 2000.0
+    yd = young_daly_interval_s(comp.checkpoint_s, mtbf)  # ~141 steps of 1 s
+    inp = PlanInputs(nodes=1, min_workers=1, max_steps=200_000, interval_steps=None, notice_s=0.0, spot_price=1.0,
+                     on_demand_price=3.0, components=comp, rate_per_node_h=3600.0 / mtbf, return_s=0.0, seeds=2)
+    lines = [from_rate(inp.rate_per_node_h, 1.0, 0.0, 1, 2e7, np.random.default_rng(s)) for s in range(2)]
+    best = best_interval(inp, "relaunch", lines, round(yd))
+    assert 0.6 * yd <= best.interval_steps <= 1.5 * yd
+
+
+def test_elastic_shrinks_on_survivors_and_grows_back_at_a_checkpoint():
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=3.0, grow_s=2.0, relaunch_s=50.0)
+    # 4 nodes; one is taken (noticed) at t=100 s and comes back at t=300 s.
+    line = Timeline(4, np.array([100.0, 300.0]), np.array([-1, 1]), 10_000.0)
+    sc = Scenario("elastic", 4, 2, 2000, 50, notice_s=30.0)
+    out = simulate(sc, comp, line, np.random.default_rng(0))
+    assert out.recoveries == {"notice": 1, "no_notice": 0, "relaunch": 0, "grow": 1}
+    assert out.steps_lost == 0 and out.finished
+    relaunch = simulate(Scenario("relaunch", 4, 2, 2000, 50, notice_s=30.0), comp, line, np.random.default_rng(0))
+    assert relaunch.recoveries["relaunch"] == 1 and relaunch.wall_s > out.wall_s
+
+
+def test_world_sizes_follow_the_batch_rule():
+    sc = Scenario("elastic", 512, 256, 10, 1, 0.0, sizes=(256, 320, 384, 480, 512))
+    assert [sc.fit(n) for n in (600, 512, 511, 400, 300, 256, 255)] == [512, 512, 480, 384, 256, 256, 0]
+
+
+def test_superposed_trace_keeps_the_traces_rate_per_node_hour_and_bursts():
+    trace = load_trace(PARCAE)
+    assert trace.preemptions_per_instance_hour() == pytest.approx(0.61, abs=0.01)
+    for nodes in (32, 128):
+        line = from_trace(trace, nodes, 50 * 3600.0, np.random.default_rng(3))
+        assert line.taken_per_node_hour() == pytest.approx(0.61, rel=0.15)
+        assert -line.deltas.min() >= 6  # the trace's bursts survive
+
+
+def test_rate_timeline_has_the_asked_rate_and_bursts():
+    line = from_rate(0.5, 3.0, 60.0, 200, 200 * 3600.0, np.random.default_rng(5))
+    assert line.taken_per_node_hour() == pytest.approx(0.5, rel=0.1)
+    taken = -line.deltas[line.deltas < 0]
+    assert taken.mean() == pytest.approx(3.0, rel=0.1)
+
+
+def test_component_times_are_named_and_checked():
+    assert components_from(["checkpoint=12", "relaunch=90"]).relaunch_s == 90.0
+    for bad in (["restart=5"], ["checkpoint=-1"], ["checkpoint=soon"]):
+        with pytest.raises(PermanentError, match="NAME=SECONDS"):
+            components_from(bad)
+
+
+def test_bertctl_plan_answers_with_both_policies(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "plan",
+                           str(ROOT / "orchestrator/spot/examples/bert-large-spot.yaml"), "--nodes", "64",
+                           "--samples-per-node-s", "200", "--trace", str(PARCAE), "--time", "checkpoint=10",
+                           "--seeds", "1", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    policies = {row["policy"] for row in result["rows"]}
+    assert policies == {"elastic", "relaunch"} and result["young_daly_steps"] >= 1
+    best = {p: max(r["goodput"] for r in result["rows"] if r["policy"] == p) for p in policies}
+    assert 0 < best["relaunch"] < best["elastic"] <= 1

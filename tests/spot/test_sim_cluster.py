@@ -1,0 +1,91 @@
+"""The simulated spot cluster for real: Ray's autoscaler over the spot node provider, a noticed
+preemption (PREEMPTION drain, node gone at its deadline), a kill without notice, capacity back.
+
+One short scenario on its own cluster; only the cluster's own processes are stopped.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spot.config import parse_config
+from orchestrator.spot.sim_cluster import SimCluster, session_members
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+NOTICE_S = 4.0
+CONFIG = {"head": {"resources": {"CPU": 1}}, "provisioning_delay_s": 1.0, "idle_timeout_s": 300,
+          "node_types": {"spot-cpu": {"resources": {"CPU": 1, "spot_node": 1}, "max_workers": 3}}}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    sim = SimCluster(tmp_path / "spot", parse_config(CONFIG))
+    sim.up()
+    leader = sim.state()["pid"]
+    yield sim
+    sim.down()
+    assert session_members(leader) == [], "the cluster's processes outlived down()"
+
+
+def _run_scenario(sim: SimCluster) -> dict[str, dict]:
+    env = {**os.environ, **sim.client_environ(), "PYTHONPATH": str(ROOT)}
+    workload = subprocess.Popen([sys.executable, str(HERE / "workload.py"), "2"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run([sys.executable, str(HERE / "scenario.py"), str(sim.state_dir), str(NOTICE_S)],
+                              env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        workload.kill()
+        workload.wait()
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return {line["step"]: line for line in lines}
+
+
+@pytest.mark.chaos
+def test_autoscaled_nodes_are_preempted_with_and_without_notice_and_come_back(cluster):
+    steps = _run_scenario(cluster)
+
+    up = steps["up"]
+    assert len(up["nodes"]) >= 2 and set(up["types"]) == {"spot-cpu"}
+
+    notice = steps["notice"]
+    during = notice["during"]
+    assert during["alive"], "a noticed node keeps running until its deadline"
+    assert abs(during["draining_deadline_ms"] - notice["deadline_s"] * 1000) < 1000
+
+    noticed = steps["after_notice"]["node"]
+    assert not noticed["alive"] and noticed["death_reason"] == "AUTOSCALER_DRAIN_PREEMPTED"
+    assert cluster.node_processes(noticed["node_id"]) == []
+
+    killed = steps["after_kill"]["node"]
+    assert not killed["alive"] and killed["death_reason"] != "AUTOSCALER_DRAIN_PREEMPTED"
+    assert cluster.node_processes(killed["node_id"]) == []
+
+    back = steps["back"]["nodes"]
+    assert len(back) >= 2 and not set(back) & {noticed["node_id"], killed["node_id"]}
+
+    # The provider records a join once the node's launch call returns, a moment after Ray sees it.
+    events = _wait_for(cluster, lambda kinds: kinds.count("joined") >= 4)
+    gone_at = next(e["ts"] for e in events if e["kind"] == "deadline")
+    assert gone_at >= notice["deadline_s"] - 0.05, "the noticed node was removed before its deadline"
+    assert [e["kind"] for e in events].count("removed") >= 2
+    restored_at = next(e["ts"] for e in events if e["kind"] == "capacity")
+    launched_before = sum(e["count"] for e in events if e["kind"] == "requested" and e["ts"] < restored_at)
+    assert launched_before == 2, "no launch may be accepted while the taken nodes' slots are gone"
+
+
+def _wait_for(sim: SimCluster, predicate, timeout_s: float = 30.0) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = sim.events()
+        if predicate([e["kind"] for e in events]):
+            return events
+        assert time.monotonic() < deadline, f"the provider's events never got there: {events}"
+        time.sleep(0.2)
