@@ -65,7 +65,7 @@ def test_resume_2_to_1_to_3_workers(zero, tmp_path, shards, ray_cluster, monkeyp
         assert code == 0, f"attempt {n} on {workers} workers"
         assert [r["step"] for r in got] == list(range(steps - 2, steps + 1)), "continues after the loaded step"
         for r in got:
-            rows[r["step"]] = r
+            rows[r["step"]] = {**r, "attempt": n, "workers": workers}
         if n > 1:
             step, where = steps - 3, f"ZeRO-{zero}, {PLAN[n - 2][0]} -> {workers} workers"
             loaded = torch.load(f"{dump}-loaded-step{step:08d}.pt")
@@ -83,3 +83,20 @@ def test_resume_2_to_1_to_3_workers(zero, tmp_path, shards, ray_cluster, monkeyp
     all_ids = [i for s in range(1, 10) for i in rows[s]["sample_ids"]]
     assert len(all_ids) == len(set(all_ids)), "a sample was repeated"
     assert all(r["loss"] > 0 for r in rows.values())
+    _assert_the_ledger_proves_it(rows, tmp_path / "job-3.yaml", 9)
+
+
+def _assert_the_ledger_proves_it(rows: dict[int, dict], manifest_path, steps: int) -> None:
+    """The data ledger (what `bertctl audit` checks) says the same as the sample ids above, and a
+    tampered value is named by its step."""
+    from orchestrator.data.index import ShardIndex
+    from orchestrator.data.ledger import LedgerPoint, audit, planned_ledger
+
+    m = load_manifest(str(manifest_path))
+    planned = dict(planned_ledger(ShardIndex.load(m.spec.data.shards), seed=m.spec.data.seed, steps=steps,
+                                  shuffle_window=m.spec.data.shuffle_window, global_batch_size=GLOBAL))
+    points = [LedgerPoint(r["attempt"], step, r["sample_digest"], r["workers"]) for step, r in rows.items()]
+    assert audit(points, planned) == (None, "every step consumed exactly its planned samples, across 3 "
+                                            "attempt(s) and 2 resize(s) (9 recorded steps checked)")
+    tampered = [LedgerPoint(p.attempt, p.step, "0" * 16 if p.step == 5 else p.digest, p.world_size) for p in points]
+    assert audit(tampered, planned)[0] == 5

@@ -10,13 +10,16 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.manager.procs import ServerProcess, free_port, group_alive, terminal
+from tests.manager.procs import ADMIN, ServerProcess, free_port, group_alive, terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -96,6 +99,27 @@ def test_kill9_of_the_trainer_group_resumes_from_the_newest_checkpoint(server, c
     assert any("attempt 1 ended: worker_lost" in m for m in msgs)
     assert any(f"resumed from step {newest_at_kill}" in m for m in msgs)
     assert not group_alive(pgid)
+    _audit_passes_then_names_a_tampered_step(server, job_id)
+
+
+def _bertctl_audit(server, job_id: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BERTCTL_TOKEN": ADMIN}
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "audit", job_id, "--url", server.url],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def _audit_passes_then_names_a_tampered_step(server, job_id: str) -> None:
+    """`bertctl audit` over a preempted run: the data ledger from both attempts matches the plan;
+    one value changed in the manager's database is named by its step."""
+    ok = _bertctl_audit(server, job_id)
+    assert ok.returncode == 0 and "every step consumed exactly its planned samples, across 2 attempt(s)" in ok.stdout
+    with sqlite3.connect(server.data_dir / "manager.db") as db:
+        step = db.execute("SELECT max(step) FROM metric_points WHERE job_id = ? AND attempt = 2 "
+                          "AND sample_digest IS NOT NULL", (job_id,)).fetchone()[0]
+        db.execute("UPDATE metric_points SET sample_digest = '0000000000000000' WHERE job_id = ? AND step = ?",
+                   (job_id, step))
+    tampered = _bertctl_audit(server, job_id)
+    assert tampered.returncode == 1 and f"step {step} (attempt 2) did not consume its planned samples" in tampered.stdout
 
 
 def test_manager_kill9_mid_run_then_restart(tmp_path, corpus):
