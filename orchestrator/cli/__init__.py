@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 # Importing the command modules registers their commands on `app`.
-from orchestrator.cli import data_cmds, jobs_cmds, k8s_cmds, spec_cmds, train_cmds  # noqa: F401
+from orchestrator.cli import audit_cmds, data_cmds, finetune_cmds, jobs_cmds, k8s_cmds, spec_cmds, spot_cmds, train_cmds  # noqa: F401
 from orchestrator.cli.common import app, console_err, exit_with
 from orchestrator.errors import BertctlError
 

@@ -73,6 +73,7 @@ def _submit_and_follow(job: PretrainJob, data_dir: Path) -> tuple[dict[str, Any]
         console.print(f"job [bold]{job_id}[/bold] on an embedded manager; store {em.manager.store.dialect} in "
                       f"{data_dir.resolve()}, trainer logs {logs}/attempt-N/trainer.log", highlight=False,
                       soft_wrap=True)
+        _show_dashboard(em.url, _ui_token_file(data_dir, em.token))
         view = follow_job(client, job_id, RUN_BAR)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the trainer running
@@ -81,6 +82,21 @@ def _submit_and_follow(job: PretrainJob, data_dir: Path) -> tuple[dict[str, Any]
     finally:
         em.stop(cancel_jobs=True, timeout_s=stop_s)
     return view, _read_metrics(metrics), logs
+
+
+def _ui_token_file(data_dir: Path, token: str) -> Path:
+    """The embedded manager's token in a file only this user can read: the dashboard's login needs it,
+    and a terminal or a CI log must never show it."""
+    path = data_dir.resolve() / "ui-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # an older file keeps its mode through O_CREAT
+        fh.write(token + "\n")
+    return path
+
+
+def _show_dashboard(url: str, token_file: Path) -> None:
+    console.print(f"dashboard {url}/ui (sign in with the token in {token_file})", highlight=False, soft_wrap=True)
 
 
 def _interrupt(_signum, _frame) -> None:
@@ -186,12 +202,24 @@ def _summary(rows: list[dict], view: dict[str, Any], seconds: float) -> None:
 @app.command("export")
 def export_cmd(
     checkpoint: str = typer.Argument(..., help="A checkpoint URI root (its newest committed checkpoint) "
-                                     "or one step-NNNNNNNN directory."),
+                                     "or one step-NNNNNNNN directory; with --format onnx also a Hugging Face "
+                                     "directory (an export, or a model from `bertctl finetune`)."),
     output: Path = typer.Option(..., "--output", help="The Hugging Face model directory to write."),
+    format: str = typer.Option("hf", "--format", help="hf: a Hugging Face directory; onnx: DIR/model.onnx with "
+                               "dynamic batch and sequence axes, checked by onnxruntime against PyTorch."),
 ) -> None:
-    """Consolidate a committed checkpoint into a Hugging Face model directory (CPU, no Ray)."""
+    """Consolidate a committed checkpoint into a Hugging Face model directory (CPU, no Ray), or ONNX."""
     from orchestrator.train.export import export_checkpoint
 
+    if format == "onnx":
+        from orchestrator.finetune.onnx_export import export_onnx
+
+        done = export_onnx(checkpoint, output)
+        console.print(f"exported {done.kind} ({', '.join(done.outputs)}) to {done.output / 'model.onnx'}; onnxruntime "
+                      f"vs PyTorch max abs diff {done.max_abs_diff:.1e}", highlight=False)
+        return
+    if format != "hf":
+        raise typer.BadParameter(f"--format {format}: choose hf or onnx")
     out = export_checkpoint(checkpoint, output)
     console.print(f"exported step {out.step} ({out.parameters:,} parameters) from {out.source} to {out.output}",
                   highlight=False)
