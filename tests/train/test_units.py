@@ -214,19 +214,23 @@ def test_no_manager_url_is_a_silent_no_op():
     assert client.send_final(Heartbeat(attempt=1, status="succeeded")) is False
 
 
-def test_the_trainer_starts_no_dataset_manager_but_keeps_its_backend_and_callbacks(tmp_path):
-    """Ray Train's DatasetManager actor is a process start in every recovery; we pass no Ray Dataset."""
+@pytest.mark.parametrize("dashboard", [True, False], ids=["with-dashboard", "without-dashboard"])
+def test_the_trainer_starts_no_dataset_manager_but_keeps_its_backend_and_callbacks(tmp_path, monkeypatch, dashboard):
+    """Ray Train's DatasetManager actor is a process start in every recovery; we pass no Ray Dataset.
+    The placement-group cleaner stays only where a dashboard can answer its queries (KubeRay)."""
     from pathlib import Path
 
     from orchestrator.spec import load_manifest
-    from orchestrator.train.driver.launch import build_trainer
+    from orchestrator.train.driver import launch
 
+    monkeypatch.setattr(launch, "_cluster_has_no_dashboard", lambda: not dashboard)
     root = Path(__file__).resolve().parents[2]
-    trainer = build_trainer(load_manifest(str(root / "jobs" / "quickstart.yaml")), {}, tmp_path / "ray",
-                            tmp_path / "metrics.jsonl", "t")
+    trainer = launch.build_trainer(load_manifest(str(root / "jobs" / "quickstart.yaml")), {}, tmp_path / "ray",
+                                   tmp_path / "metrics.jsonl", "t")
     names = [type(c).__name__ for c in trainer._create_default_callbacks()]
     assert "DatasetsCallback" not in names
-    assert {"BackendSetupCallback", "PlacementGroupCleanerCallback", "UserCallbackHandler"} <= set(names)
+    assert {"BackendSetupCallback", "UserCallbackHandler"} <= set(names)
+    assert ("PlacementGroupCleanerCallback" in names) is dashboard
 
 
 def test_startup_phases_are_sent_as_starting_heartbeats_at_each_change_only():
