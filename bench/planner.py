@@ -24,7 +24,7 @@ from orchestrator.spot.planner_model import components_from  # noqa: E402
 from orchestrator.spot.traces import load_trace  # noqa: E402
 
 MANIFEST = ROOT / "orchestrator/spot/examples/bert-large-spot.yaml"
-TRACE = ROOT.parent / "shared/traces/aws-p3-2xlarge-parcae.csv"
+TRACE = ROOT / "orchestrator/spot/traces_data/aws-p3-2xlarge-parcae.csv"
 TIMES = ["checkpoint=10", "relaunch=120", "step_overhead=0.3", "detect=10", "load=20"]
 
 

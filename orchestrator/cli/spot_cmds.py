@@ -107,7 +107,8 @@ def restore_cmd(node_type: str = typer.Option(..., "--type", help="Worker group.
 
 
 @spot_app.command("replay")
-def replay_cmd(trace: Path = typer.Option(..., "--trace", help="A trace from ../shared/traces/ (either format)."),
+def replay_cmd(trace: Path = typer.Option(..., "--trace", help="A trace file, either format (real AWS "
+                                                      "traces: orchestrator/spot/traces_data/)."),
                node_type: str = typer.Option(..., "--type", help="Worker group whose pool follows the trace."),
                hour_s: float = typer.Option(60.0, "--hour-s", help="Wall seconds per trace hour."),
                notice: str = typer.Option("aws", "--notice", help="Notice per removal (seconds or a cloud)."),
@@ -148,7 +149,8 @@ _TIMES_HELP = ("Component time NAME=SECONDS, repeatable: checkpoint (pause per s
 _MANIFEST = typer.Argument(..., help="PretrainJob manifest (max_steps, batch, workers, checkpoint).")
 _NODES = typer.Option(..., "--nodes", min=1, help="Spot nodes (one worker each) at full capacity.")
 _SAMPLES = typer.Option(..., "--samples-per-node-s", help="Sequences per second one node trains.")
-_TRACE = typer.Option(None, "--trace", help="Preemption trace (../shared/traces/); without one: --rate, --burst.")
+_TRACE = typer.Option(None, "--trace", help="Preemption trace (real ones: orchestrator/spot/traces_data/); "
+                      "without one: --rate, --burst.")
 _RATE = typer.Option(0.61, "--rate", help="Preemptions per node-hour (no trace).")
 _BURST = typer.Option(1.0, "--burst", help="Mean nodes taken at once (no trace).")
 _RETURN = typer.Option(600.0, "--return-s", help="Mean seconds until a taken node's capacity returns (no trace).")

@@ -1,4 +1,4 @@
-"""Spot availability traces (``../shared/traces/``): how many instances a real pool held over time.
+"""Spot availability traces (``spot/traces_data/``, a copy of real AWS traces): how many instances a real pool held over time.
 
 Two formats, told apart by their rows:
 

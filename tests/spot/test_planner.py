@@ -19,7 +19,7 @@ from orchestrator.spot.planner_model import Components, Scenario, components_fro
 from orchestrator.spot.traces import load_trace
 from orchestrator.train.checkpoint.interval import young_daly_interval_steps
 
-TRACES = Path(__file__).parents[2].parent / "shared" / "traces"  # ../shared/traces beside the repository
+TRACES = Path(__file__).parents[2] / "orchestrator" / "spot" / "traces_data"  # a copy of ../shared/traces, kept with the package
 PARCAE = TRACES / "aws-p3-2xlarge-parcae.csv"
 ROOT = Path(__file__).parents[2]
 

@@ -9,7 +9,7 @@ from orchestrator.errors import PermanentError
 from orchestrator.spot.replay import rate_per_node_hour, schedule, timeline_of
 from orchestrator.spot.traces import load_trace
 
-TRACES = Path(__file__).parents[2].parent / "shared" / "traces"  # ../shared/traces beside the repository
+TRACES = Path(__file__).parents[2] / "orchestrator" / "spot" / "traces_data"  # a copy of ../shared/traces, kept with the package
 
 
 @pytest.mark.parametrize("name, rate, peak", [("aws-p3-2xlarge-parcae.csv", 0.61, 32),
