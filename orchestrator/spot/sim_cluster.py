@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import yaml
 
 import orchestrator
 from orchestrator.errors import PermanentError, TemporaryError
+from orchestrator.loopback import free_port, port_open
 from orchestrator.spot.config import MARKET_TYPE_LABEL, NODE_GROUP_LABEL, SimClusterConfig, autoscaler_config
 from orchestrator.spot.pool import EVENTS_FILE, write_capacity
 
@@ -60,7 +60,7 @@ class SimCluster:
             pid, port = int(state["pid"]), int(state["port"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return {"pid": pid, "port": port} if _alive(pid) and _port_open(port) else None
+        return {"pid": pid, "port": port} if _alive(pid) and port_open(port) else None
 
     @property
     def address(self) -> str:
@@ -87,7 +87,7 @@ class SimCluster:
         self._write_token()
         (self.state_dir / EVENTS_FILE).unlink(missing_ok=True)
         write_capacity(self.state_dir, {n: t.max_workers for n, t in self.config.node_types.items()})
-        port = _free_port()
+        port = free_port()
         config_path = self.state_dir / "autoscaler.yaml"
         config_path.write_text(yaml.safe_dump(autoscaler_config(self.config, f"127.0.0.1:{port}", self.state_dir)))
         proc = self._start_head(port, config_path)
@@ -143,7 +143,7 @@ class SimCluster:
         log_path = self.state_dir / "head.log"
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
-            if _port_open(state["port"]) and _READY_LINE in log_path.read_text(errors="replace"):
+            if port_open(state["port"]) and _READY_LINE in log_path.read_text(errors="replace"):
                 return
             time.sleep(0.2)
         tail = log_path.read_text(errors="replace")[-1500:]
@@ -174,17 +174,6 @@ def _recorded_pid(state_dir: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _command_line(pid: int) -> str:

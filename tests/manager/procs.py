@@ -24,6 +24,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill9(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def stop(proc: subprocess.Popen | None, grace_s: float = 20) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``: a server process that is running stops either way."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            kill9(proc)
+
+
 class ServerProcess:
     def __init__(self, data_dir: Path, port: int, trainer_command: list[str] | None = None):
         self.data_dir, self.port, self.trainer_command = data_dir, port, trainer_command
@@ -51,16 +66,10 @@ class ServerProcess:
         raise RuntimeError(f"manager did not start; see {log.name}")
 
     def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        stop(self.proc)
         self.http.close()
 
     def job(self, job_id: str) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import Iterator
 
 import httpx
 from sqlalchemy import create_engine, text
+
+from tests.manager import procs
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-" + "f" * 40
@@ -84,16 +85,10 @@ class Replica:
         return bool((self.health() or {}).get("supervising"))
 
     def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        procs.kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill9()
+        procs.stop(self.proc)
 
     def close(self) -> None:
         self.stop()

@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,23 +26,13 @@ from pathlib import Path
 
 from orchestrator import contract
 from orchestrator.errors import TemporaryError
+from orchestrator.loopback import free_port, port_open
 from orchestrator.manager.backends.processes import alive as _alive
 from orchestrator.manager.backends.processes import members, signal_group, signal_pid
 
 DEFAULT_LOGICAL_CPUS = 32  # a scheduling budget, not cores: room for a few concurrent small jobs
 _READY_LINE = "Ray runtime started"
 
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalRayCluster:
@@ -99,7 +88,7 @@ class LocalRayCluster:
     # -- helpers --------------------------------------------------------------------------------
 
     def _healthy(self, state: dict) -> bool:
-        return _alive(state["pid"]) and _port_open(state["port"])
+        return _alive(state["pid"]) and port_open(state["port"])
 
     def _read_state(self) -> dict | None:
         try:
@@ -116,7 +105,7 @@ class LocalRayCluster:
     def _start(self) -> dict:
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_token()
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
                "--node-ip-address=127.0.0.1", f"--num-cpus={self.logical_cpus}", "--include-dashboard=false",
                "--disable-usage-stats"]
@@ -138,7 +127,7 @@ class LocalRayCluster:
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 break
-            if _port_open(state["port"]) and _READY_LINE in log_path.read_text(errors="replace"):
+            if port_open(state["port"]) and _READY_LINE in log_path.read_text(errors="replace"):
                 return
             time.sleep(0.2)
         tail = log_path.read_text(errors="replace")[-1500:]
