@@ -87,7 +87,7 @@ def _serve(cfg: ManagerConfig) -> None:
 
     manager = Manager(cfg)
     console.print(f"bertctl manager on {manager.url} (backend: {cfg.backend}, database: {manager.store.dialect}, "
-                  f"data: {cfg.data_dir})", highlight=False)
+                  f"data: {cfg.data_dir}); dashboard {manager.url}/ui", highlight=False, soft_wrap=True)
     manager.serve_forever()
 
 

@@ -82,7 +82,7 @@ def test_a_kuberay_server_sends_new_jobs_to_kuberay(tmp_path):
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert match and "backend: kuberay" in line, line
+        assert match and "backend: kuberay" in line and f"dashboard {match.group(0)}/ui" in line, line
         client = httpx.Client(base_url=match.group(0), headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
         assert client.get("/healthz").json()["status"] == "ok"
         job = client.post("/v1/jobs", content=yaml.safe_dump(make_manifest(tmp_path))).json()
