@@ -69,11 +69,18 @@ def _sqlite(parsed) -> Engine:
     return engine
 
 
+MIGRATION_LOCK_KEY = 0x6265727463746C  # "bertctl": the advisory lock that serialises migrations
+
+
 def migrate(engine: Engine, schema: str | None = None) -> None:
     """Bring the schema to the newest revision (idempotent; runs at every manager start)."""
     cfg = Config()
     cfg.set_main_option("script_location", _MIGRATIONS)
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Replicas started together on an empty database would race to create the same tables;
+            # the first migrates, the others wait here and find the schema at head. Released at commit.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         if schema and engine.dialect.name == "postgresql":
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         cfg.attributes["connection"] = conn
