@@ -33,6 +33,10 @@ ENV_RAY_ADDRESS = "BERTCTL_RAY_ADDRESS"
 # Operator -> trainer: the time one S3 operation may spend waiting between the SDK's retries; it
 # sets the SDKs' attempt bound (orchestrator/storage_s3.py, docs/data.md "Retries").
 ENV_S3_RETRY_BUDGET_S = "BERTCTL_S3_RETRY_BUDGET_S"
+# Manager -> evaluation process (python -m orchestrator.finetune.evaluate): its own token, by value
+# or in a 0600 file (never argv); it may POST only that evaluation's scores (EvaluationReport).
+ENV_EVALUATION_TOKEN = "BERTCTL_EVALUATION_TOKEN"
+ENV_EVALUATION_TOKEN_FILE = "BERTCTL_EVALUATION_TOKEN_FILE"
 # Where `bertctl data fetch` caches the named evaluation sets (orchestrator/finetune/registry_data.py).
 ENV_DATA_CACHE = "BERTCTL_DATA_CACHE"
 DEFAULT_DATA_CACHE = "~/.cache/bertctl/data"
@@ -174,6 +178,29 @@ class SkippedCheckpoint(BaseModel):
     reason: str = Field(max_length=500)
 
 
+class Resize(BaseModel):
+    """One change of an attempt's worker group without a manager relaunch (an elastic attempt,
+    docs/spot.md): a shrink on a noticed preemption (``shrink_notice``), a shrink after a node was
+    lost without notice (``shrink_lost``), or a grow at a checkpoint boundary (``grow``).
+
+    The pause is from the last step of the old group to the first step of the new one; its parts:
+    ``detect_s`` (the old group's end -> Ray Train saw it), ``reform_s`` (-> the new workers
+    started), ``load_s`` (-> model, engine and checkpoint loaded), ``first_step_s`` (-> first step)."""
+
+    model_config = ConfigDict(extra="forbid")
+    n: int = Field(ge=1, description="Sequence number within the attempt (the manager records each once).")
+    kind: Literal["shrink_notice", "shrink_lost", "grow"]
+    from_world: int | None = Field(None, ge=1)
+    to_world: int = Field(ge=1)
+    last_step: int | None = Field(None, ge=0, description="The old group's last step, when it said so.")
+    resumed_from_step: int = Field(ge=0)
+    pause_s: float | None = Field(None, ge=0)
+    detect_s: float | None = Field(None, ge=0)
+    reform_s: float | None = Field(None, ge=0)
+    load_s: float | None = Field(None, ge=0)
+    first_step_s: float | None = Field(None, ge=0)
+
+
 class Heartbeat(BaseModel):
     """POST /v1/jobs/{job_id}/heartbeat, with the attempt token as bearer.
 
@@ -206,3 +233,21 @@ class Heartbeat(BaseModel):
         None, ge=0, le=86400, description="With a final 'failed': the wait a temporary error asked for.")
     skipped_checkpoints: list[SkippedCheckpoint] | None = Field(
         None, max_length=8, description="Checkpoints this attempt skipped when loading (recorded once as events).")
+    resizes: list[Resize] | None = Field(
+        None, max_length=8, description="This attempt's newest worker-group resizes (recorded once as events).")
+
+
+class EvaluationReport(BaseModel):
+    """POST /v1/jobs/{job_id}/evaluations, one per task as it ends, with the evaluation's own token
+    as bearer (orchestrator/finetune/evaluate.py sends it; manager/evaluations.py records it)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # stored as JSON, which has neither
+    evaluation_id: int = Field(ge=1, le=2**31 - 1)  # an INTEGER column on PostgreSQL
+    step: int = Field(ge=0, le=2**31 - 1, description="The checkpoint step evaluated.")
+    task: str = Field(min_length=1, max_length=40, description="The task's name in spec.evaluation.tasks.")
+    status: Literal["succeeded", "failed"]
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=32)
+    examples_seen: int | None = Field(None, ge=0, le=2**31 - 1)
+    validation_examples: int | None = Field(None, ge=0, le=2**31 - 1)
+    seconds: float | None = Field(None, ge=0)
+    message: str | None = Field(None, max_length=4000, description="With 'failed': why, and what to do.")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 from typing_extensions import TypedDict  # pydantic needs this one, not typing's, before Python 3.12
 
 from orchestrator.errors import ManifestError
+from orchestrator.spec_evaluation import EvaluationSpec
 from orchestrator.manifest_text import (  # noqa: F401  (the limits and the reader are part of spec's API)
     MAX_MANIFEST_CHARS, MAX_MANIFEST_DEPTH, MAX_MANIFEST_NODES, credential_problems, load_bounded_yaml,
     read_manifest_text,
@@ -239,6 +240,8 @@ class JobSpec(_Strict):
     checkpoint: CheckpointSpec
     recovery: RecoverySpec = Field(default_factory=RecoverySpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+    evaluation: EvaluationSpec | None = Field(None, description="Downstream tasks the manager fine-tunes "
+                                              "committed checkpoints on, beside training (spec_evaluation.py).")
 
 
 class PretrainJob(_Strict):
@@ -258,6 +261,8 @@ class PretrainJob(_Strict):
             uri = doc["spec"][section][key]
             if "://" not in uri:
                 doc["spec"][section][key] = str(Path(uri).resolve())
+        if self.spec.evaluation is not None:
+            doc["spec"]["evaluation"] = self.spec.evaluation.with_absolute_paths().model_dump(mode="json")
         return parse_manifest(doc)
 
 

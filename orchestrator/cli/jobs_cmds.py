@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.common import app, console
+from orchestrator.cli.evaluation_view import evaluation_lines
 from orchestrator.cli.follow import STATUS_BAR, fmt_count, fmt_loss, fmt_seconds, fmt_share, follow_job
 from orchestrator.contract import ENV_MANAGER_URLS
 from orchestrator.manager.phases import Phase
@@ -119,6 +120,10 @@ def status_cmd(job_id: str = typer.Argument(...), follow: bool = typer.Option(Fa
     client = _client(url, token)
     job = follow_job(client, job_id, STATUS_BAR) if follow else client.get(job_id)
     _print_job(job)
+    evaluation = ((job.get("manifest") or {}).get("spec") or {}).get("evaluation")
+    if evaluation:  # spec.evaluation: the newest scores per task (docs/finetune.md)
+        console.print("\n".join(evaluation_lines(evaluation, client.evaluations(job_id))), highlight=False,
+                      soft_wrap=True, markup=False)
     if follow and job["phase"] != Phase.SUCCEEDED:
         sys.exit(1)
 
@@ -160,7 +165,8 @@ def _print_job(job: dict) -> None:
              + (f"  starting: {job['startup_phase']}" if job.get("startup_phase") else ""),
              f"checkpoint {'-' if not ck else str(ck['step']) + ' ' + ck['uri']}",
              f"goodput    productive {fmt_share(g.get('productive_fraction'))}  steps lost {g.get('steps_lost', '-')}  "
-             f"recovery {fmt_seconds(g.get('recovery_s'))}  checkpointing {fmt_seconds(g.get('checkpoint_s'))}"]
+             f"recovery {fmt_seconds(g.get('recovery_s'))}  checkpointing {fmt_seconds(g.get('checkpoint_s'))}"
+             + (f"  resizes {g['resizes']} ({fmt_seconds(g.get('resize_s'))} paused)" if g.get("resizes") else "")]
     for a in job.get("attempts", []):
         lines.append(f"  attempt {a['number']}: {a['state']} {a['end_reason'] or ''} step {a['last_step']}"
                      + (f" exit {a['exit_code']}" if a["exit_code"] is not None else ""))

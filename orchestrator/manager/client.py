@@ -76,6 +76,10 @@ class ManagerClient:
         """The job's metric history (downsampled by the manager), with the data ledger's values."""
         return self._request("GET", f"/v1/jobs/{job_id}/metrics", params={"since_step": since_step}).json()["points"]
 
+    def evaluations(self, job_id: str) -> dict[str, Any]:
+        """The job's checkpoint evaluations (spec.evaluation) and the newest score per task."""
+        return self._request("GET", f"/v1/jobs/{job_id}/evaluations").json()
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.contract import EndReason, Heartbeat
 from orchestrator.manager.models import Attempt, AttemptState, Checkpoint, Event, Job
+from orchestrator.manager.evaluations import enqueue_due
 from orchestrator.manager.metric_history import record_point
 from orchestrator.manager.phases import TERMINAL, Phase
 from orchestrator.manager.store import Store
@@ -46,6 +47,7 @@ def apply_heartbeat(store: Store, job_id: str, hb: Heartbeat, now: float) -> Out
         record_point(s, job.id, att.number, hb, now)
         changed = hb.checkpoint is not None and _checkpoint(store, s, job, att, hb, now)
         changed = bool(hb.skipped_checkpoints) and _skipped(store, s, job, att, hb, now) or changed
+        changed = bool(hb.resizes) and _resized(store, s, job, att, hb, now) or changed
         changed = changed or job.phase == Phase.LAUNCHING.value or hb.status != "running"
         if changed:
             # A progress-only heartbeat is superseded by the next one within seconds and need not
@@ -159,6 +161,7 @@ def _checkpoint(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat,
                      save_seconds=ref.save_seconds, created_at=now))
     store.event(s, job.id, "checkpoint", f"checkpoint committed at step {ref.step}: {ref.uri}", now,
                 attempt=att.number, step=ref.step, uri=ref.uri)
+    enqueue_due(store, s, job, ref.step, ref.uri, now)  # spec.evaluation: due with its checkpoint, atomically
     return True
 
 
@@ -174,6 +177,29 @@ def _skipped(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, no
         store.event(s, job.id, "checkpoint_skipped", f"checkpoint step {sk.step} at {sk.uri} skipped: {sk.reason}",
                     now, attempt=att.number, step=sk.step, uri=sk.uri, reason=sk.reason)
         seen_steps.add(sk.step)
+        added = True
+    return added
+
+
+def _resized(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> bool:
+    """One 'resized' event per worker-group resize of an elastic attempt (the trainer repeats its
+    newest ones in every heartbeat), with its pause and the steps it lost: none after a notice or
+    for a grow (the group checkpointed its last step); after a node lost without notice, the steps
+    past the checkpoint it resumed from, up to the newest step the old group reported."""
+    seen = s.scalars(select(Event.data).where(Event.job_id == job.id, Event.attempt == att.number,
+                                              Event.type == "resized"))
+    seen_n = {d.get("n") for d in seen if isinstance(d, dict)}
+    added = False
+    for r in hb.resizes or []:
+        if r.n in seen_n:
+            continue
+        last = r.last_step if r.last_step is not None else max(att.last_step, r.resumed_from_step)
+        lost = max(0, last - r.resumed_from_step)
+        pause = "" if r.pause_s is None else f" after a {r.pause_s:.1f} s pause"
+        store.event(s, job.id, "resized", f"attempt {att.number}: {r.kind.replace('_', ' ')}, "
+                    f"{r.from_world or '?'} -> {r.to_world} workers from step {r.resumed_from_step}{pause}, "
+                    f"{lost} step(s) lost", now, attempt=att.number, steps_lost=lost, **r.model_dump())
+        seen_n.add(r.n)
         added = True
     return added
 

@@ -146,3 +146,43 @@ class LeaderLease(Base):
     holder: Mapped[str] = mapped_column(String(200))
     epoch: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Evaluation(Base):
+    """One checkpoint step fine-tuned on spec.evaluation's tasks (manager/evaluations.py)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("job_id", "step"), Index("ix_evaluations_state", "state"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    checkpoint_uri: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20))  # evaluations.State
+    backend: Mapped[str] = mapped_column(String(40))
+    handle: Mapped[str] = mapped_column(String(200), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), default="")  # sha256 of its report token ("" once ended)
+    log_path: Mapped[str] = mapped_column(Text, default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+
+
+class EvaluationScore(Base):
+    """One task's outcome on one checkpoint step: its metrics, or why it failed."""
+
+    __tablename__ = "evaluation_scores"
+    __table_args__ = (UniqueConstraint("job_id", "step", "task"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    task: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20))  # succeeded | failed
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    examples_seen: Mapped[int | None] = mapped_column(Integer)
+    validation_examples: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)

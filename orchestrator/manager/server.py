@@ -24,8 +24,10 @@ from orchestrator.errors import PermanentError
 from orchestrator.manager.api import create_app, metrics_history, ui
 from orchestrator.manager.auth import Authenticator, admin_token_from_env, ENV_ADMIN_TOKEN
 from orchestrator.manager.backends import base
+from orchestrator.manager.backends.evaluation_local import LocalEvaluationLauncher
 from orchestrator.manager.backends.local import LocalBackend
 from orchestrator.manager.backends.local_ray import LocalRayCluster
+from orchestrator.manager.evaluations import EvaluationRunner
 from orchestrator.manager.lease import DEFAULT_TTL_S, Lease
 from orchestrator.manager.store import Store
 from orchestrator.manager.supervisor import Supervisor
@@ -100,6 +102,8 @@ class Manager:
         self.supervisor = Supervisor(self.store, self.backends, self.url, stall_grace_s=cfg.stall_grace_s,
                                      cancel_grace_s=cfg.cancel_grace_s, interval_s=cfg.interval_s,
                                      lease=self.lease)
+        self.supervisor.evaluations = EvaluationRunner(self.store, self._evaluation_launchers(), lambda: self.url,
+                                                       confirm=self._still_leading)
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False,
                                                     timeout_graceful_shutdown=2))
 
@@ -118,6 +122,19 @@ class Manager:
         if self.cfg.backend != "local":
             backends[self.cfg.backend] = load_backend(self.cfg.backend)
         return backends
+
+    def _evaluation_launchers(self) -> dict[str, object]:
+        """spec.evaluation runs beside training: a niced local process, or a Kubernetes Job on KubeRay."""
+        launchers: dict[str, object] = {"local": LocalEvaluationLauncher(Path(self.cfg.data_dir))}
+        if "kuberay" in self.backends:
+            from orchestrator.manager.backends.evaluation_kube import KubeEvaluationLauncher
+            pods_reach = getattr(self.backends["kuberay"], "manager_url", None)  # the manager's Service
+            launchers["kuberay"] = KubeEvaluationLauncher(manager_url=pods_reach)
+        return launchers
+
+    def _still_leading(self) -> bool:
+        """Just before an evaluation starts: the database still says this replica supervises."""
+        return not self.lease.started or self.lease.verify(self.lease.epoch)
 
     def serve_forever(self) -> None:
         """Foreground until SIGINT / SIGTERM, then a clean stop (supervisor, backends, store).

@@ -59,6 +59,7 @@ class Supervisor:
         self.interval_s = interval_s
         self._adopted_at: dict[tuple[str, int], float] = {}
         self._busy: dict[str, threading.Thread] = {}  # job -> its launch or stop running beside the loop
+        self.evaluations: Any = None  # manager/evaluations.EvaluationRunner: spec.evaluation, led like attempts
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,6 +104,8 @@ class Supervisor:
                 self._reconcile(job, att, now)
             except Exception:  # one job's trouble must not stop the others; retried next iteration
                 log.exception("reconcile of job %s failed; will retry", job["id"])
+        if self.evaluations is not None and self.leading():
+            self.evaluations.reconcile_once(now)  # ended jobs too: their due evaluations still run
 
     def start(self) -> None:
         """Join the election (on SQLite: refuse to run beside another live manager), then loop."""

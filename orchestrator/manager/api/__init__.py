@@ -6,6 +6,7 @@ One ``APIRouter`` per resource, each in its own module:
 - ``jobs``       submit, list, get and cancel jobs (admin)
 - ``history``    a job's events and its attempts' logs (admin)
 - ``heartbeat``  an attempt's heartbeats (that attempt's token only)
+- ``evaluations`` a job's checkpoint evaluations (admin reads; each evaluation's own token reports)
 
 ``deps`` holds what they share, as FastAPI dependencies: the store, the authenticator and the
 clock live on ``app.state``; the caller is found from its bearer token (``HTTPBearer``).
@@ -21,7 +22,7 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from orchestrator.manager.api import heartbeat, history, jobs, ops
+from orchestrator.manager.api import evaluations, heartbeat, history, jobs, ops
 from orchestrator.manager.api.body_limit import BodyLimit
 from orchestrator.manager.auth import Authenticator
 from orchestrator.manager.store import Store
@@ -37,7 +38,7 @@ def create_app(store: Store, auth: Authenticator, backend: str = "local",
     # threadpool, so many trainers do not contend for the GIL and the SQLite write lock at once.
     app.state.hb_pool = ThreadPoolExecutor(max_workers=1 if store.dialect == "sqlite" else 4,
                                            thread_name_prefix="heartbeat")
-    for router in (ops.router, jobs.router, history.router, heartbeat.router):
+    for router in (ops.router, jobs.router, history.router, heartbeat.router, evaluations.router):
         app.include_router(router)
     app.add_middleware(BodyLimit)
     return app

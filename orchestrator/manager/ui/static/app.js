@@ -118,6 +118,18 @@ function eventsTable(events) {
   return table("events", [["time"], ["type"], ["attempt", "num"], ["message"]], rows);
 }
 
+function evaluationsTable(evaluations) {  // spec.evaluation: each due checkpoint step, its tasks' scores
+  const task = t => t.status === "succeeded" ?
+    `${t.task}: ${Object.entries(t.metrics).map(([k, v]) => `${k} ${v.toFixed(4)}`).join(", ")}` :
+    `${t.task} failed: ${t.message}`;
+  const rows = [...evaluations].reverse().map(e => {
+    const row = [[e.step, "num"], [e.state], [e.tasks.map(task).join("; ") || e.message || "–"]];
+    row.attrs = {"data-step": e.step, "data-state": e.state};
+    return row;
+  });
+  return table("evaluations", [["step", "num"], ["state"], ["scores"]], rows);
+}
+
 function cancelButton(job) {
   const button = el("button", {id: "cancel", class: "danger", type: "button", text: "Cancel job",
                                disabled: TERMINAL.has(job.phase) || job.cancel_requested});
@@ -141,7 +153,7 @@ function confirmCancel(jobId) {
   dialog.showModal();
 }
 
-function jobPage(job, points, checkpoints, now) {
+function jobPage(job, points, checkpoints, now, evaluations) {
   const head = el("div", {class: "job-head"}, el("h1", {id: "job-id", text: job.id}), phase(job.phase),
                   el("span", {id: "job-step", text: `step ${job.step} of ${job.max_steps}`}),
                   el("span", {class: "muted", text: job.message || ""}), el("span", {class: "actions"}, cancelButton(job)));
@@ -154,6 +166,7 @@ function jobPage(job, points, checkpoints, now) {
           el("h2", {text: "Goodput"}), goodputCard(job.goodput),
           el("h2", {text: `Checkpoints (${job.checkpoints}${job.checkpoints > checkpoints.length ?
             `, the newest ${checkpoints.length} shown` : ""})`}), checkpointsTable(checkpoints),
+          ...(evaluations.length ? [el("h2", {text: "Evaluations"}), evaluationsTable(evaluations)] : []),
           el("h2", {text: "Events"}), eventsTable(state.events)];
 }
 
@@ -168,11 +181,11 @@ async function loadEvents(jobId) {
 async function showJob(jobId) {
   const id = encodeURIComponent(jobId);
   try {
-    const [detail, metrics] = await Promise.all([api(`/ui/api/jobs/${id}`), api(`/v1/jobs/${id}/metrics`),
-                                                 loadEvents(jobId)]);
+    const [detail, metrics, , scored] = await Promise.all([api(`/ui/api/jobs/${id}`), api(`/v1/jobs/${id}/metrics`),
+                                                           loadEvents(jobId), api(`/v1/jobs/${id}/evaluations`)]);
     const view = document.getElementById("view");
     const scroll = window.scrollY;
-    view.replaceChildren(...jobPage(detail.job, metrics.points, detail.checkpoints, detail.now));
+    view.replaceChildren(...jobPage(detail.job, metrics.points, detail.checkpoints, detail.now, scored.evaluations));
     view.dataset.points = String(metrics.points.length);
     window.scrollTo(0, scroll);
     refreshed(true);
