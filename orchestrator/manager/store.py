@@ -82,10 +82,11 @@ class Store:
               attempt: int | None = None, **data: Any) -> None:
         s.add(Event(job_id=job_id, ts=now, type=type_, attempt=attempt, message=message, data=data))
 
-    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    def events(self, job_id: str, after: int = 0, limit: int = 1000, type_: str | None = None) -> list[dict[str, Any]]:
         with self.tx(durable=False) as s:
-            q = select(Event).where(Event.job_id == job_id, Event.id > after).order_by(Event.id).limit(limit)
-            return [row(e) for e in s.scalars(q)]
+            q = select(Event).where(Event.job_id == job_id, Event.id > after)
+            q = q.where(Event.type == type_) if type_ else q
+            return [row(e) for e in s.scalars(q.order_by(Event.id).limit(limit))]
 
     # -- jobs -----------------------------------------------------------------------------------
 

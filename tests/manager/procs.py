@@ -40,15 +40,18 @@ def stop(proc: subprocess.Popen | None, grace_s: float = 20) -> None:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, port: int, trainer_command: list[str] | None = None):
+    def __init__(self, data_dir: Path, port: int, trainer_command: list[str] | None = None,
+                 extra_env: dict[str, str] | None = None):
         self.data_dir, self.port, self.trainer_command = data_dir, port, trainer_command
+        self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{port}"
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
 
     def start(self) -> "ServerProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERTCTL_")}
-        env.update({"BERTCTL_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        env.update({"BERTCTL_ADMIN_TOKEN": ADMIN, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                    **self.extra_env})
         if self.trainer_command:
             env["BERTCTL_TRAINER_COMMAND"] = shlex.join(self.trainer_command)
         log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")

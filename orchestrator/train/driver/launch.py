@@ -24,8 +24,11 @@ from orchestrator.contract import (
 from orchestrator.data.ray_cluster import local_cpus, start_or_join_ray
 from orchestrator.spec import PretrainJob
 
-# In-attempt retries are off: the manager's supervisor classifies each failure and decides on a
-# retry (with backoff and budget); a NaN loss or bad data must not be retried here.
+# In-attempt retries of errors are off: the manager's supervisor classifies each failure and decides
+# on a retry (with backoff and budget); a NaN loss or bad data must not be retried here. An elastic
+# attempt re-forms its group on lost capacity only (driver/elastic.py). Ray Train would otherwise
+# retry a worker killed with its drained node without limit (max_preemption_failures: -1), and a
+# fixed attempt's restart pauses would pass for training time in the manager's goodput.
 MAX_FAILURES = 0
 
 
@@ -97,10 +100,26 @@ def start_ray(job: PretrainJob, work_dir: Path) -> bool:
         local_cpus(job.spec.resources.workers_cpus(), headroom=4, floor=8), log_to_driver=True,
         warm_address=os.environ.get(ENV_RAY_ADDRESS),  # the local backend's warm head (manager/backends/local_ray.py)
         configure_logging=False, runtime_env=lambda: {"env_vars": env_for_workers(work_dir)},
-        # Ray Train's own preemption watcher polls Ray Core for draining nodes: a one-node local cluster
-        # never drains, SIGTERM reaches the workers through our notice relay (worker/preemption.py), and
-        # the watcher's actor would cost a process start inside every recovery. Read by the controller.
-        env_defaults={"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"})
+        env_defaults=controller_env(job))
+
+
+def elastic(job: PretrainJob) -> bool:
+    """resources.workers is {min, max}: the attempt re-forms its group on lost or regained capacity."""
+    return not isinstance(job.spec.resources.workers, int)
+
+
+def controller_env(job: PretrainJob) -> dict[str, str]:
+    """Ray Train's own preemption watcher polls Ray Core for draining nodes and tells the workers.
+    An elastic attempt needs it (a node's notice makes it re-form on the survivors; polled every
+    second, so a notice costs at most a second of its window). A fixed one runs without it: there
+    SIGTERM reaches the workers through our notice relay (worker/preemption.py), and the watcher's
+    actor would cost a process start inside every recovery. Read by the controller."""
+    if elastic(job):
+        # The controller also looks at its workers every half second (Ray's default: 2 s): a group
+        # that ended to re-form waits that long before Ray Train notices.
+        return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
+                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def _cluster_has_no_dashboard() -> bool:
@@ -157,11 +176,25 @@ def _without_idle_dataset_manager(callbacks: list) -> list:
 
 class PretrainTrainer(TorchTrainer):
     """TorchTrainer without the idle DatasetManager when no Ray Dataset is given, and without a
-    placement group cleaner that cannot see the cluster's state."""
+    placement group cleaner that cannot see the cluster's state. An elastic attempt's controller
+    gets bertctl's failure and scaling policies (driver/elastic.py) in place of Ray's."""
+
+    resize_journal = None  # set by build_trainer for an elastic attempt
+    capacity_wait_s = 0.0
 
     def _create_default_callbacks(self):
         callbacks = _without_blind_placement_group_cleaner(super()._create_default_callbacks())
         return callbacks if self.datasets else _without_idle_dataset_manager(callbacks)
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        if self.resize_journal is not None:
+            from orchestrator.train.driver.ray_policies import CapacityRecovery, CheckpointBoundaryElastic
+
+            controller_init_kwargs["failure_policy"] = CapacityRecovery(self.run_config.failure_config,
+                                                                        self.resize_journal)
+            controller_init_kwargs["scaling_policy"] = CheckpointBoundaryElastic(
+                self.scaling_config, self.resize_journal, self.capacity_wait_s)
+        return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 
 def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: Path,
@@ -176,11 +209,30 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
     # On GPUs, CUDA tensors go over NCCL and the loop's small CPU all-reduces (step metrics,
     # preemption flags, checkpoint outcomes) over gloo; pure NCCL rejects CPU tensors.
     backend = "cpu:gloo,cuda:nccl" if job.spec.resources.gpus_per_worker else "gloo"
-    return PretrainTrainer(
+    journal, loop_config = _elastic_parts(job, loop_config, name)
+    trainer = PretrainTrainer(
         functools.partial(quiet_worker_loop, loop.train_loop_per_worker),
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend),
         scaling_config=scaling_config(job),
         run_config=RunConfig(storage_path=str(storage_path), name=name, callbacks=callbacks,
-                             failure_config=FailureConfig(max_failures=MAX_FAILURES)),
+                             failure_config=FailureConfig(max_failures=MAX_FAILURES,
+                                                           max_preemption_failures=MAX_FAILURES)),
     )
+    trainer.resize_journal = journal
+    if journal is not None:
+        from orchestrator.train.driver.elastic import capacity_wait_s
+
+        trainer.capacity_wait_s = capacity_wait_s(job.spec.recovery.heartbeat_timeout_s)
+    return trainer
+
+
+def _elastic_parts(job: PretrainJob, loop_config: dict[str, Any], name: str):
+    """An elastic attempt's resize journal and the loop config that names it (the workers find it
+    by name; the controller's policies get its handle); (None, loop_config) for a fixed attempt."""
+    if not elastic(job):
+        return None, loop_config
+    from orchestrator.train.driver.elastic import start_journal
+
+    journal_name = f"bertctl-resizes-{name}"
+    return start_journal(journal_name), {**loop_config, "resize_journal": journal_name, "elastic": True}

@@ -15,3 +15,16 @@ class FencedError(StaleAttemptError):
 
 class PreemptedError(TemporaryError):
     """The attempt stopped on a preemption notice after committing a checkpoint."""
+
+
+class CapacityChanged(TemporaryError):
+    """The worker group ends so that Ray Train re-forms it at another size inside the attempt
+    (driver/elastic.py); if the attempt cannot re-form, the manager retries it."""
+
+
+class NodePreempted(CapacityChanged):
+    """A node of the group is under a preemption notice; the checkpoint of this step committed."""
+
+
+class GrowRequested(CapacityChanged):
+    """The cluster holds more workers than the group has; the checkpoint of this step committed."""

@@ -14,13 +14,11 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator import storage as st
 from orchestrator.contract import CheckpointRef, Heartbeat, SkippedCheckpoint
-from orchestrator.data.ledger import GENESIS as LEDGER_GENESIS, link as ledger_link
 from orchestrator.errors import CheckpointError, TransientStorageError
 from orchestrator.model import build_model
 from orchestrator.spec import PretrainJob, parse_manifest
@@ -31,9 +29,11 @@ from orchestrator.train.checkpoint import (
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import metrics as M
 from orchestrator.train.worker.engine import build_engine
-from orchestrator.train.worker.errors import FencedError, NanLossError, PreemptedError
+from orchestrator.train.worker.elastic import elastic_side
+from orchestrator.train.worker.errors import FencedError, GrowRequested, NanLossError, NodePreempted, PreemptedError
 from orchestrator.train.worker.heads import MaskedPositionsPretraining, device_inputs, mlm_capacity
-from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest
+from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, ray_drain_probe
+from orchestrator.train.worker.progress import Progress
 from orchestrator.train.worker.tensorboard import ScalarLog
 
 log = logging.getLogger("bertctl.train.loop")
@@ -74,29 +74,6 @@ def _device(on_gpu: bool):
     return torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
 
 
-@dataclass
-class Progress:
-    """Where the run is: the last finished step, tokens and data cursor, and what to report."""
-
-    step: int
-    tokens: int
-    cursor: dict[str, int]
-    resumed_from: int | None  # reported with the first heartbeat after a (re)start, then None
-    last_saved: int | None
-    ledger: str  # the data ledger's value at ``step``; "" when resumed from a checkpoint without one
-
-    @classmethod
-    def from_state(cls, state: TrainState | None) -> "Progress":
-        if state is None:
-            return cls(0, 0, {"epoch": 0, "sample": 0}, resumed_from=0, last_saved=None, ledger=LEDGER_GENESIS)
-        return cls(state.step, state.tokens_seen, state.cursor, resumed_from=state.step, last_saved=state.step,
-                   ledger=state.ledger)
-
-    def advance(self, m: M.StepMetrics, cursor: dict[str, int]) -> None:
-        self.step, self.tokens, self.cursor = self.step + 1, self.tokens + m.tokens, cursor
-        self.ledger = ledger_link(self.ledger, self.step, m.sample_sum) if self.ledger else ""
-
-
 class Worker:
     """State of one rank; ``run`` is the whole loop."""
 
@@ -116,7 +93,10 @@ class Worker:
         self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.rank}-", dir=config.get("scratch_root")))
         ckpt = self.job.spec.checkpoint
         # The driver relays SIGTERM into this file (worker/preemption.py); every rank polls it per step.
-        self.watcher = PreemptionWatcher(ckpt.preemption_deadline_s, config.get("notice_file"))
+        # An elastic attempt also hears of a node's notice from Ray Train, and re-forms instead of ending.
+        self.elastic = elastic_side(config, self.job, self.rank, self.world_size)
+        self.watcher = PreemptionWatcher(ckpt.preemption_deadline_s, config.get("notice_file"),
+                                         probes=[ray_drain_probe] if self.elastic else None)
         self.interval = IntervalTracker(ckpt.every_steps, mtbp_from_env(), max_steps=self.job.spec.training.max_steps)
         self.heartbeats = HeartbeatClient(self.identity) if self.rank == 0 else None
         self.ckpts = Checkpointer(CheckpointStore(ckpt.uri, keep_last=ckpt.keep_last), self.rank, self.world_size,
@@ -177,7 +157,10 @@ class Worker:
         self._build_engine(model, load_universal=bool(plan and plan.load_universal))
         if resume:
             self._starting(f"loading checkpoint step {resume.ckpt.step}")
-        return self._restore(resume, plan) if resume else None
+        state = self._restore(resume, plan) if resume else None
+        if self.elastic:
+            self.elastic.loaded()
+        return state
 
     def _keep_tokenizer(self, index) -> None:
         """A copy of the tokenizer in every checkpoint, so export needs nothing but the checkpoint."""
@@ -236,17 +219,39 @@ class Worker:
     def _train_step(self, batch, run: Progress) -> None:
         """One optimizer step and what follows it: stop checks, checkpoint, report."""
         m = self._step(batch, run.step + 1)
+        step_done = time.time()
         run.advance(m, batch.cursor.to_dict())
         self._raise_on_stop_flags(m, run.step)
         self.interval.record_step(m.seconds)
         request = self.watcher.poll(self._save_cost())  # collective: same answer on every rank
         saved = self._checkpoint_if_due(m, run, request)
         stopping = request is not StopRequest.CONTINUE
-        self._report(m, run, batch, saved, force_flush=stopping)
+        growing = not stopping and self._grow_now(run, saved)
+        if self.elastic and run.resumed_from is not None:
+            self.elastic.formed(run.resumed_from, step_done)  # this group's first step: complete its record
+        self._report(m, run, batch, saved, force_flush=stopping or growing)
         run.resumed_from = None
         if stopping:
-            raise PreemptedError(f"preempted after step {run.step}: "
-                                 + ("checkpoint committed" if saved else "too late to checkpoint"))
+            self._stop(run, saved, step_done)
+        if growing:
+            self.elastic.leaving("grow", run.step, step_done)
+            raise GrowRequested(f"room for more than {self.world_size} worker(s) at step {run.step}: re-forming")
+
+    def _stop(self, run: Progress, saved, step_done: float) -> None:
+        """After a notice: the attempt's own ends it; a node's re-forms an elastic group on the survivors."""
+        how = "checkpoint committed" if saved else "too late to checkpoint"
+        if self.elastic and not self.watcher.attempt_wide:
+            self.elastic.leaving("shrink_notice", run.step, step_done)
+            raise NodePreempted(f"a node of the group is preempted; after step {run.step}: {how}")
+        raise PreemptedError(f"preempted after step {run.step}: {how}")
+
+    def _grow_now(self, run: Progress, saved) -> bool:
+        """An elastic group grows at a committed checkpoint before max_steps when there is room."""
+        if not (self.elastic and saved is not None and run.step < self.job.spec.training.max_steps):
+            return False
+        if not self.elastic.room_to_grow():  # collective: rank 0 looks at the cluster
+            return False
+        return self.ckpts.wait_committed(None) is None
 
     def _raise_on_stop_flags(self, m: M.StepMetrics, step: int) -> None:
         if m.nonfinite:
@@ -364,6 +369,7 @@ class Worker:
                          lr=m.lr, tokens_seen=run.tokens, world_size=self.world_size, checkpoint=ckpt,
                          sample_digest=run.ledger or None, resumed_from_step=run.resumed_from,
                          checkpoint_seconds=self.ckpts.seconds_total,
+                         resizes=(self.elastic.resizes or None) if self.elastic else None,
                          skipped_checkpoints=[SkippedCheckpoint(step=s, uri=u[:1000], reason=r[:500])
                                               for s, u, r in self.ckpts.skipped[:8]] or None)
 

@@ -64,9 +64,11 @@ class PreemptionWatcher:
     def __init__(self, deadline_s: float, notice_file: str | None = None, *,
                  clock: Callable[[], float] = time.time,
                  probes: list[Callable[[], float | None]] | None = None):
-        """``probes``: extra notice sources, each returning a deadline (unix s) once preempted,
-        else None. Production passes none (the notice file and SIGTERM are the sources); Ray
-        Train's drain-based ``get_preemption_info`` is not wired in."""
+        """``probes``: notices of a NODE of the group (``ray_drain_probe``: Ray Train's drain watch),
+        each returning a deadline (unix s, inf when unknown) once given, else None. The notice file
+        and SIGTERM are notices to the whole ATTEMPT (the driver's own node is going). After
+        ``poll``, ``attempt_wide`` says which kind every rank agreed on: an elastic attempt
+        re-forms on the survivors after a node's notice, and ends after the attempt's."""
         if deadline_s <= 0:
             raise PermanentError(f"preemption deadline must be > 0 s, got {deadline_s}; "
                                  "set checkpoint.preemption_deadline_s")
@@ -77,10 +79,12 @@ class PreemptionWatcher:
         self._probe_deadline: float | None = None
         self._signalled_at: float | None = None  # written by the signal handler only
         self._notice_at: float | None = None
+        self._attempt_notice = False  # the notice is the attempt's own (file / SIGTERM), not a node's
         self._previous = None
         self._installed = False
         self._relay: threading.Thread | None = None
         self._stop_relay = threading.Event()
+        self.attempt_wide = False  # set by poll(): some rank has the attempt's own notice
 
     # --- installation (driver / main thread) ---------------------------------------------------
     def install(self, relay: bool = False) -> "PreemptionWatcher":
@@ -127,9 +131,10 @@ class PreemptionWatcher:
 
     # --- local view -----------------------------------------------------------------------------
     def requested(self) -> bool:
-        """True once SIGTERM arrived here or the notice file exists (one stat per call)."""
+        """True once SIGTERM arrived here, the notice file exists (one stat per call) or a probe fired."""
         if self._notice_at is None:
             self._notice_at = self._signalled_at if self._signalled_at is not None else self._file_time()
+            self._attempt_notice = self._notice_at is not None
         if self._notice_at is None and self._probe_deadline is None:
             self._probe_deadline = self._check_probes()
             if self._probe_deadline is not None:
@@ -168,14 +173,15 @@ class PreemptionWatcher:
     def should_stop(self, step_flag: bool | None = None) -> bool:
         """Collective: True on every rank if any rank has a notice (call once per step, on all ranks)."""
         local = self.requested() if step_flag is None else bool(step_flag)
-        stop, _ = _all_reduce_stop(local, self.time_left())
+        stop, _, _ = _all_reduce_stop(local, self.time_left(), self._attempt_notice)
         self._adopt(stop)
         return stop
 
     def poll(self, save_cost_s: float | None, safety: float = DEFAULT_SAFETY) -> StopRequest:
         """Collective, once per optimizer step after it finished: what every rank does next."""
-        stop, min_left = _all_reduce_stop(self.requested(), self.time_left())
+        stop, min_left, attempt_wide = _all_reduce_stop(self.requested(), self.time_left(), self._attempt_notice)
         self._adopt(stop)
+        self.attempt_wide = attempt_wide
         return stop_request(stop, min_left, save_cost_s, safety)
 
     def _adopt(self, stop: bool) -> None:
@@ -204,19 +210,34 @@ def clear_notice(path: str) -> None:
         pass
 
 
-def _all_reduce_stop(local: bool, time_left_s: float) -> tuple[bool, float]:
-    """MAX of the flag and MIN of the time left over the default group, in one collective."""
+def _all_reduce_stop(local: bool, time_left_s: float, attempt_wide: bool = False) -> tuple[bool, float, bool]:
+    """MAX of the flag, MIN of the time left and MAX of the attempt-wide flag, in one collective."""
     try:
         import torch
         import torch.distributed as dist
     except ImportError:  # the driver need not have torch
-        return local, time_left_s
+        return local, time_left_s, attempt_wide
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local, time_left_s
+        return local, time_left_s, attempt_wide
     device = torch.device("cpu")
     if dist.get_backend() == "nccl":  # NCCL reduces only device tensors
         device = torch.device("cuda", torch.cuda.current_device())
     # MAX of -time_left is MIN of time_left; inf stays representable in float64.
-    t = torch.tensor([1.0 if local else 0.0, -time_left_s], dtype=torch.float64, device=device)
+    t = torch.tensor([1.0 if local else 0.0, -time_left_s, 1.0 if attempt_wide else 0.0], dtype=torch.float64,
+                     device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t[0].item() > 0), float(-t[1].item())
+    return bool(t[0].item() > 0), float(-t[1].item()), bool(t[2].item() > 0)
+
+
+def ray_drain_probe() -> float | None:
+    """The deadline (unix s; inf when Ray reported none) of a drain Ray Train's preemption watcher
+    pushed to this worker, else None. Reads the worker's own copy (no collective: ``poll`` agrees);
+    ``ray.train.get_preemption_info`` would add a barrier through Ray to every step."""
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+        info = get_train_context().preemption_context.preemption_info
+    except (ImportError, AttributeError, RuntimeError):  # not under Ray Train v2, or another layout
+        return None
+    if info is None:
+        return None
+    return info.deadline_ms / 1000.0 if info.deadline_ms else float("inf")

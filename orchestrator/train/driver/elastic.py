@@ -1,0 +1,144 @@
+"""An attempt that changes its worker group instead of ending: shrink on lost capacity, grow when it
+comes back (docs/spot.md, "Elastic inside an attempt").
+
+Ray Train's controller restarts the worker group on a failure its failure policy retries, at the
+size its scaling policy picks; the new group resumes from the newest committed checkpoint (the
+loop's ordinary resume, resharded through the universal format on a new world size). bertctl
+replaces both policies of the controller:
+
+* ``CapacityRecovery`` retries a failure only when capacity was lost: a node under a preemption
+  notice (Ray Train's ``PreemptionError``, or the loop's ``NodePreempted`` after its just-in-time
+  checkpoint), a worker process that died with its node, or the loop's ``GrowRequested``. Every
+  other ending (NaN loss, bad data or config, a fenced attempt, out of memory, the driver's own
+  preemption) ends the attempt at once and the manager's policy decides, as for a fixed attempt.
+* ``CheckpointBoundaryElastic`` keeps Ray's elastic sizing for a new group (as many workers as
+  the cluster holds, between min and max, asking the autoscaler for max) but never resizes a
+  running group: a running group would lose its steps since the last checkpoint, so the loop
+  grows at its next checkpoint instead. Below ``min`` for ``CAPACITY_WAIT_S`` after a loss, it
+  ends the attempt (``InsufficientCapacity``): the manager's policy decides on the relaunch.
+
+The two policies live in driver/ray_policies.py (they derive from Ray Train's internals); this
+module holds what they decide by. A ``ResizeJournal`` actor on the driver's node (never on a spot node) collects the times of each
+resize from the old group, the controller and the new group, and hands the new group's rank 0 the
+records it reports to the manager in its heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from orchestrator.contract import ExitCode
+from orchestrator.errors import StaleAttemptError, TemporaryError
+
+log = logging.getLogger("bertctl.train.elastic")
+
+# How long an elastic attempt waits, after losing capacity, for the cluster to hold min workers
+# again before it ends (a first start waits for as long as the manager's startup liveness allows;
+# capacity_wait_s keeps a re-form inside the heartbeat timeout).
+CAPACITY_WAIT_S = 120.0
+# In-attempt recoveries before the attempt ends anyway (then the manager's retry budget counts).
+MAX_RECOVERIES = 100
+# Ray declares a node dead after its missed health checks (3 x 1 s on the simulated cluster, about
+# 30 s with Ray's defaults on a real one); a failed collective waits this long for that verdict.
+NODE_DEATH_WAIT_S = 45.0
+GROW_SETTLE_S = 10.0
+_KEEP_RECORDS = 8
+
+
+class InsufficientCapacity(TemporaryError):
+    """Fewer than resources.workers.min workers fit the cluster for too long after a loss."""
+
+
+class ResizeJournal:
+    """Times of each resize of one attempt, from the three places that see a part of it."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.pending: dict[str, Any] | None = None
+        self.world: int | None = None
+
+    def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
+        """The old group's rank 0, right before its workers end to re-form (after any checkpoint)."""
+        self.pending = {"kind": kind, "last_step": step, "from_world": world, "last_step_at": last_step_at}
+
+    def failed(self, at: float) -> None:
+        """The controller decided to re-form the group (its failure policy said retry)."""
+        if self.pending is None or "failed_at" in self.pending:
+            self.pending = {"kind": "shrink_lost", "from_world": self.world}
+        self.pending["failed_at"] = at
+
+    def pending_kind(self) -> str | None:
+        """What the group being re-formed is for, as far as the journal knows yet."""
+        return None if self.pending is None else self.pending["kind"]
+
+    def formed(self, world: int, resumed_from_step: int, started_at: float, loaded_at: float,
+               first_step_at: float) -> list[dict[str, Any]]:
+        """The new group's rank 0 after its first step; returns every record of this attempt."""
+        pending, self.pending, self.world = self.pending, None, world
+        if pending is not None:
+            self.records.append(_record(len(self.records) + 1, pending, world, resumed_from_step, started_at,
+                                        loaded_at, first_step_at))
+        return self.records[-_KEEP_RECORDS:]
+
+
+def _record(n: int, pending: dict[str, Any], world: int, resumed: int, started_at: float, loaded_at: float,
+            first_step_at: float) -> dict[str, Any]:
+    last_at, failed_at = pending.get("last_step_at"), pending.get("failed_at")
+
+    def span(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(max(0.0, b - a), 3)
+
+    return {"n": n, "kind": pending["kind"], "from_world": pending.get("from_world"), "to_world": world,
+            "last_step": pending.get("last_step"), "resumed_from_step": resumed,
+            "pause_s": span(last_at, first_step_at), "detect_s": span(last_at, failed_at),
+            "reform_s": span(failed_at, started_at), "load_s": span(started_at, loaded_at),
+            "first_step_s": span(loaded_at, first_step_at)}
+
+
+def start_journal(name: str):
+    """The journal actor, pinned to this (the driver's) node: it must outlive every spot node."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    actor = ray.remote(num_cpus=0, label_selector={ray._raylet.RAY_NODE_ID_KEY: node})(ResizeJournal)
+    return actor.options(name=name, get_if_exists=True).remote()
+
+
+def capacity_lost(error: BaseException, known_dead: set[str]) -> bool:
+    """The failure is lost or changed capacity, never the run's own fault (see the module doc): the
+    loop said so (``CapacityChanged``), or a node of the cluster died since the last decision. The
+    survivors' collectives fail the moment a peer's node is killed, seconds before Ray's health
+    checks declare that node dead, so a failure without a dead node waits that long for one."""
+    from orchestrator.train.driver.outcome import _unwrap, ending_of
+    from orchestrator.train.worker.errors import CapacityChanged
+
+    code, _, _ = ending_of(error)
+    if code is not ExitCode.INFRASTRUCTURE:
+        return False  # NaN, data, config, storage, memory, the driver's own preemption: not ours to retry
+    chain = _unwrap(error)
+    if any(isinstance(e, StaleAttemptError) for e in chain):
+        return False  # fenced: a newer attempt exists
+    if any(isinstance(e, CapacityChanged) for e in chain):
+        return True
+    deadline = time.monotonic() + NODE_DEATH_WAIT_S
+    while True:
+        if dead_nodes() - known_dead:
+            return True
+        if time.monotonic() >= deadline:
+            return False  # a process died or a collective failed with every node alive: not capacity
+        time.sleep(0.5)
+
+
+def dead_nodes() -> set[str]:
+    """Ids of the nodes Ray has declared dead."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if not n.get("Alive")}
+
+
+def capacity_wait_s(heartbeat_timeout_s: float) -> float:
+    """How long a re-forming group waits for min workers: CAPACITY_WAIT_S, and always well inside
+    the manager's heartbeat timeout (no heartbeat comes while no group runs)."""
+    return min(CAPACITY_WAIT_S, heartbeat_timeout_s / 2)

@@ -1,0 +1,123 @@
+"""bertctl's failure and scaling policies for the Ray Train controller of an elastic attempt
+(the why is in driver/elastic.py). They derive from Ray Train's own policies, so this module
+imports Ray Train's internals; only ``launch.build_trainer`` imports it, for an elastic attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ray
+from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
+from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy, NoopDecision
+from ray.train.v2.api.exceptions import ControllerError, PreemptionError
+
+from orchestrator.train.driver.elastic import (
+    CAPACITY_WAIT_S, GROW_SETTLE_S, MAX_RECOVERIES, InsufficientCapacity, capacity_lost, dead_nodes,
+)
+
+log = logging.getLogger("bertctl.train.elastic")
+
+
+class CapacityRecovery(DefaultFailurePolicy):
+    """Retry (re-form the group) on lost capacity only; every other failure ends the attempt."""
+
+    def __init__(self, failure_config, journal) -> None:
+        super().__init__(failure_config)
+        self.journal = journal
+        self.recoveries = 0
+        self.known_dead = dead_nodes()  # built by the driver: nodes dead before the attempt do not count
+
+    def make_decision(self, training_failed_error) -> FailureDecision:
+        if isinstance(training_failed_error, ControllerError):
+            return super().make_decision(training_failed_error)
+        retry = isinstance(training_failed_error, PreemptionError) or capacity_lost(
+            training_failed_error, self.known_dead)
+        self.known_dead = dead_nodes()
+        if not retry or self.recoveries >= MAX_RECOVERIES:
+            log.info("attempt ends: %s", type(training_failed_error).__name__)
+            return FailureDecision.RAISE
+        self.recoveries += 1
+        self.journal.failed.remote(time.time())
+        log.info("capacity changed: the worker group re-forms (%d so far)", self.recoveries)
+        return FailureDecision.RETRY
+
+
+class CheckpointBoundaryElastic(ElasticScalingPolicy):
+    """Ray's elastic sizing for a new group; a running group is never resized here (it grows at its
+    next checkpoint, worker/elastic.py); below min for ``wait_s`` after a loss, the attempt ends."""
+
+    def __init__(self, scaling_config, journal, wait_s: float = CAPACITY_WAIT_S) -> None:
+        super().__init__(scaling_config)
+        self.journal, self.wait_s = journal, wait_s
+        self.formed_once = False
+        self.short_since: float | None = None
+        self.size = 0  # of the group formed last
+        self.reforming_since: float | None = None
+
+    def _get_reserved_resources(self):
+        # Asked only while no group runs (a running group never resizes here): a fresh view, not
+        # the coordinator's last periodic one (up to 20 s old: a grow would re-form as it was).
+        try:
+            return ray.get(self._autoscaling_coordinator.get_reserved_resources.remote(
+                self._requester_id, recompute=True), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - no answer now: decide at the next look
+            log.warning("cannot read the cluster's free resources: %s", exc)
+            return None
+
+    def _count_possible_workers(self, reserved_resources) -> int:
+        # A node under notice is still alive to Ray, but nothing new is scheduled on it: counting
+        # it would form a group that waits for its placement until the node is gone.
+        draining = _draining_nodes()
+        usable = {node: res for node, res in reserved_resources.items() if node not in draining}
+        return super()._count_possible_workers(usable)
+
+    def make_decision_for_running_worker_group(self, worker_group_state, worker_group_status):
+        self._maybe_send_resource_request()  # keep asking the autoscaler for max workers
+        return NoopDecision()
+
+    def make_decision_for_non_running_worker_group(self):
+        decision = super().make_decision_for_non_running_worker_group()
+        if isinstance(decision, NoopDecision):
+            self._give_up_when_short_too_long()
+            return decision
+        if self._settling(decision.num_workers):
+            return NoopDecision()
+        self.formed_once, self.short_since, self.reforming_since = True, None, None
+        self.size = decision.num_workers
+        return decision
+
+    def _give_up_when_short_too_long(self) -> None:
+        if not self.formed_once:
+            return  # a first start waits under the manager's startup liveness
+        self.short_since = self.short_since or time.monotonic()
+        if time.monotonic() - self.short_since > self.wait_s:
+            raise InsufficientCapacity(
+                f"fewer than {self.scaling_config.min_workers} worker(s) fit the cluster for {self.wait_s:.0f} s "
+                "after capacity was lost; the manager relaunches the attempt when its retry policy allows")
+
+    def _settling(self, workers: int) -> bool:
+        """A group that ended to grow comes back larger: the resources its own placement held
+        show as free only once Ray's reservations catch up (a second or two), so a count no
+        larger than before waits up to GROW_SETTLE_S for them rather than re-forming as it was."""
+        if not self.formed_once or workers > self.size:
+            return False
+        self.reforming_since = self.reforming_since or time.monotonic()
+        if time.monotonic() - self.reforming_since > GROW_SETTLE_S:
+            return False
+        try:
+            return ray.get(self.journal.pending_kind.remote(), timeout=5) == "grow"
+        except Exception:  # noqa: BLE001 - the journal is advisory: decide without it
+            return False
+
+
+def _draining_nodes() -> set[str]:
+    """Node ids (hex) Ray reports as draining: under a preemption notice or being scaled down."""
+    import ray
+
+    try:
+        return set(ray._private.state.state.get_draining_nodes())
+    except Exception as exc:  # noqa: BLE001 - a GCS hiccup: count every live node, as Ray itself does
+        log.warning("cannot read the draining nodes: %s", exc)
+        return set()

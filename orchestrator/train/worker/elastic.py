@@ -1,0 +1,95 @@
+"""The worker's side of an elastic attempt (driver/elastic.py has the controller's side).
+
+* A node of the group under notice: every rank checkpoints this step (the loop's preemption path)
+  and raises ``NodePreempted``; Ray Train re-forms the group on the survivors, which resume from
+  that checkpoint: no step is lost.
+* Room for more workers: at a checkpoint boundary rank 0 looks at the cluster; when it holds at
+  least one more worker (up to max), every rank raises ``GrowRequested`` once that checkpoint has
+  committed, and the group re-forms larger from it.
+* The first step of a re-formed group: rank 0 completes the resize's record in the journal and
+  reports every record of the attempt with its heartbeats (contract.Resize).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from orchestrator.contract import Resize
+
+log = logging.getLogger("bertctl.train.elastic")
+
+
+def elastic_side(config: dict[str, Any], job, rank: int, world_size: int) -> "ElasticSide | None":
+    """This rank's elastic side when the driver made the attempt elastic (driver/launch.py), else None."""
+    if not config.get("elastic"):
+        return None
+    r = job.spec.resources
+    per_worker = {"CPU": float(r.cpus_per_worker), **({"GPU": float(r.gpus_per_worker)} if r.gpus_per_worker else {})}
+    return ElasticSide(config["resize_journal"], rank, world_size, r.workers.max, per_worker)
+
+
+class ElasticSide:
+    """One rank's view; ``None`` of it is used by a fixed-size attempt."""
+
+    def __init__(self, journal_name: str, rank: int, world_size: int, max_workers: int, worker_resources: dict):
+        import ray
+
+        self.rank, self.world_size, self.max_workers = rank, world_size, max_workers
+        self.worker_resources = worker_resources
+        self.journal = ray.get_actor(journal_name) if rank == 0 else None
+        self.started_at = time.time()
+        self.loaded_at: float | None = None
+        self.resizes: list[Resize] = []
+
+    def loaded(self) -> None:
+        self.loaded_at = time.time()
+
+    def formed(self, resumed_from_step: int, first_step_at: float) -> None:
+        """After the group's first step (rank 0): the journal completes the record of how it came to be."""
+        if self.journal is None:
+            return
+        import ray
+
+        records = ray.get(self.journal.formed.remote(self.world_size, resumed_from_step, self.started_at,
+                                                     self.loaded_at or self.started_at, first_step_at))
+        self.resizes = [Resize(**r) for r in records]
+        if self.resizes:
+            log.info("worker group of %d re-formed: %s", self.world_size, self.resizes[-1].model_dump())
+
+    def leaving(self, kind: str, step: int, last_step_at: float) -> None:
+        """Rank 0, right before every rank raises to re-form: the old group's side of the record."""
+        if self.journal is not None:
+            self.journal.left.remote(kind, step, self.world_size, last_step_at)
+
+    def room_to_grow(self) -> bool:
+        """Collective (call on every rank at the same step): rank 0 sees room for one more worker."""
+        room = self.rank == 0 and self.world_size < self.max_workers and self._workers_that_fit() > 0
+        return _any_rank(room)
+
+    def _workers_that_fit(self) -> int:
+        """Workers that fit the free resources of live nodes not under notice."""
+        import ray
+
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        alive -= set(ray._private.state.state.get_draining_nodes())
+        free = ray._private.state.available_resources_per_node()
+        return sum(_fits(res, self.worker_resources) for node, res in free.items() if node in alive)
+
+
+def _fits(free: dict[str, Any], per_worker: dict[str, float]) -> int:
+    counts = [int(free.get(k, 0.0) // v) for k, v in per_worker.items() if v > 0]
+    return min(counts) if counts else 0
+
+
+def _any_rank(flag: bool) -> bool:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

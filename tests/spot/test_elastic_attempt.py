@@ -1,0 +1,130 @@
+"""Elastic inside an attempt, on the simulated spot cluster, through a real manager.
+
+Two 1-CPU spot nodes (the head holds no CPU, so workers run only on spot nodes), a job with
+``workers: {min: 1, max: 2}``. Mid-run: a node taken with a 30 s notice -> the attempt goes on with
+one worker from the checkpoint it took inside the notice (zero steps lost); capacity back -> it grows
+to two workers at its next checkpoint; a node SIGKILLed without notice -> it goes on with one worker
+from its newest committed checkpoint. One attempt throughout (no manager relaunch); every step
+consumed the uninterrupted stream's samples (`bertctl audit`); each resize is an event with its
+cost, counted in the goodput and shown by `bertctl status`. The job is cancelled once the scenario
+is through (its max_steps is out of reach), so the machine's speed decides nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from orchestrator.spot.chaos import Chaos
+from orchestrator.spot.config import parse_config
+from orchestrator.spot.sim_cluster import SimCluster, session_members
+from orchestrator.train.checkpoint import CheckpointStore
+from tests.manager.procs import ADMIN, ServerProcess, free_port, terminal
+from tests.train.conftest import build_corpus, manifest
+
+pytestmark = pytest.mark.chaos
+NOTICE_S = 30.0
+# Far more than the scenario needs on any machine: the test cancels the job once the scenario is
+# through, so how fast this machine trains decides nothing.
+MAX_STEPS = 100_000
+CONFIG = {"head": {"resources": {"CPU": 0}}, "provisioning_delay_s": 1.0, "idle_timeout_s": 600,
+          "node_types": {"spot-cpu": {"resources": {"CPU": 1}, "min_workers": 2, "max_workers": 2}}}
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    sim = SimCluster(tmp_path / "spot", parse_config(CONFIG))
+    sim.up()
+    leader = sim.state()["pid"]
+    for key, value in sim.client_environ().items():  # this process drives chaos through the GCS
+        if key != "RAY_ADDRESS":  # the manager it starts must join by BERTCTL_RAY_CLUSTER_DIR alone
+            monkeypatch.setenv(key, value)
+    yield sim
+    sim.down()
+    assert session_members(leader) == [], "the cluster's processes outlived down()"
+
+
+@pytest.fixture
+def server(tmp_path, cluster):
+    srv = ServerProcess(tmp_path / "data", free_port(), extra_env={"BERTCTL_RAY_CLUSTER_DIR": str(cluster.state_dir)})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _job(tmp_path) -> str:
+    path = manifest(tmp_path / "job.yaml", build_corpus(tmp_path / "corpus"), tmp_path / "ckpt", steps=MAX_STEPS, every=4,
+                    keep_last=100, name="elastic")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["resources"]["workers"] = {"min": 1, "max": 2}
+    doc["spec"]["checkpoint"]["preemption_deadline_s"] = NOTICE_S
+    doc["spec"]["recovery"] = {"max_restarts": 0, "heartbeat_timeout_s": 300}
+    return yaml.safe_dump(doc)
+
+
+def _until(what: str, predicate, timeout_s: float = 300.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _resizes(server, job_id: str) -> list[dict]:
+    return [e["data"] for e in server.events(job_id) if e["type"] == "resized"]
+
+
+def _resized(server, job_id: str, kind: str) -> dict:
+    return _until(f"a {kind} resize", lambda: next((r for r in _resizes(server, job_id) if r["kind"] == kind), None))
+
+
+def _bertctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env={**os.environ, "BERTCTL_TOKEN": ADMIN},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_an_elastic_attempt_shrinks_grows_and_survives_a_kill_without_a_relaunch(server, cluster, tmp_path):
+    chaos = Chaos(cluster)
+    _until("two live spot nodes", lambda: len(chaos.live()) == 2)
+    r = server.http.post("/v1/jobs", content=_job(tmp_path))
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    _until("step 6", lambda: server.job(job_id)["step"] >= 6)
+
+    chaos.preempt(chaos.pick(), NOTICE_S)
+    shrink = _resized(server, job_id, "shrink_notice")
+    assert (shrink["from_world"], shrink["to_world"]) == (2, 1)
+    assert shrink["last_step"] == shrink["resumed_from_step"] and shrink["steps_lost"] == 0, shrink
+    parts = [shrink[k] for k in ("detect_s", "reform_s", "load_s", "first_step_s")]
+    assert None not in parts and abs(sum(parts) - shrink["pause_s"]) < 0.01, "the pause is the sum of its parts"
+
+    chaos.wait()  # the noticed node is gone at its deadline; then capacity comes back
+    chaos.restore("spot-cpu", 1)
+    grow = _resized(server, job_id, "grow")
+    assert (grow["from_world"], grow["to_world"]) == (1, 2) and grow["steps_lost"] == 0, grow
+    assert grow["resumed_from_step"] % 4 == 0, "a grow waits for a checkpoint boundary"
+
+    _until("two steps on two workers", lambda: server.job(job_id)["step"] >= grow["resumed_from_step"] + 2)
+    chaos.kill(chaos.pick())
+    lost = _resized(server, job_id, "shrink_lost")
+    assert (lost["from_world"], lost["to_world"]) == (2, 1), lost
+    committed = [c.step for c in CheckpointStore(str(tmp_path / "ckpt")).committed()]
+    assert lost["resumed_from_step"] in committed and lost["resumed_from_step"] >= grow["resumed_from_step"]
+
+    _until("steps on the survivor", lambda: server.job(job_id)["step"] >= lost["resumed_from_step"] + 3)
+    assert server.http.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = server.wait(job_id, terminal, 120)
+    assert job["phase"] == "CANCELLED", job["message"]
+    assert len(job["attempts"]) == 1 and job["restarts_used"] == 0, "no manager relaunch"
+    assert job["goodput"]["resizes"] == 3 and job["goodput"]["resize_s"] > 0
+    audit = _bertctl("audit", job_id, "--url", server.url)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    status = _bertctl("status", job_id, "--url", server.url)
+    assert status.returncode == 0 and "resizes 3" in status.stdout, status.stdout + status.stderr

@@ -1,0 +1,91 @@
+"""The pieces of an elastic attempt that decide without a cluster: which failures re-form the
+group inside the attempt, how a resize's record is put together, and which notice is whose."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import DataError, ManifestError
+from orchestrator.train.driver import elastic
+from orchestrator.train.driver.elastic import ResizeJournal, capacity_lost, capacity_wait_s
+from orchestrator.train.worker.errors import FencedError, GrowRequested, NanLossError, NodePreempted, PreemptedError
+from orchestrator.train.worker.preemption import PreemptionWatcher, write_notice
+
+
+class WorkerGroupFailure(Exception):
+    """Shaped like Ray Train's WorkerGroupError: the per-rank failures by rank."""
+
+    def __init__(self, *failures: BaseException):
+        super().__init__("worker group failed")
+        self.worker_failures = dict(enumerate(failures))
+
+
+@pytest.fixture
+def nodes(monkeypatch):
+    """The cluster's dead nodes as the policy sees them, set by the test; no wait for a verdict."""
+    dead: set[str] = set()
+    monkeypatch.setattr(elastic, "dead_nodes", lambda: set(dead))
+    monkeypatch.setattr(elastic, "NODE_DEATH_WAIT_S", 0.0)
+    return dead
+
+
+@pytest.mark.parametrize("failure", [NodePreempted("node under notice"), GrowRequested("room for more")])
+def test_the_loops_own_capacity_changes_re_form(nodes, failure):
+    assert capacity_lost(WorkerGroupFailure(failure, RuntimeError("peer gone")), set())
+
+
+@pytest.mark.parametrize("failure", [NanLossError("loss is nan"), DataError("bad shard"), ManifestError([("spec.data", "bad")]),
+                                     PreemptedError("the attempt's own notice"), FencedError("newer attempt"),
+                                     MemoryError("out of memory")])
+def test_the_runs_own_faults_end_the_attempt_even_beside_a_lost_node(nodes, failure):
+    nodes.add("node-b")  # a node died too: the run's fault still decides
+    assert not capacity_lost(WorkerGroupFailure(failure, RuntimeError("connection reset")), set())
+
+
+def test_a_failed_collective_counts_as_lost_capacity_only_when_a_node_died(nodes):
+    failure = WorkerGroupFailure(RuntimeError("gloo: connection reset by peer"))
+    assert not capacity_lost(failure, set()), "every node alive: a crash, not lost capacity"
+    nodes.add("node-a")
+    assert not capacity_lost(failure, {"node-a"}), "a node dead before the group formed does not count"
+    nodes.add("node-b")
+    assert capacity_lost(failure, {"node-a"})
+
+
+def test_a_noticed_shrink_record_has_its_pause_and_parts():
+    journal = ResizeJournal()
+    assert journal.formed(2, 0, 100.0, 101.0, 102.0) == [], "the first group is no resize"
+    journal.left("shrink_notice", 12, 2, last_step_at=200.0)
+    assert journal.pending_kind() == "shrink_notice"
+    journal.failed(201.0)
+    [record] = journal.formed(1, 12, started_at=205.0, loaded_at=209.0, first_step_at=209.5)
+    assert record == {"n": 1, "kind": "shrink_notice", "from_world": 2, "to_world": 1, "last_step": 12,
+                      "resumed_from_step": 12, "pause_s": 9.5, "detect_s": 1.0, "reform_s": 4.0, "load_s": 4.0,
+                      "first_step_s": 0.5}
+
+
+def test_a_group_lost_without_word_is_a_shrink_lost_from_the_last_size():
+    journal = ResizeJournal()
+    journal.formed(3, 0, 1.0, 2.0, 3.0)
+    journal.failed(50.0)
+    journal.formed(2, 8, 55.0, 58.0, 59.0)
+    journal.failed(80.0)
+    records = journal.formed(1, 16, 85.0, 88.0, 89.0)
+    assert [(r["n"], r["kind"], r["from_world"], r["to_world"]) for r in records] == [
+        (1, "shrink_lost", 3, 2), (2, "shrink_lost", 2, 1)]
+    assert records[1]["last_step"] is None and records[1]["pause_s"] is None and records[1]["reform_s"] == 5.0
+
+
+def test_a_re_form_waits_for_capacity_well_inside_the_heartbeat_timeout():
+    assert capacity_wait_s(300.0) == elastic.CAPACITY_WAIT_S
+    assert capacity_wait_s(60.0) == 30.0
+
+
+def test_a_nodes_notice_is_the_nodes_and_the_notice_file_the_attempts(tmp_path):
+    probe = PreemptionWatcher(30.0, str(tmp_path / "notice"), probes=[lambda: float("inf")])
+    probe.poll(None)
+    assert probe.requested() and not probe.attempt_wide
+    notice = tmp_path / "notice-2"
+    write_notice(str(notice))
+    own = PreemptionWatcher(30.0, str(notice), probes=[lambda: None])
+    own.poll(None)
+    assert own.requested() and own.attempt_wide
