@@ -165,11 +165,17 @@ def _checkpoint(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat,
     return True
 
 
+def _recorded(s: Session, job: Job, att: Attempt, type_: str, key: str) -> set:
+    """``key`` of each of this attempt's events of ``type_``: what the trainer repeats in every
+    heartbeat until it lands is recorded once."""
+    seen = s.scalars(select(Event.data).where(Event.job_id == job.id, Event.attempt == att.number,
+                                              Event.type == type_))
+    return {d.get(key) for d in seen if isinstance(d, dict)}
+
+
 def _skipped(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, now: float) -> bool:
     """One event per skipped checkpoint and attempt (the trainer repeats them until one lands)."""
-    seen = s.scalars(select(Event.data).where(Event.job_id == job.id, Event.attempt == att.number,
-                                              Event.type == "checkpoint_skipped"))
-    seen_steps = {d.get("step") for d in seen if isinstance(d, dict)}
+    seen_steps = _recorded(s, job, att, "checkpoint_skipped", "step")
     added = False
     for sk in hb.skipped_checkpoints or []:
         if sk.step in seen_steps:
@@ -186,9 +192,7 @@ def _resized(store: Store, s: Session, job: Job, att: Attempt, hb: Heartbeat, no
     newest ones in every heartbeat), with its pause and the steps it lost: none after a notice or
     for a grow (the group checkpointed its last step); after a node lost without notice, the steps
     past the checkpoint it resumed from, up to the newest step the old group reported."""
-    seen = s.scalars(select(Event.data).where(Event.job_id == job.id, Event.attempt == att.number,
-                                              Event.type == "resized"))
-    seen_n = {d.get("n") for d in seen if isinstance(d, dict)}
+    seen_n = _recorded(s, job, att, "resized", "n")
     added = False
     for r in hb.resizes or []:
         if r.n in seen_n:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -25,6 +24,7 @@ from orchestrator.spot.config import parse_config
 from orchestrator.spot.sim_cluster import SimCluster, session_members
 from orchestrator.train.checkpoint import CheckpointStore
 from tests.manager.procs import ADMIN, ServerProcess, free_port, terminal
+from tests.spot.scenario import until
 from tests.train.conftest import build_corpus, manifest
 
 pytestmark = pytest.mark.chaos
@@ -68,13 +68,7 @@ def _job(tmp_path) -> str:
 
 
 def _until(what: str, predicate, timeout_s: float = 300.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return until(what, predicate, timeout_s)
 
 
 def _resizes(server, job_id: str) -> list[dict]:
