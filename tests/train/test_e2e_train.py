@@ -68,6 +68,15 @@ def test_rerun_at_max_steps_trains_nothing(reference):
     code, rows = train(tmp / "job.yaml", tmp / "again")
     assert code == ExitCode.SUCCEEDED and rows == []
     assert [c.step for c in CheckpointStore(str(tmp / "ckpt")).committed()] == [40, 20]
+    # Its final word reports the checkpoint's step, not 0: the job's step must not fall back.
+    from orchestrator.contract import EndReason
+    from orchestrator.spec import load_manifest
+    from orchestrator.train.driver.entry import _final_beat
+    from orchestrator.train.heartbeat import Identity
+
+    job = load_manifest(str(tmp / "job.yaml")).with_absolute_paths()
+    beat = _final_beat(Identity(job_id="t"), job, ExitCode.SUCCEEDED, EndReason.SUCCEEDED, None, {})
+    assert (beat.step, beat.checkpoint.step) == (40, 40)
 
 
 def test_export_loads_in_transformers_and_fills_masks(reference, tmp_path):

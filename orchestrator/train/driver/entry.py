@@ -70,13 +70,17 @@ def _last_metrics(path: Path) -> dict:
 def _final_beat(identity: Identity, job: PretrainJob | None, code: ExitCode, reason: EndReason,
                 message: str | None, metrics: dict, retry_after: float | None = None) -> Heartbeat:
     status = {ExitCode.SUCCEEDED: "succeeded", ExitCode.PREEMPTED: "preempted"}.get(code, "failed")
+    newest = _newest_checkpoint(job) if job else None
+    # An attempt that trained no step (it found the job complete, or failed before step 1) reports
+    # the newest checkpoint's step, so the job's step does not fall back to 0.
+    step = int(metrics.get("step", newest.step if newest else 0))
     return Heartbeat(
         attempt=identity.attempt, status=status, reason=reason, message=(message or None) and message[:4000],
-        step=int(metrics.get("step", 0)), max_steps=job.spec.training.max_steps if job else None,
+        step=step, max_steps=job.spec.training.max_steps if job else None,
         loss=metrics.get("loss"), mlm_accuracy=metrics.get("mlm_accuracy"),
         nsp_accuracy=metrics.get("nsp_accuracy"), tokens_per_s=metrics.get("tokens_per_s"),
         lr=metrics.get("lr"), tokens_seen=metrics.get("tokens_seen"),
-        checkpoint=_newest_checkpoint(job) if job else None, retry_after_s=retry_after)
+        checkpoint=newest, retry_after_s=retry_after)
 
 
 def _already_done(store, job: PretrainJob, work_dir: Path) -> bool:
