@@ -12,6 +12,7 @@ is through (its max_steps is out of reach), so the machine's speed decides nothi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,6 @@ import sys
 import pytest
 import yaml
 
-from orchestrator.spot.chaos import Chaos
 from orchestrator.spot.config import parse_config
 from orchestrator.spot.sim_cluster import SimCluster, session_members
 from orchestrator.train.checkpoint import CheckpointStore
@@ -37,16 +37,29 @@ CONFIG = {"head": {"resources": {"CPU": 0}}, "provisioning_delay_s": 1.0, "idle_
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch):
-    sim = SimCluster(tmp_path / "spot", parse_config(CONFIG))
-    sim.up()
+def cluster(tmp_path):
+    sim = _cluster_with_nodes(tmp_path)
     leader = sim.state()["pid"]
-    for key, value in sim.client_environ().items():  # this process drives chaos through the GCS
-        if key != "RAY_ADDRESS":  # the manager it starts must join by BERTCTL_RAY_CLUSTER_DIR alone
-            monkeypatch.setenv(key, value)
     yield sim
     sim.down()
     assert session_members(leader) == [], "the cluster's processes outlived down()"
+
+
+def _cluster_with_nodes(tmp_path) -> SimCluster:
+    """A cluster whose two spot nodes joined. Once, a simulated node's raylet crashed as it started
+    (SIGSEGV in Ray's own signal handler) and Ray's fake provider then waited for it forever, so a
+    cluster that does not bring its nodes up in time is replaced once: that is the rehearsal tool
+    failing, not the behaviour under test (the second try's log says so)."""
+    for tries in range(1, 3):
+        sim = SimCluster(tmp_path / f"spot-{tries}", parse_config(CONFIG))
+        sim.up()
+        try:
+            until("two spot nodes joined", lambda: sum(e["kind"] == "joined" for e in sim.events()) >= 2, 120)
+            return sim
+        except TimeoutError:
+            print(f"cluster try {tries}: its nodes did not join; provider events {sim.events()}")
+            sim.down()
+    raise AssertionError("the simulated spot cluster never brought up its two nodes")
 
 
 @pytest.fixture
@@ -55,6 +68,22 @@ def server(tmp_path, cluster):
     srv.start()
     yield srv
     srv.stop()
+
+
+def _spot(cluster, *args: str, wait: bool = True):
+    """`bertctl spot ...` on this cluster, as a user drives it (it talks to the cluster's GCS in its own
+    process, with the cluster's token; this test process never joins the cluster)."""
+    cmd = [sys.executable, "-m", "orchestrator.cli", "spot", *args, "--state-dir", str(cluster.state_dir)]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _live_nodes(cluster) -> list[dict]:
+    nodes = [json.loads(line) for line in _spot(cluster, "nodes", "--json").splitlines() if line.startswith("{")]
+    return [n for n in nodes if n["alive"] and n["draining_deadline_ms"] is None]
 
 
 def _job(tmp_path) -> str:
@@ -85,28 +114,27 @@ def _bertctl(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_an_elastic_attempt_shrinks_grows_and_survives_a_kill_without_a_relaunch(server, cluster, tmp_path):
-    chaos = Chaos(cluster)
-    _until("two live spot nodes", lambda: len(chaos.live()) == 2)
+    _until("two live spot nodes", lambda: len(_live_nodes(cluster)) == 2)
     r = server.http.post("/v1/jobs", content=_job(tmp_path))
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     _until("step 6", lambda: server.job(job_id)["step"] >= 6)
 
-    chaos.preempt(chaos.pick(), NOTICE_S)
+    notice = _spot(cluster, "preempt", "--notice", str(NOTICE_S), wait=False)
     shrink = _resized(server, job_id, "shrink_notice")
     assert (shrink["from_world"], shrink["to_world"]) == (2, 1)
     assert shrink["last_step"] == shrink["resumed_from_step"] and shrink["steps_lost"] == 0, shrink
     parts = [shrink[k] for k in ("detect_s", "reform_s", "load_s", "first_step_s")]
     assert None not in parts and abs(sum(parts) - shrink["pause_s"]) < 0.01, "the pause is the sum of its parts"
 
-    chaos.wait()  # the noticed node is gone at its deadline; then capacity comes back
-    chaos.restore("spot-cpu", 1)
+    assert notice.wait(timeout=120) == 0, notice.stdout.read()  # it returns once the node is gone
+    _spot(cluster, "restore", "--type", "spot-cpu")
     grow = _resized(server, job_id, "grow")
     assert (grow["from_world"], grow["to_world"]) == (1, 2) and grow["steps_lost"] == 0, grow
     assert grow["resumed_from_step"] % 4 == 0, "a grow waits for a checkpoint boundary"
 
     _until("two steps on two workers", lambda: server.job(job_id)["step"] >= grow["resumed_from_step"] + 2)
-    chaos.kill(chaos.pick())
+    _spot(cluster, "kill")
     lost = _resized(server, job_id, "shrink_lost")
     assert (lost["from_world"], lost["to_world"]) == (2, 1), lost
     committed = [c.step for c in CheckpointStore(str(tmp_path / "ckpt")).committed()]
