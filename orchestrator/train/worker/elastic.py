@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from orchestrator.contract import Resize
+from orchestrator.train.worker.preemption import max_over_ranks
 
 log = logging.getLogger("bertctl.train.elastic")
 
@@ -66,7 +67,7 @@ class ElasticSide:
     def room_to_grow(self) -> bool:
         """Collective (call on every rank at the same step): rank 0 sees room for one more worker."""
         room = self.rank == 0 and self.world_size < self.max_workers and self._workers_that_fit() > 0
-        return _any_rank(room)
+        return max_over_ranks([1.0 if room else 0.0])[0] > 0
 
     def _workers_that_fit(self) -> int:
         """Workers that fit the free resources of live nodes not under notice."""
@@ -81,15 +82,3 @@ class ElasticSide:
 def _fits(free: dict[str, Any], per_worker: dict[str, float]) -> int:
     counts = [int(free.get(k, 0.0) // v) for k, v in per_worker.items() if v > 0]
     return min(counts) if counts else 0
-
-
-def _any_rank(flag: bool) -> bool:
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)

@@ -212,21 +212,27 @@ def clear_notice(path: str) -> None:
 
 def _all_reduce_stop(local: bool, time_left_s: float, attempt_wide: bool = False) -> tuple[bool, float, bool]:
     """MAX of the flag, MIN of the time left and MAX of the attempt-wide flag, in one collective."""
+    # MAX of -time_left is MIN of time_left; inf stays representable in float64.
+    stop, neg_left, wide = max_over_ranks([1.0 if local else 0.0, -time_left_s, 1.0 if attempt_wide else 0.0])
+    return stop > 0, -neg_left, wide > 0
+
+
+def max_over_ranks(values: list[float]) -> list[float]:
+    """Element-wise MAX of ``values`` over the default process group, in one small collective (the
+    values as they are without one, or alone in it)."""
     try:
         import torch
         import torch.distributed as dist
     except ImportError:  # the driver need not have torch
-        return local, time_left_s, attempt_wide
+        return list(values)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local, time_left_s, attempt_wide
+        return list(values)
     device = torch.device("cpu")
     if dist.get_backend() == "nccl":  # NCCL reduces only device tensors
         device = torch.device("cuda", torch.cuda.current_device())
-    # MAX of -time_left is MIN of time_left; inf stays representable in float64.
-    t = torch.tensor([1.0 if local else 0.0, -time_left_s, 1.0 if attempt_wide else 0.0], dtype=torch.float64,
-                     device=device)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t[0].item() > 0), float(-t[1].item()), bool(t[2].item() > 0)
+    return [float(v) for v in t.tolist()]
 
 
 def ray_drain_probe() -> float | None:
