@@ -8,6 +8,11 @@ replica that does not answer (or answers 5xx) hands the heartbeat to the next on
 kept. Only when none answers is it logged (once) and otherwise ignored. HTTP 409 means a newer
 attempt exists: this attempt is fenced, ``fenced`` turns true and the loop stops without
 checkpointing. The bearer token lives only in the request header, never in a log line.
+
+One HTTP client (one kept-alive connection) serves every heartbeat of a process. Records the
+trainer repeats until they land (its resizes, the checkpoints it skipped) travel only until a
+replica answers 200 to a heartbeat carrying them: that answer means they were committed with it
+(``Deliveries``), so the manager does not look them up again on every later heartbeat.
 """
 
 from __future__ import annotations
@@ -79,6 +84,31 @@ def manager_urls(raw: str | None) -> list[str]:
     return found
 
 
+class Deliveries:
+    """The repeated records the manager has taken (a heartbeat carrying them was answered 200):
+    resizes by their sequence number, skipped checkpoints by step. Written by the sending thread,
+    read as each heartbeat is posted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._resizes: set[int] = set()
+        self._skipped: set[int] = set()
+
+    def taken(self, beat: Heartbeat) -> None:
+        with self._lock:
+            self._resizes.update(r.n for r in beat.resizes or [])
+            self._skipped.update(sk.step for sk in beat.skipped_checkpoints or [])
+
+    def pending(self, beat: Heartbeat) -> Heartbeat:
+        """``beat`` without the records already taken (the same object when nothing is dropped)."""
+        if not (beat.resizes or beat.skipped_checkpoints):
+            return beat
+        with self._lock:
+            resizes = [r for r in beat.resizes or [] if r.n not in self._resizes]
+            skipped = [sk for sk in beat.skipped_checkpoints or [] if sk.step not in self._skipped]
+        return beat.model_copy(update={"resizes": resizes or None, "skipped_checkpoints": skipped or None})
+
+
 class HeartbeatClient:
     """Sends heartbeats from one process; a no-op when there is no manager URL."""
 
@@ -94,6 +124,8 @@ class HeartbeatClient:
         self._warned = False
         self._startup_phase: str | None = None
         self._thread: threading.Thread | None = None
+        self._http = None  # httpx.Client, made on first use
+        self.deliveries = Deliveries()
         if identity.manager_url:
             self._thread = threading.Thread(target=self._run, name="bertctl-heartbeat", daemon=True)
             self._thread.start()
@@ -127,7 +159,10 @@ class HeartbeatClient:
         self.close()
         if self.url is None:
             return False
-        return self._post(beat, timeout_s) == 200
+        try:
+            return self._post(beat, timeout_s) == 200
+        finally:
+            self._close_http()
 
     def close(self, wait_s: float = 2.0) -> None:
         with self._cond:
@@ -135,6 +170,20 @@ class HeartbeatClient:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(wait_s)
+            if not self._thread.is_alive():  # a post still hanging keeps its client until it ends
+                self._close_http()
+
+    def _client(self):
+        import httpx
+
+        if self._http is None:
+            self._http = httpx.Client()
+        return self._http
+
+    def _close_http(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            http.close()
 
     def _run(self) -> None:
         while True:
@@ -153,13 +202,16 @@ class HeartbeatClient:
 
         headers = {"Authorization": f"Bearer {self.identity.token}"} if self.identity.token else {}
         headers["Content-Type"] = "application/json"
+        beat = self.deliveries.pending(beat)
         body = beat.model_dump_json(exclude_none=True)
         for _ in range(len(self._urls)):
             try:
-                resp = httpx.post(self.url, content=body, headers=headers, timeout=timeout_s)
+                resp = self._client().post(self.url, content=body, headers=headers, timeout=timeout_s)
             except httpx.HTTPError as exc:
                 failure = type(exc).__name__
             else:
+                if resp.status_code == 200:
+                    self.deliveries.taken(beat)
                 if resp.status_code < 500:
                     return self._answered(resp.status_code)
                 failure = f"HTTP {resp.status_code}"

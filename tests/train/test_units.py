@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from orchestrator.contract import EndReason, ExitCode, Heartbeat
+from orchestrator.contract import EndReason, ExitCode, Heartbeat, Resize, SkippedCheckpoint
 from orchestrator.errors import CheckpointError, DataError, ManifestError, StaleAttemptError
 from orchestrator.spec import parse_manifest
 from orchestrator.train.driver import ending_of
@@ -109,14 +109,19 @@ class _Manager:
 
     def __init__(self, status: int = 200, delay_s: float = 0.0):
         self.beats: list[tuple[str, dict, str]] = []
+        self.status = status
+        self.client_ports: set[int] = set()  # one per TCP connection the client opened
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keeps connections alive, as the manager's server does
+
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 time.sleep(delay_s)
                 outer.beats.append((self.path, body, self.headers.get("Authorization", "")))
-                self.send_response(status)
+                outer.client_ports.add(self.client_address[1])
+                self.send_response(outer.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -161,7 +166,7 @@ def test_unreachable_manager_never_blocks_training(caplog, monkeypatch):
 
     # The network call is held at a gate: every send must return while it is still held.
     gate, posting, posted = threading.Event(), threading.Event(), threading.Event()
-    real_post = httpx.post
+    real_post = httpx.Client.post
 
     def gated_post(*args, **kwargs):
         posting.set()
@@ -171,7 +176,7 @@ def test_unreachable_manager_never_blocks_training(caplog, monkeypatch):
         finally:
             posted.set()
 
-    monkeypatch.setattr(httpx, "post", gated_post)
+    monkeypatch.setattr(httpx.Client, "post", gated_post)
     client = HeartbeatClient(Identity("job-a", 1, "http://127.0.0.1:9", "tok-SECRET"), timeout_s=0.5)
     with caplog.at_level(logging.WARNING):
         for step in range(200):
@@ -206,6 +211,44 @@ def test_409_fences_the_attempt():
         client.close()
     finally:
         mgr.close()
+
+
+def test_repeated_records_travel_until_a_heartbeat_carrying_them_is_taken():
+    """Resizes and skipped checkpoints ride every heartbeat the loop builds; the client drops each
+    once the manager answered 200 to a heartbeat with it, and keeps it while the manager fails."""
+    resize = Resize(n=1, kind="grow", from_world=1, to_world=2, resumed_from_step=8)
+    skipped = SkippedCheckpoint(step=4, uri="s3://b/ckpt/step-4", reason="truncated")
+    mgr = _Manager(status=503)
+    try:
+        client = HeartbeatClient(Identity("job-a", 1, mgr.url, "t"))
+        for step in (9, 10):  # refused: the records stay in the next heartbeat
+            client.send(Heartbeat(attempt=1, step=step, resizes=[resize], skipped_checkpoints=[skipped]))
+            assert _wait(lambda: mgr.beats and mgr.beats[-1][1]["step"] == step)
+        mgr.status = 200
+        for step in (11, 12, 13):
+            later = [resize, Resize(n=2, kind="grow", from_world=2, to_world=3, resumed_from_step=12)] \
+                if step == 13 else [resize]
+            client.send(Heartbeat(attempt=1, step=step, resizes=later, skipped_checkpoints=[skipped]))
+            assert _wait(lambda: mgr.beats and mgr.beats[-1][1]["step"] == step)
+        client.close()
+    finally:
+        mgr.close()
+    carried = {body["step"]: ([r["n"] for r in body.get("resizes", [])], "skipped_checkpoints" in body)
+               for _, body, _ in mgr.beats}
+    assert carried == {9: ([1], True), 10: ([1], True), 11: ([1], True), 12: ([], False), 13: ([2], False)}
+
+
+def test_one_connection_carries_every_heartbeat():
+    mgr = _Manager()
+    try:
+        client = HeartbeatClient(Identity("job-a", 1, mgr.url, "t"))
+        for step in range(1, 6):
+            client.send(Heartbeat(attempt=1, step=step))
+            assert _wait(lambda: mgr.beats and mgr.beats[-1][1]["step"] == step)
+        client.close()
+    finally:
+        mgr.close()
+    assert len(mgr.beats) == 5 and len(mgr.client_ports) == 1
 
 
 def test_no_manager_url_is_a_silent_no_op():
