@@ -251,3 +251,14 @@ class EvaluationReport(BaseModel):
     validation_examples: int | None = Field(None, ge=0, le=2**31 - 1)
     seconds: float | None = Field(None, ge=0)
     message: str | None = Field(None, max_length=4000, description="With 'failed': why, and what to do.")
+
+
+def manager_urls(raw: str | None) -> list[str]:
+    """Comma-separated manager URLs -> the distinct ones, in order, without trailing slashes: the
+    replica that launched the process first, then ``BERTCTL_MANAGER_URLS``'s others."""
+    found: list[str] = []
+    for url in (raw or "").split(","):
+        url = url.strip().rstrip("/")
+        if url and url not in found:
+            found.append(url)
+    return found

@@ -78,11 +78,16 @@ def read_token(env: dict[str, str] | None = None) -> str:
 
 
 class Reporter:
-    """POSTs one EvaluationReport per task; retries what may pass (no answer, 5xx), never a refusal."""
+    """POSTs one EvaluationReport per task; retries what may pass (no answer, 5xx), never a refusal.
+    With several manager replicas (a highly available manager), each retry goes to the next one."""
 
-    def __init__(self, url: str, job_id: str, token: str):
-        self.url = f"{url.rstrip('/')}/v1/jobs/{job_id}/evaluations"
+    def __init__(self, urls: list[str], job_id: str, token: str):
+        self.urls = [f"{url}/v1/jobs/{job_id}/evaluations" for url in urls]
         self._headers = {"Authorization": f"Bearer {token}"}
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
 
     def send(self, report: contract.EvaluationReport) -> None:
         body = report.model_dump(mode="json")
@@ -98,9 +103,10 @@ class Reporter:
                     raise ManagerGone(f"the manager refused the report of {report.task}: HTTP {resp.status_code} "
                                       f"{resp.text[:300]}")
                 why = f"HTTP {resp.status_code}"
-            log.warning("report of %s not delivered (%s); retrying", report.task, why)
+            self.urls.append(self.urls.pop(0))  # the next replica, if any, takes the retry
+            log.warning("report of %s not delivered (%s); retrying at %s", report.task, why, self.url)
             time.sleep(min(2 ** attempt, 16))
-        raise ManagerGone(f"no manager at {self.url} took the report of {report.task}")
+        raise ManagerGone(f"no manager at {', '.join(self.urls)} took the report of {report.task}")
 
 
 @contextmanager
@@ -179,12 +185,13 @@ def _limit_threads(threads: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    url = args.manager_url or os.environ.get(contract.ENV_MANAGER_URL)
-    if not url:
+    urls = contract.manager_urls(f"{args.manager_url or os.environ.get(contract.ENV_MANAGER_URL, '')},"
+                                 f"{os.environ.get(contract.ENV_MANAGER_URLS, '')}")
+    if not urls:
         print(f"no manager: pass --manager-url or set {contract.ENV_MANAGER_URL}", file=sys.stderr)
         return contract.ExitCode.USER_ERROR
     try:
-        reporter = Reporter(url, args.job_id, read_token())
+        reporter = Reporter(urls, args.job_id, read_token())
         read_tasks(args.tasks_json)  # bad arguments fail before the model loads
     except (SystemExit, ValueError, OSError) as exc:
         print(f"bad arguments: {exc}", file=sys.stderr)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from orchestrator.contract import (
     ENV_ATTEMPT, ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_JOB_ID, ENV_MANAGER_URL, ENV_MANAGER_URLS,
-    Heartbeat,
+    Heartbeat, manager_urls,
 )
 from orchestrator.errors import ManifestError
 
@@ -72,16 +72,6 @@ class Identity:
         return f"Identity(job_id={self.job_id!r}, attempt={self.attempt}, manager_url={self.manager_url!r})"
 
     __str__ = __repr__
-
-
-def manager_urls(raw: str | None) -> list[str]:
-    """Comma-separated URLs -> the distinct ones, in order, without trailing slashes."""
-    found: list[str] = []
-    for url in (raw or "").split(","):
-        url = url.strip().rstrip("/")
-        if url and url not in found:
-            found.append(url)
-    return found
 
 
 class Deliveries:
