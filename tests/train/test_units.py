@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -17,6 +15,7 @@ from orchestrator.train.driver import ending_of
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import FencedError, NanLossError
 from orchestrator.train.worker.engine import deepspeed_config, grad_accum_steps, lr_multiplier
+from tests.recording_server import RecordingServer
 
 
 def _job(**training):
@@ -104,39 +103,6 @@ def test_identity_from_env_and_token_never_in_repr():
         Identity.from_env("x", {"BERTCTL_ATTEMPT": "zero"})
 
 
-class _Manager:
-    """A real HTTP server on 127.0.0.1 recording heartbeats; answers `status` (or blocks)."""
-
-    def __init__(self, status: int = 200, delay_s: float = 0.0):
-        self.beats: list[tuple[str, dict, str]] = []
-        self.status = status
-        self.client_ports: set[int] = set()  # one per TCP connection the client opened
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keeps connections alive, as the manager's server does
-
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                time.sleep(delay_s)
-                outer.beats.append((self.path, body, self.headers.get("Authorization", "")))
-                outer.client_ports.add(self.client_address[1])
-                self.send_response(outer.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _wait(cond, timeout=10.0):
     end = time.time() + timeout
     while time.time() < end and not cond():
@@ -145,17 +111,17 @@ def _wait(cond, timeout=10.0):
 
 
 def test_heartbeats_reach_the_manager_with_the_bearer_token(caplog):
-    mgr = _Manager()
+    mgr = RecordingServer()
     try:
         client = HeartbeatClient(Identity("job-a", 2, mgr.url, "tok-SECRET"))
         with caplog.at_level(logging.DEBUG):
             client.send(Heartbeat(attempt=2, step=5, loss=1.5))
-            assert _wait(lambda: len(mgr.beats) == 1)
+            assert _wait(lambda: len(mgr.requests) == 1)
             assert client.send_final(Heartbeat(attempt=2, status="succeeded", reason=EndReason.SUCCEEDED, step=9))
-        path, body, auth = mgr.beats[0]
+        path, body, auth = mgr.requests[0]
         assert path == "/v1/jobs/job-a/heartbeat" and auth == "Bearer tok-SECRET"
         assert body["step"] == 5 and body["attempt"] == 2
-        assert mgr.beats[-1][1]["status"] == "succeeded"
+        assert mgr.requests[-1][1]["status"] == "succeeded"
         assert "SECRET" not in caplog.text
     finally:
         mgr.close()
@@ -190,20 +156,20 @@ def test_unreachable_manager_never_blocks_training(caplog, monkeypatch):
 
 
 def test_slow_manager_gets_coalesced_heartbeats():
-    mgr = _Manager(delay_s=0.3)
+    mgr = RecordingServer(delay_s=0.3)
     try:
         client = HeartbeatClient(Identity("job-a", 1, mgr.url, "t"))
         for step in range(1, 51):
             client.send(Heartbeat(attempt=1, step=step))
-        assert _wait(lambda: mgr.beats and mgr.beats[-1][1]["step"] == 50)
+        assert _wait(lambda: mgr.requests and mgr.requests[-1][1]["step"] == 50)
         client.close()
-        assert len(mgr.beats) < 50  # older pending beats were replaced by newer ones
+        assert len(mgr.requests) < 50  # older pending beats were replaced by newer ones
     finally:
         mgr.close()
 
 
 def test_409_fences_the_attempt():
-    mgr = _Manager(status=409)
+    mgr = RecordingServer(status=409)
     try:
         client = HeartbeatClient(Identity("job-a", 1, mgr.url, "t"))
         client.send(Heartbeat(attempt=1, step=1))
@@ -218,37 +184,37 @@ def test_repeated_records_travel_until_a_heartbeat_carrying_them_is_taken():
     once the manager answered 200 to a heartbeat with it, and keeps it while the manager fails."""
     resize = Resize(n=1, kind="grow", from_world=1, to_world=2, resumed_from_step=8)
     skipped = SkippedCheckpoint(step=4, uri="s3://b/ckpt/step-4", reason="truncated")
-    mgr = _Manager(status=503)
+    mgr = RecordingServer(status=503)
     try:
         client = HeartbeatClient(Identity("job-a", 1, mgr.url, "t"))
         for step in (9, 10):  # refused: the records stay in the next heartbeat
             client.send(Heartbeat(attempt=1, step=step, resizes=[resize], skipped_checkpoints=[skipped]))
-            assert _wait(lambda: mgr.beats and mgr.beats[-1][1]["step"] == step)
+            assert _wait(lambda: mgr.requests and mgr.requests[-1][1]["step"] == step)
         mgr.status = 200
         for step in (11, 12, 13):
             later = [resize, Resize(n=2, kind="grow", from_world=2, to_world=3, resumed_from_step=12)] \
                 if step == 13 else [resize]
             client.send(Heartbeat(attempt=1, step=step, resizes=later, skipped_checkpoints=[skipped]))
-            assert _wait(lambda: mgr.beats and mgr.beats[-1][1]["step"] == step)
+            assert _wait(lambda: mgr.requests and mgr.requests[-1][1]["step"] == step)
         client.close()
     finally:
         mgr.close()
     carried = {body["step"]: ([r["n"] for r in body.get("resizes", [])], "skipped_checkpoints" in body)
-               for _, body, _ in mgr.beats}
+               for _, body, _ in mgr.requests}
     assert carried == {9: ([1], True), 10: ([1], True), 11: ([1], True), 12: ([], False), 13: ([2], False)}
 
 
 def test_one_connection_carries_every_heartbeat():
-    mgr = _Manager()
+    mgr = RecordingServer()
     try:
         client = HeartbeatClient(Identity("job-a", 1, mgr.url, "t"))
         for step in range(1, 6):
             client.send(Heartbeat(attempt=1, step=step))
-            assert _wait(lambda: mgr.beats and mgr.beats[-1][1]["step"] == step)
+            assert _wait(lambda: mgr.requests and mgr.requests[-1][1]["step"] == step)
         client.close()
     finally:
         mgr.close()
-    assert len(mgr.beats) == 5 and len(mgr.client_ports) == 1
+    assert len(mgr.requests) == 5 and len(mgr.client_ports) == 1
 
 
 def test_no_manager_url_is_a_silent_no_op():
@@ -277,15 +243,15 @@ def test_the_trainer_starts_no_dataset_manager_but_keeps_its_backend_and_callbac
 
 
 def test_startup_phases_are_sent_as_starting_heartbeats_at_each_change_only():
-    mgr = _Manager()
+    mgr = RecordingServer()
     try:
         client = HeartbeatClient(Identity("job-a", 3, mgr.url, "t"))
         client.starting("joining Ray")
-        assert _wait(lambda: len(mgr.beats) == 1)
+        assert _wait(lambda: len(mgr.requests) == 1)
         client.starting("joining Ray")  # the same phase again: nothing sent
         client.starting("waiting for 2 worker(s)")
         client.close()  # delivers what is pending
-        bodies = [b for _, b, _ in mgr.beats]
+        bodies = [b for _, b, _ in mgr.requests]
         assert [(b["status"], b["phase"], b["attempt"]) for b in bodies] == [
             ("starting", "joining Ray", 3), ("starting", "waiting for 2 worker(s)", 3)]
         assert all("step" not in b or b["step"] == 0 for b in bodies)
