@@ -126,8 +126,10 @@ def bertctl_step(engine, batch, device, capacity: int, watcher, step: int) -> M.
         engine.backward(out["loss"])
         engine.step()
         acc.add_outputs(out)
-    m = M.sync_step(acc, step, float(engine.get_lr()[0]))  # the CPU all-reduce (gloo) next to NCCL
-    if watcher.poll(None) is not StopRequest.CONTINUE:
+    acc.set_notice(*watcher.local_view())
+    acc.set_grad_norm(M.global_grad_norm(engine))
+    m = M.sync_step(acc, step, float(engine.get_lr()[0]))  # the step's one host copy and one gather (gloo)
+    if watcher.decide(m.noticed, m.time_left_s, m.attempt_wide, None) is not StopRequest.CONTINUE:
         raise RuntimeError("unexpected preemption decision")
     return m
 

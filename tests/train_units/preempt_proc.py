@@ -5,7 +5,7 @@ driver: python preempt_proc.py driver '<json>'  - installs the watcher with the 
         actors are not in the driver's process group either), waits for them, and exits 75 when
         every rank did.
 rank:   python preempt_proc.py rank '<json>'    - a gloo rank running a fake training loop that
-        polls the watcher once per step and writes what it decided.
+        agrees on the notice in the trainer's per-step collective and writes what it decided.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import subprocess
 import sys
 import time
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from orchestrator.contract import ExitCode  # noqa: E402
+from orchestrator.train.worker import metrics as M  # noqa: E402
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest  # noqa: E402
 
 
@@ -38,6 +41,18 @@ def driver(args: dict) -> int:
     return ExitCode.PREEMPTED if codes == [ExitCode.PREEMPTED] * len(codes) else 1
 
 
+def _step_metrics(rank: int, step: int, watcher: PreemptionWatcher) -> M.StepMetrics:
+    """The trainer's per-step collective (worker/metrics.py): this rank's sums (loss rank + 1, 10 x
+    (rank + 1) tokens, as tensors like the model's outputs), its view of the notice, the global
+    gradient norm; one gather agrees on all of it."""
+    acc = M.StepAccumulator()
+    acc.add_outputs({"loss": torch.tensor(rank + 1.0), "mlm_loss": torch.tensor(rank + 1.0),
+                     "mlm_ok": torch.tensor(1), "mlm_n": torch.tensor(4), "tokens": torch.tensor(10 * (rank + 1))})
+    acc.set_notice(*watcher.local_view())
+    acc.set_grad_norm(torch.tensor(3.0))
+    return M.sync_step(acc, step, lr=1e-3)
+
+
 def rank_main(args: dict) -> int:
     import torch.distributed as dist
 
@@ -52,11 +67,13 @@ def rank_main(args: dict) -> int:
         step += 1
         if step == 5:
             open(f"{args['out']}.started{rank}", "w").close()
-        decision = watcher.poll(save_cost_s=args["save_cost_s"])
+        m = _step_metrics(rank, step, watcher)
+        decision = watcher.decide(m.noticed, m.time_left_s, m.attempt_wide, save_cost_s=args["save_cost_s"])
         if decision is not StopRequest.CONTINUE:
             with open(f"{args['out']}.rank{rank}", "w") as f:
                 json.dump({"step": step, "decision": decision.value, "time_left": watcher.time_left(),
-                           "local_notice": watcher.notice_file == args["notice_file"]}, f)
+                           "agreed_left": m.time_left_s, "loss": m.loss, "tokens": m.tokens,
+                           "grad_norm": m.grad_norm, "local_notice": watcher.notice_file == args["notice_file"]}, f)
             dist.destroy_process_group()
             return ExitCode.PREEMPTED
     return 1

@@ -188,6 +188,10 @@ def test_notice_on_one_pod_only_stops_all_ranks(tmp_path):
         assert res[0]["step"] == res[1]["step"]
         assert [r["local_notice"] for r in res] == [True, False]
         assert {r["decision"] for r in res} == {StopRequest.CHECKPOINT_AND_STOP.value}
+        # The same collective carried the step's metrics: summed over ranks, the norm passed through,
+        # and one least time left that every rank decided on.
+        assert [(r["loss"], r["tokens"], r["grad_norm"]) for r in res] == [(1.5, 30, 3.0)] * 2
+        assert res[0]["agreed_left"] == res[1]["agreed_left"] <= 25.0
     finally:
         _reap(proc, tmp_path)
 

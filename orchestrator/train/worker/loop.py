@@ -223,7 +223,8 @@ class Worker:
         run.advance(m, batch.cursor.to_dict())
         self._raise_on_stop_flags(m, run.step)
         self.interval.record_step(m.seconds)
-        request = self.watcher.poll(self._save_cost())  # collective: same answer on every rank
+        # Agreed in the step's collective (every rank the same answer), decided after the step is counted.
+        request = self.watcher.decide(m.noticed, m.time_left_s, m.attempt_wide, self._save_cost())
         saved = self._checkpoint_if_due(m, run, request)
         stopping = request is not StopRequest.CONTINUE
         growing = not stopping and self._grow_now(run, saved)
@@ -307,7 +308,9 @@ class Worker:
             acc.raise_flag(M.FLAG_REPORT)
         if self.rank == 0 and self._save_due(step):
             acc.raise_flag(M.FLAG_SAVE)
-        metrics = M.sync_step(acc, step, lr, M.global_grad_norm(self.engine))
+        acc.set_notice(*self.watcher.local_view())
+        acc.set_grad_norm(M.global_grad_norm(self.engine))
+        metrics = M.sync_step(acc, step, lr)
         self.step_end = time.perf_counter()
         return metrics
 

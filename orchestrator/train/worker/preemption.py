@@ -178,11 +178,21 @@ class PreemptionWatcher:
         return stop
 
     def poll(self, save_cost_s: float | None, safety: float = DEFAULT_SAFETY) -> StopRequest:
-        """Collective, once per optimizer step after it finished: what every rank does next."""
-        stop, min_left, attempt_wide = _all_reduce_stop(self.requested(), self.time_left(), self._attempt_notice)
+        """Collective, once per optimizer step after it finished: what every rank does next. The
+        training loop agrees on the notice inside its per-step metrics collective instead
+        (``local_view`` in, ``decide`` out: worker/metrics.py)."""
+        return self.decide(*_all_reduce_stop(*self.local_view()), save_cost_s, safety)
+
+    def local_view(self) -> tuple[bool, float, bool]:
+        """This rank's (notice, time left, the notice is the attempt's own), for the collective."""
+        return self.requested(), self.time_left(), self._attempt_notice
+
+    def decide(self, stop: bool, min_left_s: float, attempt_wide: bool, save_cost_s: float | None,
+               safety: float = DEFAULT_SAFETY) -> StopRequest:
+        """What every rank does next, from the view every rank agreed on."""
         self._adopt(stop)
         self.attempt_wide = attempt_wide
-        return stop_request(stop, min_left, save_cost_s, safety)
+        return stop_request(stop, min_left_s, save_cost_s, safety)
 
     def _adopt(self, stop: bool) -> None:
         # A rank that learned of the notice from a peer starts its own deadline clock now.
