@@ -41,8 +41,6 @@ class StepAccumulator:
 
     def add_outputs(self, out: dict) -> None:
         """One micro-batch's outputs of worker/heads.MaskedPositionsPretraining, summed where they are."""
-        import torch
-
         for name in _OUTPUT_SLOTS:
             value = out.get(name)
             if value is None:
@@ -91,7 +89,7 @@ class StepAccumulator:
         by_device: dict = {}
         for slot, total in self.device_sums.items():
             by_device.setdefault(total.device, []).append(slot)
-        for device, slots in by_device.items():  # one copy per device (on a GPU: the model's, and the host)
+        for slots in by_device.values():  # one copy per device (on a GPU: the model's, and the host)
             for slot, value in zip(slots, torch.stack([self.device_sums[k] for k in slots]).tolist()):
                 v[slot] += value
         if not math.isfinite(v[_LOSS]):
