@@ -7,9 +7,6 @@ replica by name."""
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from tests.manager.conftest import make_manifest
 from tests.manager.procs import free_port, group_alive
 from tests.manager.replicas import Replica, fresh_database, launches, wait_for
+from tests.recording_server import RecordingServer
 
 TTL_S = 3.0
 
@@ -91,31 +89,16 @@ def test_sqlite_refuses_a_second_replica_by_name(tmp_path):
         first.close()
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    beats: list = []
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        self.beats.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args):
-        pass
-
-
 def test_the_heartbeat_client_fails_over_to_the_next_replica():
-    live = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=live.serve_forever, daemon=True).start()
+    live = RecordingServer()
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there (a replica killed with -9)
-    live_url = f"http://127.0.0.1:{live.server_address[1]}"
+    live_url = live.url
     try:
         identity = Identity.from_env("job-x", {ENV_MANAGER_URL: dead, ENV_MANAGER_URLS: f"{dead}/,{live_url}",
                                                "BERTCTL_ATTEMPT": "1", "BERTCTL_ATTEMPT_TOKEN": "t"})
         assert identity.manager_url == f"{dead},{live_url}"
         client = HeartbeatClient(identity, timeout_s=1.0)
         assert client.send_final(Heartbeat(attempt=1, step=3))
-        assert _Recorder.beats[-1]["step"] == 3 and client.url.startswith(live_url), "the live replica is kept"
+        assert live.requests[-1][1]["step"] == 3 and client.url.startswith(live_url), "the live replica is kept"
     finally:
-        live.shutdown()
-        live.server_close()
+        live.close()

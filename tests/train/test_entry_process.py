@@ -20,8 +20,8 @@ import pytest
 from orchestrator.contract import ExitCode
 from orchestrator.manager.backends.processes import members
 from orchestrator.train.checkpoint import CheckpointStore
+from tests.recording_server import RecordingServer
 from tests.train.conftest import manifest, read_metrics
-from tests.train.test_units import _Manager
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def _session_pids(sid: int) -> list[int]:
 
 
 def test_fenced_attempt_stops_without_checkpoint_and_hides_its_token(tmp_path, shards):
-    mgr = _Manager(status=409)
+    mgr = RecordingServer(status=409)
     try:
         job = manifest(tmp_path / "job.yaml", shards, tmp_path / "ckpt", steps=500, every=100)
         env = {"BERTCTL_JOB_ID": "job-fenced", "BERTCTL_ATTEMPT": "2", "BERTCTL_MANAGER_URL": mgr.url,
@@ -55,9 +55,9 @@ def test_fenced_attempt_stops_without_checkpoint_and_hides_its_token(tmp_path, s
     text = out.decode(errors="replace")
     assert proc.returncode == ExitCode.INFRASTRUCTURE, text[-3000:]
     assert TOKEN not in text
-    assert mgr.beats and all(auth == f"Bearer {TOKEN}" for _, _, auth in mgr.beats)
-    assert all(path == "/v1/jobs/job-fenced/heartbeat" for path, _, _ in mgr.beats)
-    final = mgr.beats[-1][1]
+    assert mgr.requests and all(auth == f"Bearer {TOKEN}" for _, _, auth in mgr.requests)
+    assert all(path == "/v1/jobs/job-fenced/heartbeat" for path, _, _ in mgr.requests)
+    final = mgr.requests[-1][1]
     assert final["status"] == "failed" and final["reason"] == "infrastructure" and final["attempt"] == 2
     assert CheckpointStore(str(tmp_path / "ckpt")).committed() == []
     rows = read_metrics(tmp_path / "work" / "metrics.jsonl") if (tmp_path / "work" / "metrics.jsonl").exists() else []
