@@ -58,10 +58,6 @@ class StepAccumulator:
         else:
             self.values[slot] += float(value)
 
-    def add(self, loss: float, mlm_loss: float, nsp_loss: float | None, stats: dict[str, float]) -> None:
-        """Host numbers instead of outputs (the same sums)."""
-        self.add_outputs({"loss": loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss, **stats})
-
     def add_samples(self, sample_ids) -> None:
         """This rank's share of the step's ledger sum, for the ids it consumed."""
         from orchestrator.data.ledger import batch_sum
@@ -149,10 +145,10 @@ def _over_ranks(local: list[float]) -> list[float]:
     import torch
     import torch.distributed as dist
 
-    # float64 keeps token counts and the ledger sum exact and the mean loss stable to well below 1e-5.
-    vec = torch.tensor(local, dtype=torch.float64)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return local
+    # float64 keeps token counts and the ledger sum exact and the mean loss stable to well below 1e-5.
+    vec = torch.tensor(local, dtype=torch.float64)
     rows = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
     dist.all_gather(rows, vec)
     table = torch.stack(rows)
