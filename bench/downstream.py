@@ -80,8 +80,11 @@ def manifest(work: Path, corpus_dir: Path, steps: int, args: argparse.Namespace)
             "model": {"preset": args.preset, "overrides": {"max_position_embeddings": args.seq_len}},
             # cased: capitals are most of what tells an entity from a word, in both arms alike
             "tokenizer": {"vocab_size": args.vocab_size, "lowercase": False},
+            # 1 MB shards (about 70) and a window of 100,000 rows (about 14 shards): every stretch of steps
+            # mixes the four sources. With one shard per source file, 2000 steps (a quarter of an epoch)
+            # read the dictionary alone; with the default 10,000-row window, one source at a time.
             "data": {"shards": str(work / "shards"), "seq_len": args.seq_len, "nsp": True, "seed": 1234,
-                     "prepare": {"inputs": [str(corpus_dir)], "shard_bytes": 64 * 2**20}},
+                     "shuffle_window": 100_000, "prepare": {"inputs": [str(corpus_dir)], "shard_bytes": 2**20}},
             "training": {"max_steps": steps, "global_batch_size": args.batch, "micro_batch_size": args.batch // 2,
                          "optimizer": "adamw", "lr": args.pretrain_lr, "warmup_steps": max(1, steps // 20),
                          "schedule": "linear", "precision": "fp32"},
@@ -160,21 +163,25 @@ def head_csv(src: Path, dest: Path, rows: int) -> Path:
     return dest
 
 
-def finetune(model: Path, task: str, split: tuple[Path, Path], out: Path, args: argparse.Namespace) -> dict:
+def finetune(model: Path, task: str, split: tuple[Path, Path], out: Path, args: argparse.Namespace,
+             seed: int) -> dict:
     kind = "token-classification" if task == "ner" else "classification"
     budget = ["--max-steps", str(args.finetune_steps)] if args.finetune_steps else ["--epochs", str(args.epochs)]
     if out.exists():
         shutil.rmtree(out)
     bertctl("finetune", str(model), "--task", kind, "--train", str(split[0]), "--validation", str(split[1]),
             "--output", str(out), "--lr", str(args.lr), "--batch-size", "32", "--max-length", str(args.seq_len),
-            "--seed", "0", "--device", "cpu", "--quiet", *budget, log=out.with_suffix(".log"))
+            "--seed", str(seed), "--device", "cpu", "--quiet", *budget, log=out.with_suffix(".log"))
     return json.loads((out / "scores.json").read_text())
 
 
-def main() -> None:
+def options() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="Minutes: a corpus slice, few steps, small splits.")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "downstream")
+    p.add_argument("--pretrained", type=Path, default=None,
+                   help="Fine-tune this export of an earlier run (its work directory's export/) instead of "
+                        "pretraining again: for trying fine-tuning settings on one pretraining.")
     p.add_argument("--preset", default="bert-mini")
     p.add_argument("--pretrain-steps", type=int, default=None, help="Default 2000 (quick: 40).")
     p.add_argument("--pretrain-lr", type=float, default=1e-3)
@@ -186,44 +193,87 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=1.0, help="Fine-tuning epochs, the same for both arms.")
     p.add_argument("--finetune-steps", type=int, default=None, help="Fine-tuning steps instead (quick: 60).")
     p.add_argument("--lr", type=float, default=1e-4, help="Fine-tuning peak learning rate, both arms.")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="Fine-tuning seeds per arm and task (head initialisation and shuffling); scores are their mean.")
+    p.add_argument("--tasks", default="ner,rt", help="Which fine-tunings: ner, rt or both.")
     args = p.parse_args()
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    if set(args.tasks) - {"ner", "rt"} or args.seeds < 1:
+        p.error("--tasks takes ner, rt or ner,rt and --seeds at least 1")
+    return args
+
+
+def main() -> None:
+    args = options()
     steps = args.pretrain_steps or (40 if args.quick else 2000)
     if args.quick:
         args.finetune_steps = args.finetune_steps or 60
         args.work = args.work.with_name(args.work.name + "-quick")
+    if args.pretrained and args.work.resolve() == args.pretrained.resolve().parent:
+        raise SystemExit("--pretrained must not lie inside --work, which a run empties first; copy it or pick --work")
     if args.work.exists():  # a fresh run: a leftover checkpoint would resume instead of pretraining
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
     t0 = time.perf_counter()
+    export, pre, mb = pretrained_model(args, steps)
+    models = {"pretrained": export, "scratch": scratch_copy(export, args.work / "scratch", seed=0)}
+    files = data_files(args.work, args.quick)
+    scores = {f"{task}-{arm}": finetune_seeds(model, task, files[task], arm, args)
+              for task in args.tasks for arm, model in models.items()}
+    report(scores, pre, mb, time.perf_counter() - t0, args)
+
+
+def pretrained_model(args: argparse.Namespace, steps: int) -> tuple[Path, dict, float]:
+    """The export to fine-tune: pretrained now, or the one ``--pretrained`` names (its run's record)."""
+    if args.pretrained:
+        record = args.pretrained.parent / "result.json"
+        earlier = json.loads(record.read_text()) if record.exists() else {}
+        print(f"pretrained: {args.pretrained} (not pretrained again)", flush=True)
+        return args.pretrained, {**earlier.get("pretrain", {}), "reused": str(args.pretrained)}, earlier.get(
+            "corpus_mb", float("nan"))
     corpus_dir, mb = corpus(args.work, 2_000_000 if args.quick else None)
     print(f"corpus: {corpus_dir} ({mb:.1f} MB)", flush=True)
     export, pre = pretrain(args.work, corpus_dir, steps, args)
     print(f"pretrain: {pre}", flush=True)
-    models = {"pretrained": export, "scratch": scratch_copy(export, args.work / "scratch", seed=0)}
-    files = data_files(args.work, args.quick)
-    scores: dict[str, dict] = {}
-    for task, metric in (("ner", "f1"), ("rt", "accuracy")):
-        for arm, model in models.items():
-            got = finetune(model, task, files[task], args.work / f"ft-{task}-{arm}", args)
-            scores[f"{task}-{arm}"] = {"value": 100 * got["metrics"][metric], "seconds": got["seconds"],
-                                       "steps": got["steps"], "validation": got["validation_examples"]}
-            print(f"{task} {arm}: {metric} {100 * got['metrics'][metric]:.2f} ({got['steps']} steps, "
-                  f"{got['seconds']:.0f}s)", flush=True)
-    report(scores, pre, mb, time.perf_counter() - t0, args)
+    return export, pre, mb
+
+
+METRIC = {"ner": "f1", "rt": "accuracy"}
+
+
+def finetune_seeds(model: Path, task: str, split: tuple[Path, Path], arm: str, args: argparse.Namespace) -> dict:
+    """``--seeds`` fine-tunings of one arm on one task; the mean is the arm's score, each seed's is kept."""
+    runs = []
+    for seed in range(args.seeds):
+        got = finetune(model, task, split, args.work / f"ft-{task}-{arm}-s{seed}", args, seed)
+        runs.append({"value": 100 * got["metrics"][METRIC[task]], "seconds": got["seconds"], "steps": got["steps"],
+                     "seed": seed})
+        print(f"{task} {arm} seed {seed}: {METRIC[task]} {runs[-1]['value']:.2f} ({got['steps']} steps, "
+              f"{got['seconds']:.0f}s)", flush=True)
+    values = [r["value"] for r in runs]
+    return {"value": sum(values) / len(values), "low": min(values), "high": max(values), "runs": runs,
+            "validation": got["validation_examples"]}
 
 
 def report(scores: dict, pre: dict, mb: float, seconds: float, args: argparse.Namespace) -> None:
     (args.work / "result.json").write_text(json.dumps({"scores": scores, "pretrain": pre, "corpus_mb": mb,
                                                        "seconds": seconds, "args": vars(args)}, default=str, indent=1))
-    print(f"\n| task (validation) | metric | pretrained | scratch | difference |\n| --- | --- | --- | --- | --- |")
+    print(f"\n| task (validation) | metric | pretrained | scratch | difference | seeds (low-high) |\n"
+          f"| --- | --- | --- | --- | --- | --- |")
     for task, name in (("ner", "CoNLL-2003 NER, entity F1"), ("rt", "Rotten Tomatoes, accuracy")):
-        a, b = scores[f"{task}-pretrained"]["value"], scores[f"{task}-scratch"]["value"]
-        print(f"| {name} | {'F1' if task == 'ner' else 'acc'} | {a:.2f} | {b:.2f} | {a - b:+.2f} |")
-    print(f"\ncorpus {mb:.1f} MB; pretraining {pre['steps']} steps ({pre['tokens_seen']:,} tokens) in "
-          f"{pre['seconds'] / 60:.1f} min; total {seconds / 60:.1f} min", flush=True)
-    v = {k: f"{s['value']:.2f}" for k, s in scores.items()}
-    print(f"ratios: ner_f1_pretrained={v['ner-pretrained']} ner_f1_scratch={v['ner-scratch']} "
-          f"rt_acc_pretrained={v['rt-pretrained']} rt_acc_scratch={v['rt-scratch']}")
+        if task not in args.tasks:
+            continue
+        a, b = scores[f"{task}-pretrained"], scores[f"{task}-scratch"]
+        print(f"| {name} | {'F1' if task == 'ner' else 'acc'} | {a['value']:.2f} | {b['value']:.2f} | "
+              f"{a['value'] - b['value']:+.2f} | {args.seeds}: {a['low']:.2f}-{a['high']:.2f} / "
+              f"{b['low']:.2f}-{b['high']:.2f} |")
+    if "steps" in pre:
+        print(f"\ncorpus {mb:.1f} MB; pretraining {pre['steps']} steps ({pre['tokens_seen']:,} tokens) in "
+              f"{pre['seconds'] / 60:.1f} min{' (an earlier run)' if args.pretrained else ''}")
+    print(f"total {seconds / 60:.1f} min", flush=True)
+    names = {"ner": ("ner_f1_pretrained", "ner_f1_scratch"), "rt": ("rt_acc_pretrained", "rt_acc_scratch")}
+    print("ratios: " + " ".join(f"{names[t][i]}={scores[f'{t}-{arm}']['value']:.2f}" for t in args.tasks
+                                for i, arm in enumerate(("pretrained", "scratch"))))
 
 
 if __name__ == "__main__":

@@ -166,12 +166,15 @@ def run_cmd(
 
 
 def _prepare(job: PretrainJob) -> None:
-    from orchestrator.data.prepare import prepare_for_job
+    from orchestrator.data.prepare import coverage_for_job, prepare_for_job
 
     console.print(f"[bold]{job.metadata.name}[/bold]: preparing data in {job.spec.data.shards} (if needed)")
     index = prepare_for_job(job)
     console.print(f"data: {index.total_rows:,} sequences of {index.seq_len} tokens, vocabulary {index.vocab_size}",
                   highlight=False)
+    warning = coverage_for_job(job, index)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 def _export_and_fill_mask(job: PretrainJob, export_to: Path) -> None:

@@ -6,7 +6,9 @@ Restart and determinism rules (the invariants the chaos tests check):
   whose marker matches this configuration, and redoes any other (its shards are rewritten whole);
 - every write is atomic (rename locally, a single PUT on S3) and ``index.json`` is written last,
   so no index ever names a missing or partial shard;
-- everything random is seeded from (seed, unit), so re-running gives byte-identical shards.
+- everything random is seeded from (seed, unit), so re-running with the same vocabulary gives
+  byte-identical shards (a vocabulary trained again may differ: the tokenizers trainer breaks ties
+  in hash order).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from orchestrator.data.index import FORMAT_VERSION, INDEX_NAME, ShardIndex, Shar
 from orchestrator.data.ray_cluster import local_cpus, start_or_join_ray
 from orchestrator.data.shards import write_shards
 from orchestrator.data.sources import Unit, list_units, read_documents, sentence_starts
-from orchestrator.errors import DataError, PermanentError
+from orchestrator.errors import BertctlError, DataError, PermanentError
 from orchestrator.spec import DEFAULT_VOCAB_SIZE
 from orchestrator.storage import join, storage_for
 
@@ -41,7 +43,7 @@ class PrepareConfig:
     vocab: str | None = None              # ... or use this vocab.txt as is
     lowercase: bool = True
     nsp: bool = True                      # sentence pairs with next-sentence labels
-    seed: int = 1234                      # seeds NSP pairing; same seed -> byte-identical shards
+    seed: int = 1234                      # seeds NSP pairing; same seed and vocab -> byte-identical shards
     text_column: str = "text"             # JSONL field / Parquet column holding the text
     shard_bytes: int = 128 * 2**20        # target shard size
     use_ray: bool = True                  # tokenize units as Ray tasks (False: in this process)
@@ -100,6 +102,35 @@ def prepare_for_job(job) -> ShardIndex:
                         lowercase=tok.lowercase, nsp=data.nsp, seed=data.seed,
                         text_column=data.prepare.text_column, shard_bytes=data.prepare.shard_bytes)
     return prepare(cfg, progress=True)
+
+
+def coverage_for_job(job, index: ShardIndex) -> str | None:
+    """The inputs this job's run never reaches in its epoch's shard order, with the fix; None when it reads all."""
+    from orchestrator.data.coverage import coverage_warning
+
+    data, training = job.spec.data, job.spec.training
+    rows = training.max_steps * training.global_batch_size
+    if coverage_warning(index, data.seed, data.shuffle_window, rows) is None:
+        return None
+    return coverage_warning(index, data.seed, data.shuffle_window, rows, unit_labels(data.shards))
+
+
+def unit_labels(shards_uri: str) -> dict[int, str]:
+    """Each prepared unit's source (its marker says), for messages; units without a readable marker are left out."""
+    store, labels = storage_for(shards_uri), {}
+    try:
+        found = store.list_files(join(shards_uri, STATE_DIR))
+    except BertctlError:
+        return {}
+    for uri in found:
+        name = uri.rstrip("/").rsplit("/", 1)[-1]
+        if not (name.startswith("unit-") and name.endswith(".json")):
+            continue
+        try:
+            labels[int(name[5:-5])] = json.loads(store.read_bytes(uri))["unit"]
+        except (ValueError, KeyError, TypeError, OSError, BertctlError):
+            continue
+    return labels
 
 
 def _check_matches(index: ShardIndex, seq_len: int, nsp: bool, uri: str) -> None:

@@ -42,9 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _prepare(job: PretrainJob) -> None:
-    from orchestrator.data.prepare import prepare_for_job
+    from orchestrator.data.prepare import coverage_for_job, prepare_for_job
 
-    prepare_for_job(job)
+    warning = coverage_for_job(job, prepare_for_job(job))
+    if warning:  # the attempt's log: a run that cannot read its whole corpus is worth a line before it starts
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _newest_checkpoint(job: PretrainJob) -> CheckpointRef | None:
