@@ -163,14 +163,14 @@ def head_csv(src: Path, dest: Path, rows: int) -> Path:
     return dest
 
 
-def finetune(model: Path, task: str, split: tuple[Path, Path], out: Path, args: argparse.Namespace,
+def finetune(model: Path, task: str, split: tuple[Path, Path], out: Path, args: argparse.Namespace, lr: float,
              seed: int) -> dict:
     kind = "token-classification" if task == "ner" else "classification"
     budget = ["--max-steps", str(args.finetune_steps)] if args.finetune_steps else ["--epochs", str(args.epochs)]
     if out.exists():
         shutil.rmtree(out)
     bertctl("finetune", str(model), "--task", kind, "--train", str(split[0]), "--validation", str(split[1]),
-            "--output", str(out), "--lr", str(args.lr), "--batch-size", "32", "--max-length", str(args.seq_len),
+            "--output", str(out), "--lr", str(lr), "--batch-size", "32", "--max-length", str(args.seq_len),
             "--seed", str(seed), "--device", "cpu", "--quiet", *budget, log=out.with_suffix(".log"))
     return json.loads((out / "scores.json").read_text())
 
@@ -192,14 +192,21 @@ def options() -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--epochs", type=float, default=1.0, help="Fine-tuning epochs, the same for both arms.")
     p.add_argument("--finetune-steps", type=int, default=None, help="Fine-tuning steps instead (quick: 60).")
-    p.add_argument("--lr", type=float, default=1e-4, help="Fine-tuning peak learning rate, both arms.")
+    p.add_argument("--lr", default="1e-4", help="Fine-tuning peak learning rate(s), comma-separated; with several, "
+                   "each arm keeps its best (mean over seeds) on each task, as BERT's own protocol does.")
     p.add_argument("--seeds", type=int, default=1,
-                   help="Fine-tuning seeds per arm and task (head initialisation and shuffling); scores are their mean.")
+                   help="Fine-tuning seeds per arm, task and lr (head initialisation, shuffling); scores: their mean.")
     p.add_argument("--tasks", default="ner,rt", help="Which fine-tunings: ner, rt or both.")
     args = p.parse_args()
     args.tasks = [t for t in args.tasks.split(",") if t]
     if set(args.tasks) - {"ner", "rt"} or args.seeds < 1:
         p.error("--tasks takes ner, rt or ner,rt and --seeds at least 1")
+    try:
+        args.lrs = [float(x) for x in args.lr.split(",") if x]
+    except ValueError:
+        p.error(f"--lr {args.lr}: give learning rates as numbers, comma-separated (1e-4,3e-4)")
+    if not args.lrs or min(args.lrs) <= 0:
+        p.error(f"--lr {args.lr}: give one or more positive learning rates")
     return args
 
 
@@ -218,7 +225,7 @@ def main() -> None:
     export, pre, mb = pretrained_model(args, steps)
     models = {"pretrained": export, "scratch": scratch_copy(export, args.work / "scratch", seed=0)}
     files = data_files(args.work, args.quick)
-    scores = {f"{task}-{arm}": finetune_seeds(model, task, files[task], arm, args)
+    scores = {f"{task}-{arm}": best_lr(model, task, files[task], arm, args)
               for task in args.tasks for arm, model in models.items()}
     report(scores, pre, mb, time.perf_counter() - t0, args)
 
@@ -241,32 +248,40 @@ def pretrained_model(args: argparse.Namespace, steps: int) -> tuple[Path, dict, 
 METRIC = {"ner": "f1", "rt": "accuracy"}
 
 
-def finetune_seeds(model: Path, task: str, split: tuple[Path, Path], arm: str, args: argparse.Namespace) -> dict:
-    """``--seeds`` fine-tunings of one arm on one task; the mean is the arm's score, each seed's is kept."""
+def best_lr(model: Path, task: str, split: tuple[Path, Path], arm: str, args: argparse.Namespace) -> dict:
+    """The arm's score on one task: its best learning rate's mean over seeds (every run is kept)."""
+    tried = [finetune_seeds(model, task, split, arm, lr, args) for lr in args.lrs]
+    best = max(tried, key=lambda t: t["value"])
+    return {**best, "tried": [{k: t[k] for k in ("lr", "value", "low", "high")} for t in tried]}
+
+
+def finetune_seeds(model: Path, task: str, split: tuple[Path, Path], arm: str, lr: float,
+                   args: argparse.Namespace) -> dict:
+    """``--seeds`` fine-tunings of one arm on one task at one learning rate; the mean is the score."""
     runs = []
     for seed in range(args.seeds):
-        got = finetune(model, task, split, args.work / f"ft-{task}-{arm}-s{seed}", args, seed)
+        got = finetune(model, task, split, args.work / f"ft-{task}-{arm}-lr{lr:g}-s{seed}", args, lr, seed)
         runs.append({"value": 100 * got["metrics"][METRIC[task]], "seconds": got["seconds"], "steps": got["steps"],
                      "seed": seed})
-        print(f"{task} {arm} seed {seed}: {METRIC[task]} {runs[-1]['value']:.2f} ({got['steps']} steps, "
+        print(f"{task} {arm} lr {lr:g} seed {seed}: {METRIC[task]} {runs[-1]['value']:.2f} ({got['steps']} steps, "
               f"{got['seconds']:.0f}s)", flush=True)
     values = [r["value"] for r in runs]
-    return {"value": sum(values) / len(values), "low": min(values), "high": max(values), "runs": runs,
+    return {"lr": lr, "value": sum(values) / len(values), "low": min(values), "high": max(values), "runs": runs,
             "validation": got["validation_examples"]}
 
 
 def report(scores: dict, pre: dict, mb: float, seconds: float, args: argparse.Namespace) -> None:
     (args.work / "result.json").write_text(json.dumps({"scores": scores, "pretrain": pre, "corpus_mb": mb,
                                                        "seconds": seconds, "args": vars(args)}, default=str, indent=1))
-    print(f"\n| task (validation) | metric | pretrained | scratch | difference | seeds (low-high) |\n"
-          f"| --- | --- | --- | --- | --- | --- |")
+    print(f"\n| task (validation) | metric | pretrained | scratch | difference | lr pretrained / scratch | "
+          f"seeds: low-high |\n| --- | --- | --- | --- | --- | --- | --- |")
     for task, name in (("ner", "CoNLL-2003 NER, entity F1"), ("rt", "Rotten Tomatoes, accuracy")):
         if task not in args.tasks:
             continue
         a, b = scores[f"{task}-pretrained"], scores[f"{task}-scratch"]
         print(f"| {name} | {'F1' if task == 'ner' else 'acc'} | {a['value']:.2f} | {b['value']:.2f} | "
-              f"{a['value'] - b['value']:+.2f} | {args.seeds}: {a['low']:.2f}-{a['high']:.2f} / "
-              f"{b['low']:.2f}-{b['high']:.2f} |")
+              f"{a['value'] - b['value']:+.2f} | {a['lr']:g} / {b['lr']:g} | {args.seeds}: "
+              f"{a['low']:.2f}-{a['high']:.2f} / {b['low']:.2f}-{b['high']:.2f} |")
     if "steps" in pre:
         print(f"\ncorpus {mb:.1f} MB; pretraining {pre['steps']} steps ({pre['tokens_seen']:,} tokens) in "
               f"{pre['seconds'] / 60:.1f} min{' (an earlier run)' if args.pretrained else ''}")

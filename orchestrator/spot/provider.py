@@ -14,11 +14,22 @@ config (``config.py`` writes it):
 
 Every launch and removal is appended to ``state_dir``/``events.jsonl`` for tests and benches
 (``pool.py`` reads and writes both files).
+
+Each node also gets its own ``TORCH_EXTENSIONS_DIR`` (``state_dir``/``nodes/<n>/torch_extensions``),
+holding a copy of the ops this machine has already built, as a node's image would. DeepSpeed loads
+its CPU comm op through torch's JIT loader, which holds a lock file in that directory; shared by
+every simulated node, a lock left by a node killed in that second blocked every later DeepSpeed
+start on the machine. A killed node now takes only its own directory down, as a real one takes its disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +53,7 @@ class SpotNodeProvider(FakeMultiNodeProvider):
         self._state_dir = Path(provider_config["state_dir"])
         self._delay_s = float(provider_config.get("provisioning_delay_s", 0.0))
         self._provisioning: dict[str, int] = {}  # node type -> launches accepted, not yet joined
+        self._launches = itertools.count()
 
     def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
         node_type = tags[TAG_RAY_USER_NODE_TYPE]
@@ -51,7 +63,8 @@ class SpotNodeProvider(FakeMultiNodeProvider):
             # Outside the lock: the autoscaler launches on its own threads and keeps listing nodes.
             time.sleep(self._delay_s)
             for _ in range(count):
-                with self.lock:  # re-entrant: the fake provider takes it too; ids are read in the same hold
+                with self.lock, _environ(TORCH_EXTENSIONS_DIR=self._node_extensions()):
+                    # re-entrant: the fake provider takes the lock too; ids are read in the same hold
                     before = set(self._nodes)
                     self._create_node_with_resources_and_labels(node_config, tags, 1, resources, labels)
                     joined = sorted(set(self._nodes) - before)
@@ -61,6 +74,17 @@ class SpotNodeProvider(FakeMultiNodeProvider):
         finally:
             with self.lock:
                 self._provisioning[node_type] -= pending
+
+    def _node_extensions(self) -> str | None:
+        """A new node's own torch extensions directory, seeded with the machine's built ops (no lock files).
+        None (share the machine's) while nothing is built yet: a node compiling alone costs a minute."""
+        built = _built_ops()
+        if not built:
+            return None
+        own = self._state_dir / "nodes" / str(next(self._launches)) / "torch_extensions"
+        for op in built:  # torch looks for <TORCH_EXTENSIONS_DIR>/<op name>/ when the variable is set
+            shutil.copytree(op, own / op.name, ignore=shutil.ignore_patterns("lock"), dirs_exist_ok=True)
+        return str(own)
 
     def _reserve(self, node_type: str, count: int) -> None:
         with self.lock:
@@ -94,6 +118,31 @@ class SpotNodeProvider(FakeMultiNodeProvider):
         node_type = self._nodes.get(node_id, {}).get("tags", {}).get(TAG_RAY_USER_NODE_TYPE)
         super().terminate_node(node_id)
         append_event(self._state_dir, "terminated", node_type=node_type, node_id=node_id)
+
+
+def _built_ops() -> list[Path]:
+    """Directories of the ops torch has built for this machine's Python (where its JIT loader looks:
+    ``$TORCH_EXTENSIONS_DIR/<op>`` or ``~/.cache/torch_extensions/py<major><minor>_<cpu|cuda>/<op>``)."""
+    given = os.environ.get("TORCH_EXTENSIONS_DIR")
+    roots = [Path(given)] if given else sorted(
+        (Path.home() / ".cache" / "torch_extensions").glob(f"py{sys.version_info[0]}{sys.version_info[1]}_*"))
+    return sorted({so.parent for root in roots for so in root.glob("*/*.so")})
+
+
+@contextlib.contextmanager
+def _environ(**values: str | None):
+    """``values`` set in this process's environment (None: left as is) while a node's processes start:
+    the raylet inherits them, and its workers inherit the raylet's."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _raylet_dead(node) -> bool:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from orchestrator.spot.config import parse_config
@@ -24,7 +25,13 @@ CONFIG = {"head": {"resources": {"CPU": 1}}, "provisioning_delay_s": 1.0, "idle_
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, monkeypatch):
+    # This machine's built torch ops, as the provider finds them (one with a lock file left behind).
+    built = tmp_path / "machine-extensions" / "some_op"
+    built.mkdir(parents=True)
+    (built / "some_op.so").write_bytes(b"built")
+    (built / "lock").write_text("")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(built.parent))
     sim = SimCluster(tmp_path / "spot", parse_config(CONFIG))
     sim.up()
     leader = sim.state()["pid"]
@@ -70,6 +77,7 @@ def test_autoscaled_nodes_are_preempted_with_and_without_notice_and_come_back(cl
 
     back = steps["back"]["nodes"]
     assert len(back) >= 2 and not set(back) & {noticed["node_id"], killed["node_id"]}
+    _each_node_has_its_own_torch_extensions(cluster, back)
 
     # The provider records a join once the node's launch call returns, a moment after Ray sees it.
     events = _wait_for(cluster, lambda kinds: kinds.count("joined") >= 4)
@@ -79,6 +87,27 @@ def test_autoscaled_nodes_are_preempted_with_and_without_notice_and_come_back(cl
     restored_at = next(e["ts"] for e in events if e["kind"] == "capacity")
     launched_before = sum(e["count"] for e in events if e["kind"] == "requested" and e["ts"] < restored_at)
     assert launched_before == 2, "no launch may be accepted while the taken nodes' slots are gone"
+
+
+def _each_node_has_its_own_torch_extensions(sim: SimCluster, node_ids: list[str]) -> None:
+    """A node's processes see a directory of their own holding the machine's built op, without its lock:
+    a node killed inside torch's JIT load leaves its lock where no other node looks."""
+    dirs = set()
+    for node_id in node_ids:
+        seen = {_environ_of(pid).get("TORCH_EXTENSIONS_DIR", "") for pid in sim.node_processes(node_id)} - {None}
+        assert len(seen) == 1, f"node {node_id}'s processes disagree on TORCH_EXTENSIONS_DIR: {seen}"
+        own = Path(seen.pop())
+        assert own.is_relative_to(sim.state_dir) and (own / "some_op" / "some_op.so").read_bytes() == b"built"
+        assert not (own / "some_op" / "lock").exists()
+        dirs.add(own)
+    assert len(dirs) == len(node_ids)
+
+
+def _environ_of(pid: int) -> dict:
+    try:
+        return psutil.Process(pid).environ()
+    except psutil.Error:  # a worker that exited meanwhile
+        return {"TORCH_EXTENSIONS_DIR": None}
 
 
 def _wait_for(sim: SimCluster, predicate, timeout_s: float = 30.0) -> list[dict]:
