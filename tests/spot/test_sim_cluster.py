@@ -86,7 +86,8 @@ def test_autoscaled_nodes_are_preempted_with_and_without_notice_and_come_back(cl
     assert [e["kind"] for e in events].count("removed") >= 2
     restored_at = next(e["ts"] for e in events if e["kind"] == "capacity")
     launched_before = sum(e["count"] for e in events if e["kind"] == "requested" and e["ts"] < restored_at)
-    assert launched_before == 2, "no launch may be accepted while the taken nodes' slots are gone"
+    assert launched_before == 2, ("no launch may be accepted while the taken nodes' slots are gone; events: "
+                                  f"{[e for e in events if e['kind'] not in ('joined',)]}")
 
 
 def _each_node_has_its_own_torch_extensions(sim: SimCluster, node_ids: list[str]) -> None:
