@@ -82,8 +82,12 @@ class SpotNodeProvider(FakeMultiNodeProvider):
         if not built:
             return None
         own = self._state_dir / "nodes" / str(next(self._launches)) / "torch_extensions"
-        for op in built:  # torch looks for <TORCH_EXTENSIONS_DIR>/<op name>/ when the variable is set
-            shutil.copytree(op, own / op.name, ignore=shutil.ignore_patterns("lock"), dirs_exist_ok=True)
+        try:
+            for op in built:  # torch looks for <TORCH_EXTENSIONS_DIR>/<op name>/ when the variable is set
+                shutil.copytree(op, own / op.name, ignore=shutil.ignore_patterns("lock"), dirs_exist_ok=True)
+        except OSError as exc:  # a full disk, an op rebuilt meanwhile: the node shares the machine's, as before
+            log.warning("could not give the new node its own torch extensions (%s); it shares this machine's", exc)
+            return None
         return str(own)
 
     def _reserve(self, node_type: str, count: int) -> None:
