@@ -17,7 +17,7 @@ import torch
 
 from orchestrator.spec import load_manifest
 from orchestrator.train.checkpoint import CheckpointStore
-from orchestrator.train.worker import loop
+from orchestrator.train.worker import inputs, loop
 from tests.chaos.conftest import attempt, job
 from tests.train_units.state_dump import train_loop_dumping_state
 
@@ -27,7 +27,7 @@ PLAN = [(2, 3), (1, 6), (3, 9)]  # (workers, max_steps) of attempts 1, 2, 3
 
 
 def _expected_samples(manifest_path, steps: int) -> list[list[int]]:
-    stream = loop.job_stream(load_manifest(str(manifest_path)), 0, 1, None)
+    stream = inputs.job_stream(load_manifest(str(manifest_path)), 0, 1, None)
     try:
         it = iter(stream)
         return [sorted(int(i) for i in next(it).sample_ids) for _ in range(steps)]

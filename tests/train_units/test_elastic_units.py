@@ -89,3 +89,66 @@ def test_a_nodes_notice_is_the_nodes_and_the_notice_file_the_attempts(tmp_path):
     own = PreemptionWatcher(30.0, str(notice), probes=[lambda: None])
     own.poll(None)
     assert own.requested() and own.attempt_wide
+
+
+def test_a_group_abandoned_before_its_first_step_keeps_one_record_of_the_whole_pause():
+    journal = ResizeJournal()
+    journal.formed(3, 0, 1.0, 2.0, 3.0)
+    journal.left("shrink_notice", 33, 3, last_step_at=100.0)
+    journal.failed(101.0)
+    journal.abandoned()  # the group of 2 that started had a node noticed while it formed
+    journal.failed(112.0)
+    [record] = journal.formed(1, 33, started_at=118.0, loaded_at=124.0, first_step_at=125.0)
+    assert (record["kind"], record["from_world"], record["to_world"]) == ("shrink_notice", 3, 1)
+    assert record["pause_s"] == 25.0 and record["detect_s"] == 1.0 and record["reform_s"] == 17.0
+
+
+def test_an_attempts_first_group_abandoned_is_no_resize():
+    journal = ResizeJournal()
+    journal.abandoned()
+    journal.failed(10.0)
+    assert journal.formed(2, 0, 11.0, 12.0, 13.0) == []
+
+
+class _Side:
+    def __init__(self):
+        self.calls = 0
+
+    def abandoned(self):
+        self.calls += 1
+
+
+def test_a_node_noticed_before_the_first_step_ends_the_group_without_a_save(tmp_path):
+    from orchestrator.train.worker.elastic import leave_if_noticed
+
+    quiet, side = PreemptionWatcher(30.0, str(tmp_path / "none"), probes=[lambda: None]), _Side()
+    leave_if_noticed(quiet, side, 8)  # no notice: the group goes on to load and step
+    leave_if_noticed(PreemptionWatcher(30.0, str(tmp_path / "none"), probes=[lambda: 1e18]), None, 8)  # fixed size
+    assert side.calls == 0
+    with pytest.raises(NodePreempted, match="from step 8"):
+        leave_if_noticed(PreemptionWatcher(30.0, str(tmp_path / "none"), probes=[lambda: 1e18]), side, 8)
+    assert side.calls == 1
+    write_notice(str(tmp_path / "own"))
+    with pytest.raises(PreemptedError, match="resumes from step 8"):
+        leave_if_noticed(PreemptionWatcher(30.0, str(tmp_path / "own"), probes=[lambda: None]), side, 8)
+    assert side.calls == 1, "the attempt's own notice ends the attempt: no re-form"
+
+
+def test_a_start_is_cut_short_when_a_notice_holds_up_its_own_placement():
+    from orchestrator.train.driver.start_guard import noticed
+
+    groups = {"old": {"state": "CREATED", "bundles_to_node_id": {0: "n1"}},
+              "new": {"state": "CREATED", "bundles_to_node_id": {0: "n2", 1: "n3"}},
+              "gone": {"state": "REMOVED", "bundles_to_node_id": {0: "n3"}},
+              "waiting": {"state": "PENDING", "bundles_to_node_id": {}}}
+    assert noticed(groups, {"n3"}, {"old"}, draining_before={"n3"}) == ["new"]
+    assert noticed(groups, {"n1"}, {"old"}, draining_before=set()) == ["waiting"], "a group that started before is left alone"
+    assert noticed(groups, {"n1"}, {"old"}, draining_before={"n1"}) == [], "no notice since the start began"
+    assert noticed(groups, {"n4"}, {"old", "waiting"}, draining_before=set()) == []
+
+
+def test_the_failure_of_a_start_cut_short_is_retried_once(monkeypatch):
+    from orchestrator.train.driver import start_guard
+
+    monkeypatch.setitem(start_guard._cut_short, "starts", 1)
+    assert start_guard.take_cut_short() and not start_guard.take_cut_short()

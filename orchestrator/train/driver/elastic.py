@@ -58,13 +58,23 @@ class ResizeJournal:
         self.records: list[dict[str, Any]] = []
         self.pending: dict[str, Any] | None = None
         self.world: int | None = None
+        self.abandoning = False
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
         """The old group's rank 0, right before its workers end to re-form (after any checkpoint)."""
         self.pending = {"kind": kind, "last_step": step, "from_world": world, "last_step_at": last_step_at}
 
+    def abandoned(self) -> None:
+        """The group being formed ends before its first step (a node of it came under notice)."""
+        self.abandoning = True
+
     def failed(self, at: float) -> None:
-        """The controller decided to re-form the group (its failure policy said retry)."""
+        """The controller decided to re-form the group (its failure policy said retry). After an
+        abandoned start the record in progress goes on: one pause, until a group steps (and the
+        first group of an attempt, abandoned, is still no resize)."""
+        abandoned, self.abandoning = self.abandoning, False
+        if abandoned and (self.pending is not None or self.world is None):
+            return
         if self.pending is None or "failed_at" in self.pending:
             self.pending = {"kind": "shrink_lost", "from_world": self.world}
         self.pending["failed_at"] = at

@@ -184,6 +184,10 @@ class PretrainTrainer(TorchTrainer):
 
     def _create_default_callbacks(self):
         callbacks = _without_blind_placement_group_cleaner(super()._create_default_callbacks())
+        if self.resize_journal is not None:  # elastic: a start never waits for a node under notice
+            from orchestrator.train.driver.start_guard import StartOnLiveNodes
+
+            callbacks.append(StartOnLiveNodes())
         return callbacks if self.datasets else _without_idle_dataset_manager(callbacks)
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):

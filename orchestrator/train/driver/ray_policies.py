@@ -16,6 +16,7 @@ from ray.train.v2.api.exceptions import ControllerError, PreemptionError
 from orchestrator.train.driver.elastic import (
     CAPACITY_WAIT_S, GROW_SETTLE_S, MAX_RECOVERIES, InsufficientCapacity, capacity_lost, dead_nodes,
 )
+from orchestrator.train.driver.start_guard import take_cut_short
 
 log = logging.getLogger("bertctl.train.elastic")
 
@@ -31,6 +32,9 @@ class CapacityRecovery(DefaultFailurePolicy):
 
     def make_decision(self, training_failed_error) -> FailureDecision:
         if isinstance(training_failed_error, ControllerError):
+            if take_cut_short():  # a start that StartOnLiveNodes ended: capacity, whatever Ray made of it
+                log.info("the worker group's start was cut short by a notice: it re-forms")
+                return FailureDecision.RETRY
             return super().make_decision(training_failed_error)
         retry = isinstance(training_failed_error, PreemptionError) or capacity_lost(
             training_failed_error, self.known_dead)

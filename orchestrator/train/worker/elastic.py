@@ -8,6 +8,9 @@
   committed, and the group re-forms larger from it.
 * The first step of a re-formed group: rank 0 completes the resize's record in the journal and
   reports every record of the attempt with its heartbeats (contract.Resize).
+* A node of a group that has not stepped yet comes under notice (it was counted before its notice,
+  while the group was being formed): the group ends at once, before loading or after it, and
+  re-forms without it; the pause of the record in progress goes on (``leave_if_noticed``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import time
 from typing import Any
 
 from orchestrator.contract import Resize
-from orchestrator.train.worker.preemption import max_over_ranks
+from orchestrator.train.worker.errors import NodePreempted, PreemptedError
+from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, max_over_ranks
 
 log = logging.getLogger("bertctl.train.elastic")
 
@@ -64,6 +68,13 @@ class ElasticSide:
         if self.journal is not None:
             self.journal.left.remote(kind, step, self.world_size, last_step_at)
 
+    def abandoned(self) -> None:
+        """Rank 0, before every rank raises: this group ends before its first step."""
+        if self.journal is not None:
+            import ray
+
+            ray.get(self.journal.abandoned.remote(), timeout=30)  # before the controller's failed()
+
     def room_to_grow(self) -> bool:
         """Collective (call on every rank at the same step): rank 0 sees room for one more worker."""
         room = self.rank == 0 and self.world_size < self.max_workers and self._workers_that_fit() > 0
@@ -77,6 +88,19 @@ class ElasticSide:
         alive -= set(ray._private.state.state.get_draining_nodes())
         free = ray._private.state.available_resources_per_node()
         return sum(_fits(res, self.worker_resources) for node, res in free.items() if node in alive)
+
+
+def leave_if_noticed(watcher: PreemptionWatcher, elastic: "ElasticSide | None", resumes_step: int) -> None:
+    """Collective, before an elastic group's first step: a notice heard now ends the group at once.
+    Nothing was trained since the committed checkpoint it resumes from, so there is nothing to save,
+    and loading or stepping first would only lengthen the pause (docs/spot.md)."""
+    if elastic is None or watcher.poll(save_cost_s=None) is StopRequest.CONTINUE:
+        return
+    if watcher.attempt_wide:
+        raise PreemptedError(f"preempted before the first step; the next attempt resumes from step {resumes_step}")
+    elastic.abandoned()
+    raise NodePreempted(f"a node of the group came under notice before its first step; "
+                        f"re-forming without it from step {resumes_step}")
 
 
 def _fits(free: dict[str, Any], per_worker: dict[str, float]) -> int:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import storage as st
 from orchestrator.contract import CheckpointRef, Heartbeat, SkippedCheckpoint
 from orchestrator.errors import CheckpointError, TransientStorageError
 from orchestrator.model import build_model
@@ -29,9 +28,10 @@ from orchestrator.train.checkpoint import (
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import metrics as M
 from orchestrator.train.worker.engine import build_engine
-from orchestrator.train.worker.elastic import elastic_side
+from orchestrator.train.worker.elastic import elastic_side, leave_if_noticed
 from orchestrator.train.worker.errors import FencedError, GrowRequested, NanLossError, NodePreempted, PreemptedError
 from orchestrator.train.worker.heads import MaskedPositionsPretraining, device_inputs, mlm_capacity
+from orchestrator.train.worker.inputs import job_stream, tokenizer_files
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, ray_drain_probe
 from orchestrator.train.worker.progress import Progress
 from orchestrator.train.worker.tensorboard import ScalarLog
@@ -42,30 +42,6 @@ log = logging.getLogger("bertctl.train.loop")
 # per-step rows are buffered and flushed when rank 0 says so (through the per-step metrics
 # all-reduce), at most every REPORT_EVERY_S, and at every checkpoint and at the end.
 REPORT_EVERY_S = 2.0
-
-
-def job_stream(job: PretrainJob, rank: int, world_size: int, cursor: dict | None):
-    """This rank's slice of the job's global sample stream, from ``cursor`` (or the start)."""
-    from orchestrator.data.stream import BatchStream, Cursor
-
-    d, t = job.spec.data, job.spec.training
-    return BatchStream(d.shards, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
-                       rank=rank, world_size=world_size, seed=d.seed, mlm_probability=d.mlm_probability,
-                       whole_word_masking=d.whole_word_masking, shuffle_window=d.shuffle_window,
-                       prefetch_bytes=d.prefetch_bytes, cursor=Cursor.from_dict(cursor) if cursor else Cursor())
-
-
-def _tokenizer_files(index, scratch: Path) -> Path | None:
-    """The shards' tokenizer files (index.tokenizer_files), copied into a local directory."""
-    files = dict(getattr(index, "tokenizer_files", {}) or {})
-    if not files:
-        return None
-    dest = scratch / "tokenizer"
-    dest.mkdir(parents=True, exist_ok=True)
-    for role in files:
-        uri = index.tokenizer_uri(role)
-        st.storage_for(uri).download_file(uri, str(dest / Path(files[role]).name))
-    return dest
 
 
 def _device(on_gpu: bool):
@@ -116,9 +92,12 @@ class Worker:
     def run(self) -> None:
         try:
             resume = self._find_resume()
+            resumes = resume.ckpt.step if resume else 0
+            leave_if_noticed(self.watcher, self.elastic, resumes)  # a node noticed while this group formed
             stream = job_stream(self.job, self.rank, self.world_size, resume.state.cursor if resume else None)
             try:
                 state = self._prepare(stream.index, resume)
+                leave_if_noticed(self.watcher, self.elastic, resumes)  # ... or while it loaded
                 self._train(stream, state)
             finally:
                 stream.close()
@@ -164,7 +143,7 @@ class Worker:
 
     def _keep_tokenizer(self, index) -> None:
         """A copy of the tokenizer in every checkpoint, so export needs nothing but the checkpoint."""
-        tok_dir = _tokenizer_files(index, self.scratch) if self.rank == 0 else None
+        tok_dir = tokenizer_files(index, self.scratch) if self.rank == 0 else None
         if tok_dir:
             self.ckpts.extra_dirs["tokenizer"] = tok_dir
 

@@ -1,0 +1,91 @@
+"""A node noticed while an elastic group re-forms is left out at once, on the simulated cluster.
+
+Three 1-CPU spot nodes, a job with ``workers: {min: 1, max: 3}``. A first node gets a 30 s notice;
+the moment the controller starts the group of two that replaces it, a second node of that group
+gets one too (spot notices come in bursts). Ray starts no new worker process on a node under
+notice and Ray Train waits for its actors without a limit, so before this was handled the start
+hung until the second node was gone; if that group had started already, it loaded, stepped and
+then shrank again. Now either the start is cut short (driver/start_guard.py) or the new group
+leaves before its first step (worker/elastic.py ``leave_if_noticed``): one resize, from three
+workers to one, no step lost, one attempt.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from orchestrator.spot.config import parse_config
+from orchestrator.spot.sim_cluster import SimCluster, session_members
+from tests.manager.procs import ServerProcess, free_port, terminal
+from tests.spot.scenario import until
+from tests.spot.test_elastic_attempt import _live_nodes, _resizes, _spot
+from tests.train.conftest import build_corpus, manifest
+
+pytestmark = pytest.mark.chaos
+NOTICE_S = 30.0
+MAX_STEPS = 100_000  # out of reach: the test cancels the job once the scenario is through
+CONFIG = {"head": {"resources": {"CPU": 0}}, "provisioning_delay_s": 1.0, "idle_timeout_s": 600,
+          "node_types": {"spot-cpu": {"resources": {"CPU": 1}, "min_workers": 3, "max_workers": 3}}}
+GROUP_OF_TWO_STARTS = "Attempting to start training worker group of size 2"  # Ray Train's controller log
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    sim = SimCluster(tmp_path / "spot", parse_config(CONFIG))
+    sim.up()
+    leader = sim.state()["pid"]
+    try:
+        until("three spot nodes joined", lambda: sum(e["kind"] == "joined" for e in sim.events()) >= 3, 180)
+        yield sim
+    finally:
+        sim.down()
+    assert session_members(leader) == [], "the cluster's processes outlived down()"
+
+
+@pytest.fixture
+def server(tmp_path, cluster):
+    srv = ServerProcess(tmp_path / "data", free_port(), extra_env={"BERTCTL_RAY_CLUSTER_DIR": str(cluster.state_dir)})
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _job(tmp_path) -> str:
+    path = manifest(tmp_path / "job.yaml", build_corpus(tmp_path / "corpus"), tmp_path / "ckpt", steps=MAX_STEPS,
+                    every=4, keep_last=100, name="burst")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["resources"]["workers"] = {"min": 1, "max": 3}
+    doc["spec"]["training"].update(global_batch_size=24, micro_batch_size=2)  # every world size 1-3 keeps it
+    doc["spec"]["checkpoint"]["preemption_deadline_s"] = NOTICE_S
+    doc["spec"]["recovery"] = {"max_restarts": 0, "heartbeat_timeout_s": 300}
+    return yaml.safe_dump(doc)
+
+
+def test_a_node_noticed_while_the_group_re_forms_is_left_out_at_once(server, cluster, tmp_path):
+    until("three live spot nodes", lambda: len(_live_nodes(cluster)) == 3, 120)
+    r = server.http.post("/v1/jobs", content=_job(tmp_path))
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    until("step 6", lambda: server.job(job_id)["step"] >= 6, 300)
+    log = tmp_path / "data" / "jobs" / job_id / "attempt-1" / "trainer.log"
+    assert GROUP_OF_TWO_STARTS not in log.read_text()
+
+    first, second = [n["node_id"] for n in _live_nodes(cluster)][:2]
+    notices = [_spot(cluster, "preempt", "--notice", str(NOTICE_S), "--node", first, wait=False)]
+    until("the group of two starting", lambda: GROUP_OF_TWO_STARTS in log.read_text(), 120)
+    notices.append(_spot(cluster, "preempt", "--notice", str(NOTICE_S), "--node", second, wait=False))
+    until("a group of one", lambda: any(r["to_world"] == 1 for r in _resizes(server, job_id)), 300)
+
+    [resize] = _resizes(server, job_id)
+    assert (resize["kind"], resize["from_world"], resize["to_world"]) == ("shrink_notice", 3, 1), resize
+    assert resize["last_step"] == resize["resumed_from_step"] and resize["steps_lost"] == 0, resize
+    text = log.read_text()
+    print("cut short at the start:", "its start ends now" in text,
+          "| left before its first step:", "came under notice before its first step" in text, "|", resize)
+
+    for notice in notices:
+        assert notice.wait(timeout=120) == 0, notice.stdout.read()
+    assert server.http.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = server.wait(job_id, terminal, 120)
+    assert job["phase"] == "CANCELLED" and len(job["attempts"]) == 1, job["message"]
