@@ -21,11 +21,19 @@ dense peak for the precision (``flops.PEAK_TFLOPS``, sources in docs/training.md
 loss — the same initial weights on the same batch, so equal in fp32 (a check that both train the
 same model on the same data); ``lossN`` / ``plainN``: the last.
 
+Each configuration is measured twice in the same run: eager, then with the encoder compiled
+(``spec.training.compile`` for bertctl's path, ``model.bert.compile(dynamic=False)`` for the plain
+loop), printed as a second row ``<name>+compile``; ``step1 s`` is the first step's seconds (ours /
+plain), which carries the compilation. ``--no-compile`` skips the compiled rows, and so does
+``--zero-stage 3`` (the manifest refuses compile there). With dropout on, a compiled row's losses
+differ from the eager row's (inductor draws its own dropout masks); ours and plain still agree.
+
     python bench/gpu.py [--steps 30] [--warmup 5] [--configs base-128,large-128,base-512]
     python bench/gpu.py --tiny     # CPU check of the whole script (automatic without CUDA)
 
 The last line: ``ratios: mfu_base=<x> mfu_large=<x> bertctl/plain_torch=<x> resume_equal=<0|1>``,
-where ``bertctl/plain_torch`` is the lowest of the per-configuration throughput ratios.
+where ``bertctl/plain_torch`` is the lowest of the per-configuration throughput ratios; all four
+come from the eager rows only, so the line means what it meant before the compiled rows.
 """
 
 from __future__ import annotations
@@ -54,7 +62,9 @@ from orchestrator.train.checkpoint import Checkpointer, CheckpointStore, TrainSt
 from orchestrator.train.worker import PreemptionWatcher, StopRequest  # noqa: E402
 from orchestrator.train.worker import metrics as M  # noqa: E402
 from orchestrator.train.worker.engine import build_engine, lr_multiplier  # noqa: E402
-from orchestrator.train.worker.heads import MaskedPositionsPretraining, device_inputs, mlm_capacity  # noqa: E402
+from orchestrator.train.worker.heads import (  # noqa: E402
+    MaskedPositionsPretraining, compile_encoder, device_inputs, mlm_capacity,
+)
 
 SEED = 7
 LR, WARMUP_LR_STEPS = 1e-4, 2
@@ -82,7 +92,7 @@ TINY = {
 }
 
 
-def manifest(args, cfg: Config, shards: str, ckpt: str) -> dict:
+def manifest(args, cfg: Config, shards: str, ckpt: str, compiled: bool = False) -> dict:
     ds: dict = {"zero_stage": 0 if args.optimizer == "lamb" else args.zero_stage}
     if args.adamw == "torch-fused":  # DeepSpeed builds torch.optim.AdamW(fused=True) from these params
         ds["config"] = {"optimizer": {"params": {"torch_adam": True, "fused": True}}}
@@ -93,7 +103,7 @@ def manifest(args, cfg: Config, shards: str, ckpt: str) -> dict:
             "data": {"shards": shards, "seq_len": cfg.seq_len, "nsp": True, "seed": SEED},
             "training": {"max_steps": args.warmup + args.steps, "global_batch_size": cfg.micro,
                          "micro_batch_size": cfg.micro, "optimizer": args.optimizer, "lr": LR,
-                         "warmup_steps": WARMUP_LR_STEPS, "precision": args.precision},
+                         "warmup_steps": WARMUP_LR_STEPS, "precision": args.precision, "compile": compiled},
             "deepspeed": ds,
             "resources": {"workers": 1, "gpus_per_worker": 1 if args.device.type == "cuda" else 0},
             "checkpoint": {"uri": ckpt, "every_steps": args.warmup + args.steps},
@@ -115,6 +125,8 @@ def build_bertctl(job, index, device):
     fields = job.spec.model.bert_config(index.vocab_size)
     torch.manual_seed(SEED)
     model = MaskedPositionsPretraining(build_model(fields, nsp=True), nsp=True).to(device)
+    if job.spec.training.compile:  # as the worker does (loop._build_model)
+        compile_encoder(model)
     return build_engine(job, model, world_size=1, on_gpu=device.type == "cuda"), fields
 
 
@@ -134,8 +146,9 @@ def bertctl_step(engine, batch, device, capacity: int, watcher, step: int) -> M.
     return m
 
 
-def run_bertctl(args, cfg: Config, shards: str, index, work: Path, resume_check: bool) -> dict:
-    job = parse_manifest(manifest(args, cfg, shards, str(work / f"ckpt-{cfg.name}")))
+def run_bertctl(args, cfg: Config, shards: str, index, work: Path, resume_check: bool, compiled: bool) -> dict:
+    ckpt = work / f"ckpt-{cfg.name}{'-compiled' if compiled else ''}"
+    job = parse_manifest(manifest(args, cfg, shards, str(ckpt), compiled))
     engine, fields = build_bertctl(job, index, args.device)
     stream = open_stream(shards, cfg)
     watcher = PreemptionWatcher(25.0, str(work / "notice"))
@@ -148,6 +161,7 @@ def run_bertctl(args, cfg: Config, shards: str, index, work: Path, resume_check:
         batch = next(batches)
         losses.append(bertctl_step(engine, batch, args.device, capacity, watcher, step).loss)
         counts.add(batch, timed=step > args.warmup)
+        counts.first_step(step == 1)
     sync(args.device)
     counts.stop()
     equal = checkpoint_roundtrip(job, engine, index, fields, args.device, work, batch.cursor.to_dict(),
@@ -162,7 +176,13 @@ class Counts:
 
     def __init__(self):
         self.tokens = self.masked = self.all_tokens = 0
-        self.began = self.ended = 0.0
+        self.began = self.ended = self.step1_s = 0.0
+        self.created = time.perf_counter()
+
+    def first_step(self, first: bool) -> None:
+        """The first step's seconds (its loss is read on the host, so the device is done with it)."""
+        if first:
+            self.step1_s = time.perf_counter() - self.created
 
     def start(self) -> None:
         self.began = time.perf_counter()
@@ -179,7 +199,8 @@ class Counts:
 
     def summary(self) -> dict:
         seconds = max(self.ended - self.began, 1e-9)
-        return {"tokens_per_s": self.tokens / seconds, "masked_fraction": self.masked / max(self.all_tokens, 1)}
+        return {"tokens_per_s": self.tokens / seconds, "masked_fraction": self.masked / max(self.all_tokens, 1),
+                "step1_s": self.step1_s}
 
 
 def checkpoint_roundtrip(job, engine, index, fields, device, work: Path, cursor: dict, step: int) -> bool:
@@ -212,21 +233,28 @@ def staged_batches(shards: str, cfg: Config, device, count: int) -> list[dict]:
     return staged
 
 
-def plain_model(fields: dict, device):
+def plain_model(fields: dict, device, compiled: bool):
     from transformers import BertConfig, BertForPreTraining
 
     torch.manual_seed(SEED)
-    return BertForPreTraining(BertConfig(**fields, attn_implementation="sdpa")).to(device).train()
+    model = BertForPreTraining(BertConfig(**fields, attn_implementation="sdpa")).to(device).train()
+    if compiled:  # the same part bertctl compiles: the encoder, with static shapes
+        model.bert.compile(dynamic=False)
+    return model
 
 
-def run_plain(args, cfg: Config, shards: str, fields: dict) -> dict:
+def plain_optimizer(model, steps: int, fused: bool):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
+                                  fused=fused)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier("linear", WARMUP_LR_STEPS, steps))
+
+
+def run_plain(args, cfg: Config, shards: str, fields: dict, compiled: bool) -> dict:
     device, cuda = args.device, args.device.type == "cuda"
     staged = staged_batches(shards, cfg, device, args.warmup + args.steps)
-    model = plain_model(fields, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
-                                  fused=cuda)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier("linear", WARMUP_LR_STEPS, args.warmup + args.steps))
+    model = plain_model(fields, device, compiled)
+    created = time.perf_counter()
+    optimizer, scheduler = plain_optimizer(model, args.warmup + args.steps, fused=cuda)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and args.precision == "bf16")
     losses = torch.zeros(len(staged), device=device)
     for step, inputs in enumerate(staged):
@@ -241,11 +269,15 @@ def run_plain(args, cfg: Config, shards: str, fields: dict) -> dict:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses[step] = loss.detach()
+        if step == 0:
+            sync(device)
+            step1_s = time.perf_counter() - created
     sync(device)
     seconds = time.perf_counter() - began
     tokens = sum(int(b["attention_mask"].sum()) for b in staged[args.warmup:])
     del model, optimizer, staged
-    return {"tokens_per_s": tokens / seconds, "first_loss": float(losses[0]), "last_loss": float(losses[-1])}
+    return {"tokens_per_s": tokens / seconds, "first_loss": float(losses[0]), "last_loss": float(losses[-1]),
+            "step1_s": step1_s}
 
 
 # ----- driver
@@ -255,20 +287,23 @@ def device_peak(args) -> float | None:
     return peak_flops(args.device_name, args.precision) if args.device.type == "cuda" else None
 
 
-def measure(args, cfg: Config, shards: str, index, work: Path, first: bool) -> dict:
-    ours = run_bertctl(args, cfg, shards, index, work, resume_check=first)
+def measure(args, cfg: Config, shards: str, index, work: Path, first: bool, compiled: bool = False) -> dict:
+    """One row: bertctl's path and the plain loop, both eager or both with the encoder compiled."""
+    ours = run_bertctl(args, cfg, shards, index, work, resume_check=first, compiled=compiled)
     free(args.device)
-    plain = run_plain(args, cfg, shards, ours["fields"])
+    plain = run_plain(args, cfg, shards, ours["fields"], compiled)
     free(args.device)
     per_token = flops_per_token(ours["fields"], cfg.seq_len, ours["masked_fraction"], nsp=True).total
     peak = device_peak(args)
-    return {"cfg": cfg, "flops": per_token, "ours": ours, "plain": plain,
+    return {"cfg": cfg, "flops": per_token, "ours": ours, "plain": plain, "compiled": compiled,
             "mfu": mfu(ours["tokens_per_s"], per_token, peak),
             "plain_mfu": mfu(plain["tokens_per_s"], per_token, peak),
             "ratio": ours["tokens_per_s"] / plain["tokens_per_s"]}
 
 
 def free(device) -> None:
+    # Compiled graphs hold device memory and count against dynamo's recompile limit across runs.
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -280,14 +315,17 @@ def pct(value: float | None) -> str:
 
 def print_row(r: dict) -> None:
     c, ours, plain = r["cfg"], r["ours"], r["plain"]
-    print(f"{c.name:<10}{c.preset:<11}{c.seq_len:>5}{c.micro:>7}{r['flops'] / 1e9:>11.4g}"
+    name = f"{c.name}+compile" if r["compiled"] else c.name
+    print(f"{name:<18}{c.preset:<11}{c.seq_len:>5}{c.micro:>7}{r['flops'] / 1e9:>11.4g}"
           f"{ours['masked_fraction']:>8.3f}{ours['tokens_per_s']:>15,.0f}{pct(r['mfu']):>8}"
           f"{plain['tokens_per_s']:>13,.0f}{pct(r['plain_mfu']):>8}{r['ratio']:>7.2f}"
-          f"{ours['losses'][0]:>8.3f}{plain['first_loss']:>8.3f}{ours['losses'][-1]:>8.3f}{plain['last_loss']:>8.3f}",
-          flush=True)
+          f"{ours['losses'][0]:>8.3f}{plain['first_loss']:>8.3f}{ours['losses'][-1]:>8.3f}{plain['last_loss']:>8.3f}"
+          f"{ours['step1_s']:>8.1f}/{plain['step1_s']:<.1f}", flush=True)
 
 
 def last_line(rows: list[dict]) -> str:
+    """Of the eager rows only, so its meaning is the same with or without the compiled ones."""
+    rows = [r for r in rows if not r["compiled"]]
     by_name = {r["cfg"].name: r for r in rows}
 
     def mfu_of(name: str) -> str:
@@ -340,6 +378,7 @@ def parse_args():
     p.add_argument("--zero-stage", type=int, default=0, help="ZeRO stage of bertctl's AdamW runs")
     p.add_argument("--vocab-size", type=int, default=None, help="WordPiece vocabulary (30522 GPU, 4000 tiny)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense peak to use instead of the table")
+    p.add_argument("--no-compile", action="store_true", help="skip the rows with the encoder through torch.compile")
     return p.parse_args()
 
 
@@ -351,6 +390,7 @@ def resolve(args) -> list[Config]:
     args.warmup = args.warmup if args.warmup is not None else (2 if args.tiny else 5)
     args.precision = args.precision or ("fp32" if args.tiny else "bf16")
     args.vocab_size = args.vocab_size or (4000 if args.tiny else 30522)
+    args.compile = not args.no_compile and args.zero_stage < 3  # the manifest refuses compile under ZeRO-3
     table = TINY if args.tiny else CONFIGS
     unknown = [n for n in args.configs.split(",") if n not in table]
     if unknown:
@@ -366,15 +406,17 @@ def main() -> None:
     work, cache, rows = Path(tempfile.mkdtemp(prefix="bertctl-gpu-")), {}, []
     peak = device_peak(args)
     print(f"device {args.device_name}; precision {args.precision}; ZeRO {args.zero_stage}; AdamW {args.adamw}; "
-          f"dense peak {'n/a' if peak is None else f'{peak / 1e12:.1f} TFLOP/s'}", flush=True)
+          f"dense peak {'n/a' if peak is None else f'{peak / 1e12:.1f} TFLOP/s'}; "
+          f"compiled rows {'yes' if args.compile else 'no'}", flush=True)
     for n, cfg in enumerate(configs):
         shards, index = prepared(args, cfg.seq_len, work, cache)
         if n == 0:
-            print(f"{'config':<10}{'preset':<11}{'seq':>5}{'micro':>7}{'GFLOP/tok':>11}{'masked':>8}"
+            print(f"{'config':<18}{'preset':<11}{'seq':>5}{'micro':>7}{'GFLOP/tok':>11}{'masked':>8}"
                   f"{'bertctl tok/s':>15}{'MFU':>8}{'plain tok/s':>13}{'MFU':>8}{'ratio':>7}"
-                  f"{'loss0':>8}{'plain0':>8}{'lossN':>8}{'plainN':>8}")
-        rows.append(measure(args, cfg, shards, index, work, first=n == 0))
-        print_row(rows[-1])
+                  f"{'loss0':>8}{'plain0':>8}{'lossN':>8}{'plainN':>8}{'step1 s':>9}")
+        for compiled in (False, True) if args.compile else (False,):
+            rows.append(measure(args, cfg, shards, index, work, first=n == 0 and not compiled, compiled=compiled))
+            print_row(rows[-1])
     dist.destroy_process_group()
     print(last_line(rows))
 

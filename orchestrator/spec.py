@@ -140,6 +140,8 @@ class TrainingSpec(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_clipping: float = Field(1.0, ge=0.0, description="Max global grad norm; 0 disables.")
     log_every_steps: int = Field(1, ge=1)
+    compile: bool = Field(False, description="Run the BERT encoder through torch.compile (static shapes); "
+                                             "the first step pays the compilation.")
 
 
 class DeepSpeedSpec(_Strict):

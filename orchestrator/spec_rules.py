@@ -135,6 +135,18 @@ def _offload(job: "PretrainJob") -> Problems:
     return out
 
 
+def _compile(job: "PretrainJob") -> Problems:
+    if job.spec.training.compile and job.spec.deepspeed.zero_stage == 3:
+        # ZeRO-3 gathers each layer's parameters in forward hooks that DeepSpeed keeps out of
+        # torch.compile (torch.compiler.disable): the encoder breaks into per-layer graphs and
+        # recompiles dozens of times (bench/gpu.py --tiny --zero-stage 3: 7 breaks, 32 recompiles),
+        # so the switch would cost time instead of saving it.
+        return [("spec.training.compile", "torch.compile of the encoder needs zero_stage <= 2 (ZeRO-3's "
+                                          "parameter hooks break its graph at every layer); lower "
+                                          "deepspeed.zero_stage or set compile: false")]
+    return []
+
+
 def _deepspeed_overrides(job: "PretrainJob") -> Problems:
     # These keys are derived from the manifest; letting the raw config set them would break
     # the constant-global-batch invariant on resume.
@@ -155,7 +167,7 @@ def _deadline(job: "PretrainJob") -> Problems:
 
 RULES: list[Callable[["PretrainJob"], Problems]] = [
     _workers_range, _batch, _precision, _optimizer, _positions, _heads, _nsp, _tokenizer, _warmup,
-    _offload, _deepspeed_overrides, _deadline,
+    _offload, _compile, _deepspeed_overrides, _deadline,
 ]
 
 

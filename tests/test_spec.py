@@ -33,8 +33,8 @@ GOOD = {
 }
 
 
-def mutate(path: str, value=None, delete: bool = False) -> dict:
-    doc = copy.deepcopy(GOOD)
+def mutate(path: str, value=None, delete: bool = False, base: dict | None = None) -> dict:
+    doc = copy.deepcopy(base or GOOD)
     *parents, leaf = path.split(".")
     node = doc
     for key in parents:
@@ -101,6 +101,9 @@ BAD = [
     ("negative lr", mutate("spec.training.lr", -1.0), "spec.training.lr"),
     ("zero stage 4", mutate("spec.deepspeed.zero_stage", 4), "spec.deepspeed.zero_stage"),
     ("param offload below stage 3", mutate("spec.deepspeed.offload_param", "cpu"), "spec.deepspeed.offload_param"),
+    ("compile not a bool", mutate("spec.training.compile", "sometimes"), "spec.training.compile"),
+    ("compile under ZeRO-3", mutate("spec.deepspeed.zero_stage", 3, base=mutate("spec.training.compile", True)),
+     "spec.training.compile"),
     ("raw config sets the batch", mutate("spec.deepspeed.config", {"train_batch_size": 16}), "spec.deepspeed.config"),
     ("vocab and vocab_size both", mutate("spec.tokenizer", {"vocab": "v.txt", "vocab_size": 1000}), "spec.tokenizer"),
     ("neither vocab nor vocab_size", mutate("spec.tokenizer", {"lowercase": True}), "spec.tokenizer"),
@@ -134,6 +137,8 @@ def test_good_manifest_parses_with_defaults():
     job = parse_manifest(copy.deepcopy(GOOD))
     assert job.spec.deepspeed.zero_stage == 2
     assert job.spec.training.precision == "fp32"
+    assert job.spec.training.compile is False
+    assert parse_manifest(mutate("spec.training.compile", True)).spec.training.compile is True  # at ZeRO-2
     assert job.spec.model.bert_config(vocab_size=1000)["hidden_size"] == PRESETS["bert-tiny"]["hidden_size"]
 
 

@@ -126,6 +126,17 @@ class MaskedPositionsPretraining(torch.nn.Module):
             result["nsp_n"] = torch.tensor(nsp_labels.numel())
 
 
+def compile_encoder(head: MaskedPositionsPretraining) -> None:
+    """``spec.training.compile``: the transformers encoder (``head.model.bert``) runs through
+    ``torch.compile``. ``Module.compile`` compiles the module's call in place instead of wrapping
+    it in an ``OptimizedModule``, so parameter names and state_dict keys (checkpoints, export) stay
+    the eager model's: a checkpoint of a compiled run loads into an eager one and back. Only the
+    encoder: the head's row count can change between micro-batches (an overflowing one grows the
+    index), which would recompile a static graph. ``dynamic=False``: every micro-batch the stream
+    yields is (micro_batch_size, seq_len), so one static graph serves the whole run."""
+    head.model.bert.compile(dynamic=False)
+
+
 def unwrap_state_dict(weights: dict) -> dict:
     """Keys of the wrapped transformers model (export loads them into the plain class)."""
     return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in weights.items()}

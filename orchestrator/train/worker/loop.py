@@ -30,7 +30,7 @@ from orchestrator.train.worker import metrics as M
 from orchestrator.train.worker.engine import build_engine
 from orchestrator.train.worker.elastic import elastic_side, leave_if_noticed
 from orchestrator.train.worker.errors import FencedError, GrowRequested, NanLossError, NodePreempted, PreemptedError
-from orchestrator.train.worker.heads import MaskedPositionsPretraining, device_inputs, mlm_capacity
+from orchestrator.train.worker.heads import MaskedPositionsPretraining, compile_encoder, device_inputs, mlm_capacity
 from orchestrator.train.worker.inputs import job_stream, tokenizer_files
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, ray_drain_probe
 from orchestrator.train.worker.progress import Progress
@@ -155,6 +155,8 @@ class Worker:
         model = MaskedPositionsPretraining(build_model(self.model_config, spec.data.nsp, pad_token_id=pad_id),
                                            spec.data.nsp)
         model.to(self.device)
+        if spec.training.compile:  # in place, so the engine wraps it compiled (heads.compile_encoder)
+            compile_encoder(model)
         rng.seed_rank(spec.data.seed, self.rank)  # then per-rank streams (dropout) that a resume restores
         return model
 
