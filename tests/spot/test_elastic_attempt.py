@@ -23,7 +23,7 @@ import yaml
 from orchestrator.spot.config import parse_config
 from orchestrator.spot.sim_cluster import SimCluster, session_members
 from orchestrator.train.checkpoint import CheckpointStore
-from tests.manager.procs import ADMIN, ServerProcess, free_port, terminal
+from tests.manager.procs import ADMIN, terminal
 from tests.spot.scenario import until
 from tests.train.conftest import build_corpus, manifest
 
@@ -60,14 +60,6 @@ def _cluster_with_nodes(tmp_path) -> SimCluster:
             print(f"cluster try {tries}: its nodes did not join; provider events {sim.events()}")
             sim.down()
     raise AssertionError("the simulated spot cluster never brought up its two nodes")
-
-
-@pytest.fixture
-def server(tmp_path, cluster):
-    srv = ServerProcess(tmp_path / "data", free_port(), extra_env={"BERTCTL_RAY_CLUSTER_DIR": str(cluster.state_dir)})
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def _spot(cluster, *args: str, wait: bool = True):

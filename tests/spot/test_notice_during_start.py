@@ -17,7 +17,7 @@ import yaml
 
 from orchestrator.spot.config import parse_config
 from orchestrator.spot.sim_cluster import SimCluster, session_members
-from tests.manager.procs import ServerProcess, free_port, terminal
+from tests.manager.procs import terminal
 from tests.spot.scenario import until
 from tests.spot.test_elastic_attempt import _live_nodes, _resizes, _spot
 from tests.train.conftest import build_corpus, manifest
@@ -41,14 +41,6 @@ def cluster(tmp_path):
     finally:
         sim.down()
     assert session_members(leader) == [], "the cluster's processes outlived down()"
-
-
-@pytest.fixture
-def server(tmp_path, cluster):
-    srv = ServerProcess(tmp_path / "data", free_port(), extra_env={"BERTCTL_RAY_CLUSTER_DIR": str(cluster.state_dir)})
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def _job(tmp_path) -> str:
