@@ -11,7 +11,8 @@ Two policies:
   fits a checkpoint (``notice_s >= 1.25 * checkpoint_s``, the trainer's own rule) the attempt
   saves first and loses nothing; without, it loses the steps since the last commit. The next
   attempt starts ``relaunch_s`` later on the nodes then held (at least ``min_workers``; else it
-  waits for capacity) and keeps that size until the next loss.
+  waits for capacity) and keeps that size until the next loss. A loss among the nodes it starts on
+  while it starts fails it too: the relaunch begins again.
 - ``elastic``: a noticed loss checkpoints inside the notice and re-forms on the survivors
   (``checkpoint_s + reform_s``, nothing lost); a loss without notice re-forms from the newest
   commit (``detect_s + reform_s + load_s``, the steps since it lost); returned capacity is taken
@@ -200,6 +201,8 @@ class Run:
     def lose(self, taken: int, noticed: bool) -> None:
         before = self.usable
         gone = -self._set_pool(-taken)
+        if self.resume_at is not None and self.resume_action == "restart":
+            return self._lost_while_restarting(before, gone, noticed)
         # Which of the held nodes go is random: the job's w of them, or idle ones it has not grown into.
         hit = int(self.rng.hypergeometric(self.w, before - self.w, gone)) if self.w and gone else 0
         if hit == 0 or self.out.finished:
@@ -218,6 +221,22 @@ class Run:
         self.grow_pending = self.grow_pending or self.sc.fit(self.usable) > self.w
         c = self.comp
         self._pause(c.checkpoint_s + c.reform_s if noticed else c.detect_s + c.reform_s + c.load_s, "")
+
+    def _lost_while_restarting(self, before: int, gone: int, noticed: bool) -> None:
+        """A relaunched attempt holds the nodes it starts on: losing one of them fails that attempt
+        as well, and the manager relaunches again (bench/spot.py saw it: a second node gone while the
+        first relaunch started cost a second relaunch). An elastic attempt told of the loss by a
+        notice only starts its worker group again, without the node (driver/start_guard.py)."""
+        starting = self.sc.fit(before)
+        hit = int(self.rng.hypergeometric(starting, before - starting, gone)) if starting and gone else 0
+        if hit == 0 or self.out.finished:
+            return
+        if self.sc.policy == "elastic" and noticed and self.sc.fit(self.usable):
+            self.resume_at = max(self.resume_at or self.t, self.t + self.comp.reform_s)
+        elif self.sc.fit(self.usable):
+            self._relaunch(noticed=False)  # nothing to save: the attempt had not stepped
+        else:
+            self.resume_at = None  # waits for capacity; gain() relaunches
 
     def _relaunch(self, noticed: bool) -> None:
         self.out.recoveries["relaunch"] += 1

@@ -31,12 +31,14 @@ def _poisson_run(policy: str, mtbf_s: float, interval: int, comp: Components, st
 
 
 def test_relaunch_under_poisson_losses_matches_the_renewal_closed_form():
-    # A segment of K steps plus its checkpoint (L seconds) restarts after each loss, paying R:
-    # E[time per committed segment] = (1/lambda + R) (e^{lambda L} - 1).
+    # A segment of K steps plus its checkpoint (L seconds) restarts after each loss, paying a restart
+    # of R seconds that a loss during it starts over, E[restart] = (e^{lambda R} - 1) / lambda:
+    # E[time per committed segment] = (1/lambda + E[restart]) (e^{lambda L} - 1).
     comp = Components(step_s_one=1.0, checkpoint_s=2.0, relaunch_s=10.0)
-    for mtbf, k in ((1000.0, 50), (300.0, 20)):
+    for mtbf, k in ((1000.0, 50), (300.0, 20), (30.0, 10)):
         out = _poisson_run("relaunch", mtbf, k, comp)
-        expected = k / ((mtbf + comp.relaunch_s) * math.expm1((k + comp.checkpoint_s) / mtbf))
+        restart = mtbf * math.expm1(comp.relaunch_s / mtbf)
+        expected = k / ((mtbf + restart) * math.expm1((k + comp.checkpoint_s) / mtbf))
         assert out.finished
         assert out.goodput == pytest.approx(expected, rel=0.02)
 
@@ -124,3 +126,21 @@ def test_bertctl_plan_answers_with_both_policies(tmp_path):
     assert policies == {"elastic", "relaunch"} and result["young_daly_steps"] >= 1
     best = {p: max(r["goodput"] for r in result["rows"] if r["policy"] == p) for p in policies}
     assert 0 < best["relaunch"] < best["elastic"] <= 1
+
+
+def test_a_loss_while_a_relaunch_starts_costs_a_new_relaunch_unless_noticed_by_an_elastic_job():
+    # Three nodes, two needed: two taken at once end the attempt; one more is taken 50 s into the
+    # 120 s relaunch (every node back at once). A relaunched attempt holds the nodes it starts on, so
+    # that loss fails it too; an elastic one told by a notice starts its group again without the
+    # node (a re-form), not the whole relaunch.
+    comp = Components(step_s_one=1.0, checkpoint_s=1.0, relaunch_s=120.0, reform_s=5.0)
+    line = Timeline(3, np.array([300.0, 300.5, 350.0, 350.5]), np.array([-2, 2, -1, 1]), 5000.0)
+
+    def relaunches(policy: str, notice_s: float) -> int:
+        out = simulate(Scenario(policy, 3, 2, 2000, 10, notice_s), comp, line, np.random.default_rng(0))
+        assert out.finished
+        return out.recoveries["relaunch"]
+
+    assert relaunches("relaunch", 30.0) == 2
+    assert relaunches("elastic", 0.0) == 2
+    assert relaunches("elastic", 30.0) == 1
