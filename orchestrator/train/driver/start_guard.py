@@ -52,8 +52,13 @@ class StartOnLiveNodes(WorkerGroupCallback):
 
     @contextmanager
     def on_worker_group_start(self):
-        job = ray.get_runtime_context().get_job_id()
-        earlier = (set(_placement_groups(job)), _draining())  # the start's own placement group is created now
+        try:
+            job = ray.get_runtime_context().get_job_id()
+            earlier = (set(_placement_groups(job)), _draining())  # the start's own placement group is created now
+        except Exception as exc:  # noqa: BLE001 - a GCS hiccup must not fail the start: it goes unwatched
+            log.warning("cannot read the placement groups or the draining nodes; this start is not watched: %s", exc)
+            yield
+            return
         stop, lock = threading.Event(), threading.Lock()
         watch = threading.Thread(target=self._watch, args=(job, earlier, stop, lock), name="start-guard", daemon=True)
         watch.start()
