@@ -10,10 +10,10 @@ group sits on a node under notice, or the placement group still waits for room w
 under notice since the start began (the room it was sized for may be that node's: Ray Train would
 wait 60 s for it), it removes that placement group: the start fails at once (Ray Train's
 ``WorkerGroupStartupFailedError`` or ``...TimeoutError``, which its controller retries), and the
-next start is sized on the nodes not under notice. Seen: a second notice 4 s after a first one held
-the re-form for 44 s (actors waiting on the noticed node) and for 65 s (the placement's 60 s wait). A group that has started is left alone: its
-workers hear of the notice themselves (worker/elastic.py ``leave_if_noticed``, and the
-checkpoint inside the notice after a step).
+next start is sized on the nodes not under notice. Seen: a second notice 4 s after a first one
+held the re-form for 44 s (actors waiting on the noticed node) and for 65 s (the placement's 60 s
+wait). A group that has started is left alone: its workers hear of the notice themselves
+(worker/elastic.py ``leave_if_noticed``, and the checkpoint inside the notice after a step).
 
 This module imports Ray Train's internals; only ``launch.build_trainer`` imports it, for an
 elastic attempt.

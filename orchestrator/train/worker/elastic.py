@@ -73,7 +73,10 @@ class ElasticSide:
         if self.journal is not None:
             import ray
 
-            ray.get(self.journal.abandoned.remote(), timeout=30)  # before the controller's failed()
+            try:
+                ray.get(self.journal.abandoned.remote(), timeout=30)  # before the controller's failed()
+            except Exception as exc:  # noqa: BLE001 - the journal is advisory: the group re-forms anyway
+                log.warning("cannot tell the resize journal that this group ends before its first step: %s", exc)
 
     def room_to_grow(self) -> bool:
         """Collective (call on every rank at the same step): rank 0 sees room for one more worker."""
