@@ -231,12 +231,12 @@ class Run:
         hit = int(self.rng.hypergeometric(starting, before - starting, gone)) if starting and gone else 0
         if hit == 0 or self.out.finished:
             return
-        if self.sc.policy == "elastic" and noticed and self.sc.fit(self.usable):
-            self.resume_at = max(self.resume_at or self.t, self.t + self.comp.reform_s)
-        elif self.sc.fit(self.usable):
-            self._relaunch(noticed=False)  # nothing to save: the attempt had not stepped
-        else:
+        if not self.sc.fit(self.usable):
             self.resume_at = None  # waits for capacity; gain() relaunches
+        elif self.sc.policy == "elastic" and noticed:
+            self.resume_at = max(self.resume_at, self.t + self.comp.reform_s)
+        else:
+            self._relaunch(noticed=False)  # nothing to save: the attempt had not stepped
 
     def _relaunch(self, noticed: bool) -> None:
         self.out.recoveries["relaunch"] += 1

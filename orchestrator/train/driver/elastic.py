@@ -141,6 +141,13 @@ def capacity_lost(error: BaseException, known_dead: set[str]) -> bool:
         time.sleep(0.5)
 
 
+def draining_nodes() -> set[str]:
+    """Ids (hex) of the nodes Ray reports as draining: under a preemption notice or being scaled down."""
+    import ray
+
+    return set(ray._private.state.state.get_draining_nodes())
+
+
 def dead_nodes() -> set[str]:
     """Ids of the nodes Ray has declared dead."""
     import ray

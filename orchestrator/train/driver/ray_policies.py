@@ -15,6 +15,7 @@ from ray.train.v2.api.exceptions import ControllerError, PreemptionError
 
 from orchestrator.train.driver.elastic import (
     CAPACITY_WAIT_S, GROW_SETTLE_S, MAX_RECOVERIES, InsufficientCapacity, capacity_lost, dead_nodes,
+    draining_nodes,
 )
 from orchestrator.train.driver.start_guard import take_cut_short
 
@@ -117,11 +118,9 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
 
 
 def _draining_nodes() -> set[str]:
-    """Node ids (hex) Ray reports as draining: under a preemption notice or being scaled down."""
-    import ray
-
+    """The draining nodes, or none when Ray cannot say."""
     try:
-        return set(ray._private.state.state.get_draining_nodes())
+        return draining_nodes()
     except Exception as exc:  # noqa: BLE001 - a GCS hiccup: count every live node, as Ray itself does
         log.warning("cannot read the draining nodes: %s", exc)
         return set()

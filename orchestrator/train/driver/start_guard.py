@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import ray
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 
+from orchestrator.train.driver.elastic import draining_nodes
+
 log = logging.getLogger("bertctl.train.elastic")
 
 POLL_S = 0.5
@@ -54,7 +56,7 @@ class StartOnLiveNodes(WorkerGroupCallback):
     def on_worker_group_start(self):
         try:
             job = ray.get_runtime_context().get_job_id()
-            earlier = (set(_placement_groups(job)), _draining())  # the start's own placement group is created now
+            earlier = (set(_placement_groups(job)), draining_nodes())  # the start's own placement group is created now
         except Exception as exc:  # noqa: BLE001 - a GCS hiccup must not fail the start: it goes unwatched
             log.warning("cannot read the placement groups or the draining nodes; this start is not watched: %s", exc)
             yield
@@ -91,13 +93,9 @@ def _placement_groups(job: str) -> dict[str, dict]:
     return {pg: info for pg, info in placement_group_table().items() if pg.endswith(job)}
 
 
-def _draining() -> set[str]:
-    return set(ray._private.state.state.get_draining_nodes())
-
-
 def _noticed_starts(job: str, earlier: tuple[set[str], set[str]]) -> list[str]:
     """Placement groups of this start that a notice holds up (``noticed``)."""
-    draining = _draining()
+    draining = draining_nodes()
     return noticed(_placement_groups(job), draining, *earlier) if draining else []
 
 
