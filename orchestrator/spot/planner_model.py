@@ -16,7 +16,9 @@ Two policies:
 - ``elastic``: a noticed loss checkpoints inside the notice and re-forms on the survivors
   (``checkpoint_s + reform_s``, nothing lost); a loss without notice re-forms from the newest
   commit (``detect_s + reform_s + load_s``, the steps since it lost); returned capacity is taken
-  at the next checkpoint boundary (``grow_s``). Below ``min_workers`` it falls back to a relaunch.
+  at the next checkpoint boundary (``grow_s``) when the grow pays for its pause before the next
+  loss (``grow_pays``); every re-form takes in whatever capacity the pool then holds. Below
+  ``min_workers`` it falls back to a relaunch.
 
 Goodput = productive step time (steps kept) / wall, as the manager counts it.
 """
@@ -38,6 +40,19 @@ NOTICE_MARGIN = 1.25  # a preemption save starts only when 1.25 x its cost fits 
 def young_daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
     """Young (1974) / Daly (2006), first order: the interval sqrt(2 C M) between checkpoints."""
     return math.sqrt(2.0 * checkpoint_s * mtbf_s)
+
+
+def grow_pays(next_loss_s: float, world: int, added: int, grow_s: float) -> bool:
+    """Whether adding ``added`` workers to a group of ``world`` now gains more work than its pause.
+
+    A grow stops every worker for ``grow_s``; the next loss re-forms the group anyway, and that
+    re-form takes in the waiting capacity for free. Until then (``next_loss_s`` away, on average)
+    the grown group does (world + added) * (next_loss_s - grow_s) worker-seconds of work against
+    world * next_loss_s without it: the grow pays when added * next_loss_s > (world + added) * grow_s.
+    The nodes are paid for either way, so the same rule minimises cost per step."""
+    if added < 1:
+        return False
+    return added * next_loss_s > (world + added) * grow_s
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,7 @@ class Scenario:
     interval_steps: int
     notice_s: float
     sizes: tuple[int, ...] = ()     # world sizes that keep the global batch (empty: any in [min, nodes])
+    node_mtbf_s: float = math.inf   # node-seconds between losses (job MTBF x nodes): when a grow pays
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -175,14 +191,23 @@ class Run:
         if action == "commit":
             self._commit()
             self.next_ckpt = self.step + self.sc.interval_steps
-            if self.grow_pending and self.sc.fit(self.usable) > self.w:
-                self.grow_pending = False
-                self.out.recoveries["grow"] += 1
-                self.w = self.sc.fit(self.usable)
-                self._pause(self.comp.grow_s, "")
+            if self.grow_pending:
+                self._grow_if_it_pays()
         elif action == "restart":
             self.w = self.sc.fit(self.usable)
             self.next_ckpt = self.step + self.sc.interval_steps
+
+    def _grow_if_it_pays(self) -> None:
+        """The trainer's rule (``grow_pays``) with the true loss rate; otherwise the capacity waits
+        for the next re-form, which takes it in."""
+        target = self.sc.fit(self.usable)
+        if target <= self.w:
+            self.grow_pending = False
+        elif grow_pays(self.sc.node_mtbf_s / self.w, self.w, target - self.w, self.comp.grow_s):
+            self.grow_pending = False
+            self.out.recoveries["grow"] += 1
+            self.w = target
+            self._pause(self.comp.grow_s, "")
 
     def _commit(self) -> None:
         self.committed = self.step
@@ -213,12 +238,12 @@ class Run:
             self.out.steps_lost += self.step - self.committed
             self.step, self.pending_work = self.committed, 0.0
         self.next_ckpt = self.step + self.sc.interval_steps
-        survivors = self.sc.fit(self.w - hit)
-        if self.sc.policy == "relaunch" or survivors == 0:
+        # The re-formed group takes every node the pool holds, idle ones it had not grown into too.
+        reformed = self.sc.fit(self.usable)
+        if self.sc.policy == "relaunch" or reformed == 0:
             return self._relaunch(noticed)
-        self.w = survivors
+        self.w, self.grow_pending = reformed, False
         self.out.recoveries["notice" if noticed else "no_notice"] += 1
-        self.grow_pending = self.grow_pending or self.sc.fit(self.usable) > self.w
         c = self.comp
         self._pause(c.checkpoint_s + c.reform_s if noticed else c.detect_s + c.reform_s + c.load_s, "")
 

@@ -15,7 +15,9 @@ import pytest
 from orchestrator.errors import PermanentError
 from orchestrator.spot.capacity import Timeline, from_rate, from_trace
 from orchestrator.spot.planner import PlanInputs, best_interval, plan
-from orchestrator.spot.planner_model import Components, Scenario, components_from, simulate, young_daly_interval_s
+from orchestrator.spot.planner_model import (
+    Components, Run, Scenario, components_from, grow_pays, simulate, young_daly_interval_s,
+)
 from orchestrator.spot.traces import load_trace
 from orchestrator.train.checkpoint.interval import young_daly_interval_steps
 
@@ -144,3 +146,50 @@ def test_a_loss_while_a_relaunch_starts_costs_a_new_relaunch_unless_noticed_by_a
     assert relaunches("relaunch", 30.0) == 2
     assert relaunches("elastic", 0.0) == 2
     assert relaunches("elastic", 30.0) == 1
+
+
+
+def test_a_grow_waits_when_the_next_loss_would_come_before_it_paid_for_its_pause():
+    # 4 nodes: one is taken at 100 s and back at 300 s. A grow pauses 20 s; one more worker on a
+    # group of 3 pays when the next loss is more than 4 x 20 = 80 s away: 500 node-seconds between
+    # losses put it 167 s away (grow), 150 put it 50 s away (wait: no grow, and no pause for it).
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=3.0, grow_s=20.0, relaunch_s=50.0)
+    line = Timeline(4, np.array([100.0, 300.0]), np.array([-1, 1]), 10_000.0)
+
+    def run(node_mtbf_s: float):
+        sc = Scenario("elastic", 4, 2, 1000, 20, notice_s=30.0, node_mtbf_s=node_mtbf_s)
+        return simulate(sc, comp, line, np.random.default_rng(0))
+
+    pays, waits = run(500.0), run(150.0)
+    assert pays.finished and waits.finished
+    assert (pays.recoveries["grow"], waits.recoveries["grow"]) == (1, 0)
+    assert pays.recoveries["notice"] == waits.recoveries["notice"] == 1
+
+
+class _LossHitsTheGroup:
+    """Which held nodes a loss takes, decided: the group's before idle ones."""
+
+    def hypergeometric(self, group: int, idle: int, taken: int) -> int:
+        return min(group, taken)
+
+
+def test_a_re_form_after_a_loss_takes_in_capacity_that_came_back_meanwhile():
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=3.0, grow_s=20.0)
+    sc = Scenario("elastic", 4, 2, 100_000, 20, notice_s=30.0, node_mtbf_s=1.0)  # a grow never pays
+    run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=4)
+    run.advance(70.0)
+    run.lose(1, noticed=True)
+    assert run.w == 3
+    run.advance(150.0)
+    run.gain(1)
+    run.advance(370.0)
+    assert run.w == 3 and run.out.recoveries["grow"] == 0, "the returned node waits"
+    run.lose(1, noticed=True)
+    assert run.w == 3, "two survivors and the node that came back"
+
+
+def test_a_grow_pays_when_the_added_work_before_the_next_loss_beats_its_pause():
+    assert grow_pays(next_loss_s=100.0, world=3, added=1, grow_s=20.0)       # 100 > 4 x 20
+    assert not grow_pays(next_loss_s=60.0, world=3, added=1, grow_s=20.0)    # 60 < 80
+    assert grow_pays(next_loss_s=60.0, world=3, added=3, grow_s=20.0)        # 180 > 120: many back at once
+    assert not grow_pays(next_loss_s=1e9, world=3, added=0, grow_s=0.0)

@@ -152,3 +152,34 @@ def test_the_failure_of_a_start_cut_short_is_retried_once(monkeypatch):
 
     monkeypatch.setitem(start_guard._cut_short, "starts", 1)
     assert start_guard.take_cut_short() and not start_guard.take_cut_short()
+
+
+def test_a_grow_is_judged_on_the_attempts_own_loss_rate_and_re_form_cost():
+    journal = ResizeJournal()
+    journal.formed(4, 0, 0.0, 1.0, 2.0)
+    assert journal.should_grow(4, 1, now=50.0)[0], "no loss yet: grow"
+    journal.left("shrink_notice", 30, 4, last_step_at=32.0)  # 4 workers ran 30 s: 120 worker-seconds
+    journal.failed(33.0)
+    journal.formed(3, 30, started_at=40.0, loaded_at=50.0, first_step_at=52.0)  # re-form cost 7 + 10 + 2
+    grow, why = journal.should_grow(3, 1, now=62.0)
+    # 150 worker-seconds per loss: the next one 50 s away, less than the (3 + 1) x 19 s a grow costs.
+    assert not grow and "50 s" in why and "19.0 s" in why
+    grow, _ = journal.should_grow(3, 1, now=152.0)  # 100 s more without a loss: next one 140 s away
+    assert grow
+
+
+def test_a_grow_does_not_count_as_a_loss_and_its_cost_includes_ending_the_old_group():
+    journal = ResizeJournal()
+    journal.formed(2, 0, 0.0, 1.0, 2.0)
+    journal.left("grow", 10, 2, last_step_at=12.0)
+    journal.failed(15.0)
+    journal.formed(3, 10, started_at=17.0, loaded_at=20.0, first_step_at=21.0)
+    assert journal.losses == 0 and journal.should_grow(3, 1, now=30.0)[0]
+    journal.failed(40.0)  # lost without word
+    journal.formed(2, 10, started_at=45.0, loaded_at=49.0, first_step_at=50.0)
+    assert journal.losses == 1
+    # Re-form costs: the grow 3 (detect) + 2 + 3 + 1 = 9 s, the shrink 5 + 4 + 1 = 10 s (the median
+    # taken: the upper one); worker-seconds 2 x 10 + 3 x 19 + 2 x 10 = 97: the next loss 48.5 s away.
+    grow, why = journal.should_grow(2, 1, now=60.0)
+    assert "97 worker-seconds" in why and "10.0 s" in why
+    assert grow  # 48.5 s > (2 + 1) x 10 s

@@ -31,6 +31,7 @@ from typing import Any
 
 from orchestrator.contract import ExitCode
 from orchestrator.errors import StaleAttemptError, TemporaryError
+from orchestrator.spot.planner_model import grow_pays
 
 log = logging.getLogger("bertctl.train.elastic")
 
@@ -59,10 +60,19 @@ class ResizeJournal:
         self.pending: dict[str, Any] | None = None
         self.world: int | None = None
         self.abandoning = False
+        self.losses = 0          # capacity losses of this attempt (a notice during a start too)
+        self.node_s = 0.0        # worker-seconds the attempt's groups ran, up to their last step
+        self.running_since: float | None = None  # the running group's first step
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
         """The old group's rank 0, right before its workers end to re-form (after any checkpoint)."""
         self.pending = {"kind": kind, "last_step": step, "from_world": world, "last_step_at": last_step_at}
+        self._stopped(last_step_at)
+
+    def _stopped(self, at: float) -> None:
+        if self.running_since is not None and self.world:
+            self.node_s += self.world * max(0.0, at - self.running_since)
+        self.running_since = None
 
     def abandoned(self) -> None:
         """The group being formed ends before its first step (a node of it came under notice)."""
@@ -73,10 +83,15 @@ class ResizeJournal:
         abandoned start the record in progress goes on: one pause, until a group steps (and the
         first group of an attempt, abandoned, is still no resize)."""
         abandoned, self.abandoning = self.abandoning, False
-        if abandoned and (self.pending is not None or self.world is None):
-            return
+        self._stopped(at)  # a group lost without word: it ran until about now
+        if abandoned:
+            self.losses += 1
+            if self.pending is not None or self.world is None:
+                return
         if self.pending is None or "failed_at" in self.pending:
             self.pending = {"kind": "shrink_lost", "from_world": self.world}
+        if self.pending["kind"] != "grow" and "failed_at" not in self.pending:
+            self.losses += 1
         self.pending["failed_at"] = at
 
     def pending_kind(self) -> str | None:
@@ -87,10 +102,35 @@ class ResizeJournal:
                first_step_at: float) -> list[dict[str, Any]]:
         """The new group's rank 0 after its first step; returns every record of this attempt."""
         pending, self.pending, self.world = self.pending, None, world
+        self.running_since = first_step_at
         if pending is not None:
             self.records.append(_record(len(self.records) + 1, pending, world, resumed_from_step, started_at,
                                         loaded_at, first_step_at))
         return self.records[-_KEEP_RECORDS:]
+
+
+    def should_grow(self, world: int, added: int, now: float) -> tuple[bool, str]:
+        """Whether the running group of ``world`` should re-form now with ``added`` more workers:
+        the planner's ``grow_pays`` rule on this attempt's own loss rate and re-form cost. Before
+        the attempt has lost capacity, and before it has measured a re-form, it grows."""
+        node_s = self.node_s + (world * max(0.0, now - self.running_since) if self.running_since else 0.0)
+        costs = sorted(c for c in (_reform_cost(r) for r in self.records) if c is not None)
+        if not self.losses or not costs:
+            return True, "no loss or re-form measured in this attempt yet"
+        next_loss_s, cost_s = node_s / self.losses / world, costs[len(costs) // 2]
+        grow = grow_pays(next_loss_s, world, added, cost_s)
+        return grow, (f"{added} more worker(s) {'gain' if grow else 'would not gain'} more than a "
+                      f"{cost_s:.1f} s re-form before the next loss (expected in {next_loss_s:.0f} s: "
+                      f"{self.losses} loss(es) in {node_s:.0f} worker-seconds)")
+
+
+def _reform_cost(record: dict[str, Any]) -> float | None:
+    """What re-forming cost the group once it had decided to: starting, loading, the first step
+    (and for a grow, ending the old group, which a grow adds to every re-form)."""
+    parts = [record["reform_s"], record["load_s"], record["first_step_s"]]
+    if record["kind"] == "grow":
+        parts.append(record["detect_s"])
+    return None if any(p is None for p in parts) else round(sum(parts), 3)
 
 
 def _record(n: int, pending: dict[str, Any], world: int, resumed: int, started_at: float, loaded_at: float,

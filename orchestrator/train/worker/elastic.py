@@ -4,8 +4,10 @@
   and raises ``NodePreempted``; Ray Train re-forms the group on the survivors, which resume from
   that checkpoint: no step is lost.
 * Room for more workers: at a checkpoint boundary rank 0 looks at the cluster; when it holds at
-  least one more worker (up to max), every rank raises ``GrowRequested`` once that checkpoint has
-  committed, and the group re-forms larger from it.
+  least one more worker (up to max) and growing now pays for the pause (the journal judges it from
+  the attempt's loss rate and re-form cost), every rank raises ``GrowRequested`` once that
+  checkpoint has committed, and the group re-forms larger from it. When growing does not pay, the
+  capacity waits for the next loss's re-form, which takes it in.
 * The first step of a re-formed group: rank 0 completes the resize's record in the journal and
   reports every record of the attempt with its heartbeats (contract.Resize).
 * A node of a group that has not stepped yet comes under notice (it was counted before its notice,
@@ -47,6 +49,7 @@ class ElasticSide:
         self.started_at = time.time()
         self.loaded_at: float | None = None
         self.resizes: list[Resize] = []
+        self._declined = False  # the last look found room but judged a grow not worth its pause
 
     def loaded(self) -> None:
         self.loaded_at = time.time()
@@ -78,10 +81,26 @@ class ElasticSide:
             except Exception as exc:  # noqa: BLE001 - the journal is advisory: the group re-forms anyway
                 log.warning("cannot tell the resize journal that this group ends before its first step: %s", exc)
 
-    def room_to_grow(self) -> bool:
-        """Collective (call on every rank at the same step): rank 0 sees room for one more worker."""
-        room = self.rank == 0 and self.world_size < self.max_workers and self._workers_that_fit() > 0
-        return max_over_ranks([1.0 if room else 0.0])[0] > 0
+    def grow_now(self) -> bool:
+        """Collective (call on every rank at the same step): rank 0 sees room for more workers, and
+        the journal judges that growing now pays for its pause (driver/elastic.py ``should_grow``)."""
+        grow = self.rank == 0 and self._grow_pays(min(self.max_workers - self.world_size, self._workers_that_fit()))
+        return max_over_ranks([1.0 if grow else 0.0])[0] > 0
+
+    def _grow_pays(self, added: int) -> bool:
+        if added < 1:
+            return False
+        import ray
+
+        try:
+            grow, why = ray.get(self.journal.should_grow.remote(self.world_size, added, time.time()), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the journal is advisory: grow, as without its judgement
+            log.warning("cannot ask the resize journal whether growing pays: %s", exc)
+            return True
+        if grow or not self._declined:  # a wait is logged when it begins, not at every checkpoint
+            log.info("room for %d more worker(s): %s", added, why)
+        self._declined = not grow
+        return grow
 
     def _workers_that_fit(self) -> int:
         """Workers that fit the free resources of live nodes not under notice."""

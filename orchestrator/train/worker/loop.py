@@ -231,7 +231,7 @@ class Worker:
         """An elastic group grows at a committed checkpoint before max_steps when there is room."""
         if not (self.elastic and saved is not None and run.step < self.job.spec.training.max_steps):
             return False
-        if not self.elastic.room_to_grow():  # collective: rank 0 looks at the cluster
+        if not self.elastic.grow_now():  # collective: rank 0 looks at the cluster and the journal
             return False
         return self.ckpts.wait_committed(None) is None
 
