@@ -13,10 +13,12 @@ ends the attempt and the manager relaunches it), noticed nodes killed at their d
 drain (see bench/_spot_run.py for why; ``--relaunch-drain`` drains them too). The replay starts at
 each job's first step and runs until the job ends (or ``--max-wall-s``, then the job is cancelled).
 
-Goodput = kept steps x the median step time of the world size each ran on (the manager's metric
-history; no checkpoint, recovery or re-run time) / wall from the replay's start to the job's end;
-the manager's own goodput accounting is printed beside it. The planner (orchestrator/spot/planner.py,
-``mean_outcome``) predicts the same run from the component times measured in it, over the replay
+Goodput = kept steps x the mean step time of the world size each ran on (the manager's metric
+history: the time between a group's reports over the steps between them; no checkpoint, recovery
+or re-run time) / wall from the replay's start to the job's end; the manager's own goodput
+accounting is printed beside it. The planner (orchestrator/spot/planner.py, ``mean_outcome``)
+predicts the same run from the component times measured in it (those step times per world size
+among them), over the replay
 as the nodes the cluster held (a noticed node leaves at its deadline; the elastic job reacts at the
 notice).
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -108,19 +111,28 @@ def kept_steps(run: RunResult) -> tuple[dict[int, int], int]:
 
 
 def step_times(runs: list[RunResult]) -> dict[int, float]:
-    """Median seconds per step on each world size, from consecutive reports of one worker group."""
-    gaps: dict[int, list[float]] = {}
+    """Mean seconds per step on each world size: the time between consecutive reports of one worker
+    group over the steps between them (what the steps took, slow ones included, as the manager's
+    goodput counts them). A gap across a relaunch, a change of world size, a rollback or a resize
+    (its event arrives with the new group's report) is no training time and is left out."""
+    spent: dict[int, float] = {}
+    stepped: dict[int, int] = {}
     for run in runs:
+        resized_at = [e["ts"] for e in run.events if e["type"] == "resized" and e.get("ts") is not None]
         pts = _timed(run)
         for a, b in zip(pts, pts[1:]):
-            n = b["step"] - a["step"]
-            if a["attempt"] == b["attempt"] and 1 <= n <= 5 and a["world_size"] == b["world_size"]:
-                gaps.setdefault(int(a["world_size"]), []).append((b["at"] - a["at"]) / n)
-    return {w: statistics.median(g) for w, g in sorted(gaps.items()) if len(g) >= 3}
+            n, w = b["step"] - a["step"], int(a["world_size"])
+            if a["attempt"] != b["attempt"] or w != b["world_size"] or n < 1:
+                continue
+            if any(a["at"] < t <= b["at"] for t in resized_at):
+                continue
+            spent[w] = spent.get(w, 0.0) + b["at"] - a["at"]
+            stepped[w] = stepped.get(w, 0) + n
+    return {w: spent[w] / stepped[w] for w in sorted(spent) if stepped[w] >= 3}
 
 
 def productive_s(run: RunResult, times: dict[int, float]) -> float:
-    """Kept steps x the median step time of the world size each ran on (no checkpoint, recovery or
+    """Kept steps x the mean step time of the world size each ran on (no checkpoint, recovery or
     re-run time): the planner's productive time."""
     fallback = statistics.median(times.values()) if times else 0.0
     return sum(times.get(w, fallback) for w in kept_steps(run)[0].values())
@@ -163,7 +175,8 @@ def median(values: list[float | None]) -> float:
 
 # ----- predicted --------------------------------------------------------------------------------
 def components(runs: dict[str, RunResult]) -> Components:
-    a, b = fit_step(step_times(list(runs.values())))
+    times = step_times(list(runs.values()))
+    a, b = fit_step(times)
     saves = sum(r.job["checkpoints"] for r in runs.values())
     ckpt = sum(r.job["goodput"]["checkpoint_s"] for r in runs.values()) / max(1, saves)
     by_kind = {k: [r for r in resizes(runs["elastic"]) if r.get("kind") == k] for k in KINDS}
@@ -173,7 +186,8 @@ def components(runs: dict[str, RunResult]) -> Components:
     return replace(
         base,
         reform_s=max(0.0, median([r["pause_s"] for r in notice]) - ckpt) if notice else base.reform_s,
-        grow_s=max(0.0, median([r["pause_s"] for r in grow]) - ckpt) if grow else base.grow_s,
+        # Without a grow in the run, a grow is priced as the trainer prices it: like its re-forms.
+        grow_s=max(0.0, median([r["pause_s"] for r in grow or notice]) - ckpt) if grow or notice else base.grow_s,
         detect_s=median([r["detect_s"] for r in lost]) if lost else base.detect_s,
         load_s=median([(r["load_s"] or 0) + (r["first_step_s"] or 0) for r in lost]) if lost else base.load_s,
         relaunch_s=median([r["total_s"] for r in rel]) if rel else base.relaunch_s)
@@ -237,7 +251,7 @@ def report_run(run: RunResult, times: dict[int, float]) -> None:
           f"{len(run.losses)} node(s) taken" + (f", {run.stale_locks} stale torch build lock(s) removed"
                                                  if run.stale_locks else ""))
     print(f"  goodput {goodput(run, times):.3f} = productive {productive_s(run, times):.1f} s / wall "
-          f"{wall_s(run):.1f} s (kept steps x median step time per world size, from the metric history; wall "
+          f"{wall_s(run):.1f} s (kept steps x mean step time per world size, from the metric history; wall "
           f"from the replay's start); the manager's own: productive {g['productive_s']:.1f} s, productive_fraction "
           f"{g['productive_fraction']} (wall from submission)")
     print(f"  steps lost {kept_steps(run)[1]} (metric history: step runs rolled back; the manager counts "
@@ -283,6 +297,9 @@ def main() -> None:
     steps = args.steps or (300 if args.quick else 2000)
     max_wall = args.max_wall_s or (120.0 if args.quick else 900.0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))
+    # A terminated benchmark unwinds like an interrupted one: its cluster and manager go down with it
+    # (the simulated cluster's processes are detached and would otherwise hold the cores).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         run_all(args, hour_s, steps, max_wall, tmp)
     finally:
@@ -311,17 +328,21 @@ def run_all(args, hour_s: float, steps: int, max_wall: float, tmp: Path) -> None
               flush=True)
         runs[policy] = run_job(policy, doc, tmp / policy, tmp / "spot", args.nodes, changes, args.notice_s, max_wall,
                                args.seed, args.provisioning_delay_s, drain=drain)
-    times = step_times(list(runs.values()))
-    for run in runs.values():
-        report_run(run, times)
-    comp = components(runs)
-    print(f"\nplanner inputs (measured here): step_s(w) = {comp.step_s_one:.3f}/w + {comp.step_overhead_s:.3f} "
-          f"(medians per world size: {', '.join(f'{w}: {t:.3f}' for w, t in times.items())}), "
-          f"checkpoint {comp.checkpoint_s:.2f} s, reform {comp.reform_s:.2f} s, grow {comp.grow_s:.2f} s, "
-          f"detect {comp.detect_s:.2f} s, load {comp.load_s:.2f} s, relaunch {comp.relaunch_s:.2f} s")
-    errors, measured = {}, {p: goodput(r, times) for p, r in runs.items()}
+    # Each run's own step times (the two runs share the 2 cores differently); the fitted form covers
+    # world sizes a run never ran on.
+    times = {p: step_times([r]) for p, r in runs.items()}
     for policy, run in runs.items():
-        predicted, recoveries = predict(docs[policy], tmp, policy, comp, changes, args.notice_s, run, args.every)
+        report_run(run, times[policy])
+    comp = components(runs)
+    print(f"\nplanner inputs (measured here): step_s(w) = {comp.step_s_one:.3f}/w + {comp.step_overhead_s:.3f}, "
+          "or per run and world size where it ran on it ("
+          + "; ".join(f"{p}: " + ", ".join(f"{w}: {t:.3f}" for w, t in times[p].items()) for p in runs)
+          + f"), checkpoint {comp.checkpoint_s:.2f} s, reform {comp.reform_s:.2f} s, grow {comp.grow_s:.2f} s, "
+          f"detect {comp.detect_s:.2f} s, load {comp.load_s:.2f} s, relaunch {comp.relaunch_s:.2f} s")
+    errors, measured = {}, {p: goodput(r, times[p]) for p, r in runs.items()}
+    for policy, run in runs.items():
+        own = replace(comp, measured_step_s=tuple(times[policy].items()))
+        predicted, recoveries = predict(docs[policy], tmp, policy, own, changes, args.notice_s, run, args.every)
         errors[policy] = abs(predicted - measured[policy]) / max(measured[policy], 1e-9)
         print(f"planner, {policy}: goodput {predicted:.3f} (measured {measured[policy]:.3f}, error "
               f"{errors[policy]:.2f}), recoveries {recoveries}")

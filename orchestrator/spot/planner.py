@@ -106,8 +106,7 @@ def timelines(inp: PlanInputs, horizon_s: float) -> list[Timeline]:
 
 
 def mean_outcome(inp: PlanInputs, policy: str, interval: int, lines: list[Timeline]) -> PolicyResult:
-    sc = Scenario(policy, inp.nodes, inp.min_workers, inp.max_steps, interval, inp.notice_s, inp.sizes,
-                  node_mtbf_s=job_mtbf_s(inp, lines) * inp.nodes)
+    sc = Scenario(policy, inp.nodes, inp.min_workers, inp.max_steps, interval, inp.notice_s, inp.sizes)
     outs = [simulate(sc, inp.components, line, np.random.default_rng(1000 + i)) for i, line in enumerate(lines)]
     return _summary(inp, policy, interval, outs)
 

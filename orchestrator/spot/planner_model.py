@@ -17,8 +17,9 @@ Two policies:
   (``checkpoint_s + reform_s``, nothing lost); a loss without notice re-forms from the newest
   commit (``detect_s + reform_s + load_s``, the steps since it lost); returned capacity is taken
   at the next checkpoint boundary (``grow_s``) when the grow pays for its pause before the next
-  loss (``grow_pays``); every re-form takes in whatever capacity the pool then holds. Below
-  ``min_workers`` it falls back to a relaunch.
+  loss (``grow_pays``, judged as the trainer does); every re-form takes in whatever capacity the
+  pool then holds, and a notice for a node of a group being formed starts it again (``reform_s``,
+  nothing to save). Below ``min_workers`` it falls back to a relaunch.
 
 Goodput = productive step time (steps kept) / wall, as the manager counts it.
 """
@@ -66,8 +67,13 @@ class Components:
     load_s: float = 4.1
     reform_s: float = 5.0           # re-forming the worker group on the survivors (bench/spot.py goal)
     grow_s: float = 5.0             # adding returned nodes at a checkpoint boundary
+    # (world size, seconds per step) measured on a cluster (bench/spot.py); other sizes use the form
+    measured_step_s: tuple[tuple[int, float], ...] = ()
 
     def step_s(self, workers: int) -> float:
+        for size, seconds in self.measured_step_s:
+            if size == workers:
+                return seconds
         return self.step_s_one / workers + self.step_overhead_s
 
 
@@ -100,7 +106,6 @@ class Scenario:
     interval_steps: int
     notice_s: float
     sizes: tuple[int, ...] = ()     # world sizes that keep the global batch (empty: any in [min, nodes])
-    node_mtbf_s: float = math.inf   # node-seconds between losses (job MTBF x nodes): when a grow pays
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -147,6 +152,9 @@ class Run:
         self.resume_at: float | None = None
         self.resume_action = ""
         self.grow_pending = False
+        # This attempt's record, as the trainer's resize journal keeps it: losses, worker-seconds, and
+        # what each re-form cost (the trainer prices a grow by their median).
+        self.losses, self.worker_s, self.reform_costs = 0, 0.0, []
 
     # -- training between events ----------------------------------------------------------------
 
@@ -172,6 +180,7 @@ class Run:
         needed = (boundary - self.step) * step_s
         dt = min(needed, t_end - self.t)
         self.out.node_s += self.usable * dt
+        self.worker_s += self.w * dt
         self.t += dt
         self.pending_work += dt
         self.step = boundary if dt == needed else self.step + dt / step_s
@@ -198,15 +207,20 @@ class Run:
             self.next_ckpt = self.step + self.sc.interval_steps
 
     def _grow_if_it_pays(self) -> None:
-        """The trainer's rule (``grow_pays``) with the true loss rate; otherwise the capacity waits
-        for the next re-form, which takes it in."""
+        """The trainer's rule (``grow_pays``) on what the attempt has seen: worker-seconds per loss and
+        the median re-form cost so far (before its first loss it grows). A grow that does not pay
+        leaves the capacity to the next re-form, which takes it in."""
         target = self.sc.fit(self.usable)
+        next_loss_s = self.worker_s / self.losses / self.w if self.losses else math.inf
+        costs = sorted(self.reform_costs)
+        cost_s = costs[len(costs) // 2] if costs else 0.0
         if target <= self.w:
             self.grow_pending = False
-        elif grow_pays(self.sc.node_mtbf_s / self.w, self.w, target - self.w, self.comp.grow_s):
+        elif grow_pays(next_loss_s, self.w, target - self.w, cost_s):
             self.grow_pending = False
             self.out.recoveries["grow"] += 1
             self.w = target
+            self.reform_costs.append(self.comp.grow_s)
             self._pause(self.comp.grow_s, "")
 
     def _commit(self) -> None:
@@ -232,6 +246,9 @@ class Run:
         hit = int(self.rng.hypergeometric(self.w, before - self.w, gone)) if self.w and gone else 0
         if hit == 0 or self.out.finished:
             return
+        self.losses += 1
+        if noticed and self.sc.policy == "elastic" and self.resume_at is not None and not self.resume_action:
+            return self._noticed_while_forming()
         if noticed:
             self._commit()  # the notice's save: nothing lost
         else:
@@ -245,7 +262,18 @@ class Run:
         self.w, self.grow_pending = reformed, False
         self.out.recoveries["notice" if noticed else "no_notice"] += 1
         c = self.comp
+        self.reform_costs.append(c.reform_s if noticed else c.reform_s + c.load_s)
         self._pause(c.checkpoint_s + c.reform_s if noticed else c.detect_s + c.reform_s + c.load_s, "")
+
+    def _noticed_while_forming(self) -> None:
+        """A notice for a node of the group being formed (after a shrink or for a grow): its start
+        begins again without the node (driver/start_guard.py), with nothing to save; the trainer
+        keeps one resize record for the whole pause."""
+        reformed = self.sc.fit(self.usable)
+        if reformed == 0:
+            return self._relaunch(noticed=True)
+        self.w = reformed
+        self.resume_at = max(self.resume_at, self.t + self.comp.reform_s)
 
     def _lost_while_restarting(self, before: int, gone: int, noticed: bool) -> None:
         """A relaunched attempt holds the nodes it starts on: losing one of them fails that attempt
@@ -256,6 +284,7 @@ class Run:
         hit = int(self.rng.hypergeometric(starting, before - starting, gone)) if starting and gone else 0
         if hit == 0 or self.out.finished:
             return
+        self.losses += 1
         if not self.sc.fit(self.usable):
             self.resume_at = None  # waits for capacity; gain() relaunches
         elif self.sc.policy == "elastic" and noticed:
@@ -265,7 +294,7 @@ class Run:
 
     def _relaunch(self, noticed: bool) -> None:
         self.out.recoveries["relaunch"] += 1
-        self.w = 0
+        self.w, self.losses, self.worker_s, self.reform_costs = 0, 0, 0.0, []  # a new attempt, a new record
         self._pause((self.comp.checkpoint_s if noticed else 0.0) + self.comp.relaunch_s, "restart")
 
     def gain(self, returned: int) -> None:

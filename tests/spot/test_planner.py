@@ -149,21 +149,19 @@ def test_a_loss_while_a_relaunch_starts_costs_a_new_relaunch_unless_noticed_by_a
 
 
 
-def test_a_grow_waits_when_the_next_loss_would_come_before_it_paid_for_its_pause():
-    # 4 nodes: one is taken at 100 s and back at 300 s. A grow pauses 20 s; one more worker on a
-    # group of 3 pays when the next loss is more than 4 x 20 = 80 s away: 500 node-seconds between
-    # losses put it 167 s away (grow), 150 put it 50 s away (wait: no grow, and no pause for it).
-    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=3.0, grow_s=20.0, relaunch_s=50.0)
-    line = Timeline(4, np.array([100.0, 300.0]), np.array([-1, 1]), 10_000.0)
-
-    def run(node_mtbf_s: float):
-        sc = Scenario("elastic", 4, 2, 1000, 20, notice_s=30.0, node_mtbf_s=node_mtbf_s)
-        return simulate(sc, comp, line, np.random.default_rng(0))
-
-    pays, waits = run(500.0), run(150.0)
-    assert pays.finished and waits.finished
-    assert (pays.recoveries["grow"], waits.recoveries["grow"]) == (1, 0)
-    assert pays.recoveries["notice"] == waits.recoveries["notice"] == 1
+def test_a_grow_waits_until_the_attempts_own_record_says_it_pays():
+    # 4 nodes, a re-form costs 20 s (the trainer prices a grow by its re-forms): one more worker on a
+    # group of 3 pays once the next loss is expected more than 4 x 20 = 80 s away, i.e. once the
+    # group has run 240 worker-seconds per loss.
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=20.0, grow_s=20.0)
+    run = Run(Scenario("elastic", 4, 1, 100_000, 20, notice_s=30.0), comp, _LossHitsTheGroup(), start_nodes=4)
+    run.advance(10.0)  # 40 worker-seconds
+    run.lose(1, noticed=True)
+    run.gain(1)  # back at once
+    run.advance(60.0)  # a checkpoint at ~58 s saw 40 + 3 x 27 = 121 worker-seconds: 40 s to the next loss
+    assert run.w == 3 and run.out.recoveries["grow"] == 0
+    run.advance(200.0)
+    assert run.w == 4 and run.out.recoveries["grow"] == 1
 
 
 class _LossHitsTheGroup:
@@ -174,8 +172,8 @@ class _LossHitsTheGroup:
 
 
 def test_a_re_form_after_a_loss_takes_in_capacity_that_came_back_meanwhile():
-    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=3.0, grow_s=20.0)
-    sc = Scenario("elastic", 4, 2, 100_000, 20, notice_s=30.0, node_mtbf_s=1.0)  # a grow never pays
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=200.0)  # a grow does not pay for long
+    sc = Scenario("elastic", 4, 2, 100_000, 20, notice_s=30.0)
     run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=4)
     run.advance(70.0)
     run.lose(1, noticed=True)
@@ -193,3 +191,20 @@ def test_a_grow_pays_when_the_added_work_before_the_next_loss_beats_its_pause():
     assert not grow_pays(next_loss_s=60.0, world=3, added=1, grow_s=20.0)    # 60 < 80
     assert grow_pays(next_loss_s=60.0, world=3, added=3, grow_s=20.0)        # 180 > 120: many back at once
     assert not grow_pays(next_loss_s=1e9, world=3, added=0, grow_s=0.0)
+
+
+def test_a_step_time_measured_on_a_world_size_replaces_the_form_there_only():
+    comp = Components(step_s_one=4.0, step_overhead_s=0.5, measured_step_s=((3, 1.0),))
+    assert comp.step_s(3) == 1.0
+    assert comp.step_s(2) == 2.5
+
+
+def test_a_notice_while_a_group_forms_restarts_its_start_without_a_second_save_or_resize():
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=10.0)
+    run = Run(Scenario("elastic", 4, 1, 100_000, 20, notice_s=30.0), comp, _LossHitsTheGroup(), start_nodes=4)
+    run.advance(10.0)
+    run.lose(1, noticed=True)  # save (1 s) and re-form (10 s): training resumes at 21 s
+    run.advance(15.0)
+    run.lose(1, noticed=True)  # the group of 3 being formed loses a node: its start begins again
+    assert run.w == 2 and run.resume_at == 25.0
+    assert run.out.recoveries["notice"] == 1 and run.losses == 2

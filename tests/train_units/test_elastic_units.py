@@ -183,3 +183,21 @@ def test_a_grow_does_not_count_as_a_loss_and_its_cost_includes_ending_the_old_gr
     grow, why = journal.should_grow(2, 1, now=60.0)
     assert "97 worker-seconds" in why and "10.0 s" in why
     assert grow  # 48.5 s > (2 + 1) x 10 s
+
+
+def test_a_group_lost_before_its_first_step_continues_the_record_of_the_pause():
+    journal = ResizeJournal()
+    journal.formed(3, 0, 1.0, 2.0, 3.0)
+    journal.left("shrink_notice", 20, 3, last_step_at=50.0)
+    journal.failed(51.0)
+    journal.failed(60.0)  # the group of 2 that started lost a node without word before stepping
+    [record] = journal.formed(1, 20, started_at=70.0, loaded_at=75.0, first_step_at=76.0)
+    assert (record["kind"], record["from_world"], record["to_world"]) == ("shrink_notice", 3, 1)
+    assert record["pause_s"] == 26.0 and record["detect_s"] == 1.0 and record["reform_s"] == 19.0
+    assert journal.losses == 2
+
+
+def test_an_attempts_first_group_lost_before_stepping_is_a_loss_but_no_resize():
+    journal = ResizeJournal()
+    journal.failed(10.0)  # e.g. its start cut short by a notice
+    assert journal.formed(2, 0, 11.0, 12.0, 13.0) == [] and journal.losses == 1

@@ -79,18 +79,19 @@ class ResizeJournal:
         self.abandoning = True
 
     def failed(self, at: float) -> None:
-        """The controller decided to re-form the group (its failure policy said retry). After an
-        abandoned start the record in progress goes on: one pause, until a group steps (and the
-        first group of an attempt, abandoned, is still no resize)."""
+        """The controller decided to re-form the group (its failure policy said retry). A group
+        that ends before its first step (abandoned under a notice, or a node of it lost) continues
+        the record in progress: one pause, until a group steps (and the first group of an attempt
+        is still no resize). Every decision but a grow's is a capacity loss."""
         abandoned, self.abandoning = self.abandoning, False
         self._stopped(at)  # a group lost without word: it ran until about now
-        if abandoned:
+        never_stepped = abandoned or self.world is None or (self.pending is not None and "failed_at" in self.pending)
+        if never_stepped and (self.pending is not None or self.world is None):
             self.losses += 1
-            if self.pending is not None or self.world is None:
-                return
-        if self.pending is None or "failed_at" in self.pending:
+            return
+        if self.pending is None:
             self.pending = {"kind": "shrink_lost", "from_world": self.world}
-        if self.pending["kind"] != "grow" and "failed_at" not in self.pending:
+        if self.pending["kind"] != "grow":
             self.losses += 1
         self.pending["failed_at"] = at
 

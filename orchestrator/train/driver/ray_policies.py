@@ -35,6 +35,7 @@ class CapacityRecovery(DefaultFailurePolicy):
         if isinstance(training_failed_error, ControllerError):
             if take_cut_short():  # a start that StartOnLiveNodes ended: capacity, whatever Ray made of it
                 log.info("the worker group's start was cut short by a notice: it re-forms")
+                self.journal.failed.remote(time.time())  # a loss; the record of the pause goes on
                 return FailureDecision.RETRY
             return super().make_decision(training_failed_error)
         retry = isinstance(training_failed_error, PreemptionError) or capacity_lost(
