@@ -201,3 +201,15 @@ def test_an_attempts_first_group_lost_before_stepping_is_a_loss_but_no_resize():
     journal = ResizeJournal()
     journal.failed(10.0)  # e.g. its start cut short by a notice
     assert journal.formed(2, 0, 11.0, 12.0, 13.0) == [] and journal.losses == 1
+
+
+def test_a_grow_cut_short_by_a_loss_no_longer_waits_for_its_larger_group():
+    journal = ResizeJournal()
+    journal.formed(2, 0, 1.0, 2.0, 3.0)
+    journal.left("grow", 10, 2, last_step_at=20.0)
+    journal.failed(21.0)
+    assert journal.pending_kind() == "grow", "the policy waits a moment for the freed resources"
+    journal.failed(30.0)  # a node of the group of 3 came under notice while it formed
+    assert journal.pending_kind() == "interrupted"
+    [record] = journal.formed(2, 10, started_at=35.0, loaded_at=38.0, first_step_at=39.0)
+    assert (record["kind"], record["from_world"], record["to_world"], record["pause_s"]) == ("grow", 2, 2, 19.0)

@@ -88,6 +88,8 @@ class ResizeJournal:
         never_stepped = abandoned or self.world is None or (self.pending is not None and "failed_at" in self.pending)
         if never_stepped and (self.pending is not None or self.world is None):
             self.losses += 1
+            if self.pending is not None:
+                self.pending["interrupted"] = True  # a grow cut short: no larger group is coming
             return
         if self.pending is None:
             self.pending = {"kind": "shrink_lost", "from_world": self.world}
@@ -96,8 +98,11 @@ class ResizeJournal:
         self.pending["failed_at"] = at
 
     def pending_kind(self) -> str | None:
-        """What the group being re-formed is for, as far as the journal knows yet."""
-        return None if self.pending is None else self.pending["kind"]
+        """What the group being re-formed is for, as far as the journal knows yet ("interrupted":
+        a node was lost while it formed, whatever it was for)."""
+        if self.pending is None:
+            return None
+        return "interrupted" if self.pending.get("interrupted") else self.pending["kind"]
 
     def formed(self, world: int, resumed_from_step: int, started_at: float, loaded_at: float,
                first_step_at: float) -> list[dict[str, Any]]:

@@ -106,7 +106,8 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
     def _settling(self, workers: int) -> bool:
         """A group that ended to grow comes back larger: the resources its own placement held
         show as free only once Ray's reservations catch up (a second or two), so a count no
-        larger than before waits up to GROW_SETTLE_S for them rather than re-forming as it was."""
+        larger than before waits up to GROW_SETTLE_S for them rather than re-forming as it was
+        (unless a loss cut the grow's start short: then no larger group is coming)."""
         if not self.formed_once or workers > self.size:
             return False
         self.reforming_since = self.reforming_since or time.monotonic()
