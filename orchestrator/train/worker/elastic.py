@@ -84,7 +84,8 @@ class ElasticSide:
     def grow_now(self) -> bool:
         """Collective (call on every rank at the same step): rank 0 sees room for more workers, and
         the journal judges that growing now pays for its pause (driver/elastic.py ``should_grow``)."""
-        grow = self.rank == 0 and self._grow_pays(min(self.max_workers - self.world_size, self._workers_that_fit()))
+        grow = (self.rank == 0 and self.world_size < self.max_workers  # at max: no look at the cluster
+                and self._grow_pays(min(self.max_workers - self.world_size, self._workers_that_fit())))
         return max_over_ranks([1.0 if grow else 0.0])[0] > 0
 
     def _grow_pays(self, added: int) -> bool:
