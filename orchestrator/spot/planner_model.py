@@ -27,6 +27,7 @@ Goodput = productive step time (steps kept) / wall, as the manager counts it.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -212,8 +213,7 @@ class Run:
         leaves the capacity to the next re-form, which takes it in."""
         target = self.sc.fit(self.usable)
         next_loss_s = self.worker_s / self.losses / self.w if self.losses else math.inf
-        costs = sorted(self.reform_costs)
-        cost_s = costs[len(costs) // 2] if costs else 0.0
+        cost_s = statistics.median_high(self.reform_costs) if self.reform_costs else 0.0
         if target <= self.w:
             self.grow_pending = False
         elif grow_pays(next_loss_s, self.w, target - self.w, cost_s):

@@ -26,6 +26,7 @@ records it reports to the manager in its heartbeats.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from typing import Any
 
@@ -61,7 +62,7 @@ class ResizeJournal:
         self.world: int | None = None
         self.abandoning = False
         self.losses = 0          # capacity losses of this attempt (a notice during a start too)
-        self.node_s = 0.0        # worker-seconds the attempt's groups ran, up to their last step
+        self.worker_s = 0.0        # worker-seconds the attempt's groups ran, up to their last step
         self.running_since: float | None = None  # the running group's first step
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
@@ -71,7 +72,7 @@ class ResizeJournal:
 
     def _stopped(self, at: float) -> None:
         if self.running_since is not None and self.world:
-            self.node_s += self.world * max(0.0, at - self.running_since)
+            self.worker_s += self.world * max(0.0, at - self.running_since)
         self.running_since = None
 
     def abandoned(self) -> None:
@@ -119,15 +120,15 @@ class ResizeJournal:
         """Whether the running group of ``world`` should re-form now with ``added`` more workers:
         the planner's ``grow_pays`` rule on this attempt's own loss rate and re-form cost. Before
         the attempt has lost capacity, and before it has measured a re-form, it grows."""
-        node_s = self.node_s + (world * max(0.0, now - self.running_since) if self.running_since else 0.0)
-        costs = sorted(c for c in (_reform_cost(r) for r in self.records) if c is not None)
+        worker_s = self.worker_s + (world * max(0.0, now - self.running_since) if self.running_since else 0.0)
+        costs = [c for c in (_reform_cost(r) for r in self.records) if c is not None]
         if not self.losses or not costs:
             return True, "no loss or re-form measured in this attempt yet"
-        next_loss_s, cost_s = node_s / self.losses / world, costs[len(costs) // 2]
+        next_loss_s, cost_s = worker_s / self.losses / world, statistics.median_high(costs)
         grow = grow_pays(next_loss_s, world, added, cost_s)
         return grow, (f"{added} more worker(s) {'gain' if grow else 'would not gain'} more than a "
                       f"{cost_s:.1f} s re-form before the next loss (expected in {next_loss_s:.0f} s: "
-                      f"{self.losses} loss(es) in {node_s:.0f} worker-seconds)")
+                      f"{self.losses} loss(es) in {worker_s:.0f} worker-seconds)")
 
 
 def _reform_cost(record: dict[str, Any]) -> float | None:
