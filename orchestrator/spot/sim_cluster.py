@@ -104,6 +104,7 @@ class SimCluster:
         # The recorded pid may have been reused since: only a head started with this state's config is ours.
         if leader is not None and str(self.state_dir / "autoscaler.yaml") in _command_line(leader):
             _stop_session(leader, grace_s)
+            _forget_default_address(_recorded_port(self.state_dir))
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
 
     def _start_head(self, port: int, config_path: Path) -> subprocess.Popen:
@@ -166,6 +167,24 @@ class SimCluster:
         node id the provider gave them in their environment."""
         leader = _recorded_pid(self.state_dir)
         return [] if leader is None else _with_env(leader, "RAY_OVERRIDE_NODE_ID_FOR_TESTING", node_id)
+
+
+def _forget_default_address(port: int | None) -> None:
+    """`ray start --head` records its address as this machine's default cluster, and only `ray stop`
+    (never run here) removes it. Left behind, it makes a later plain `ray.init()` try to join the
+    cluster that is gone, so the record goes with the cluster (only when it names this cluster)."""
+    from ray._private.utils import get_ray_address_file, read_ray_address
+
+    recorded = read_ray_address()
+    if port is not None and recorded and recorded.rsplit(":", 1)[-1] == str(port):
+        Path(get_ray_address_file(None)).unlink(missing_ok=True)
+
+
+def _recorded_port(state_dir: Path) -> int | None:
+    try:
+        return int(json.loads((state_dir / STATE_FILE).read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _recorded_pid(state_dir: Path) -> int | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from ray._private.utils import read_ray_address
 
 from orchestrator.spot.config import parse_config
 from orchestrator.spot.sim_cluster import SimCluster, session_members
@@ -34,10 +35,13 @@ def cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(built.parent))
     sim = SimCluster(tmp_path / "spot", parse_config(CONFIG))
     sim.up()
-    leader = sim.state()["pid"]
+    leader, port = sim.state()["pid"], sim.state()["port"]
+    assert read_ray_address().endswith(f":{port}")  # `ray start` made it this machine's default cluster
     yield sim
     sim.down()
     assert session_members(leader) == [], "the cluster's processes outlived down()"
+    # ... and a later plain ray.init() must not try to join the cluster that is gone.
+    assert not (read_ray_address() or "").endswith(f":{port}")
 
 
 def _run_scenario(sim: SimCluster) -> dict[str, dict]:
