@@ -183,17 +183,26 @@ def plan_cmd(manifest: Path = _MANIFEST, nodes: int = _NODES, samples_per_node_s
                                return_s=return_s, seeds=seeds)
     _print_plan(plan(inp), as_json)
 
+def _work_losses(result) -> str:
+    if result.young_daly_mtbf_s == result.mtbf_s:
+        return "every loss: none has a notice that fits a checkpoint"
+    return (f"the losses that lose work: none with a {result.inputs.notice_s:g} s notice, so the trainer's "
+            f"{result.young_daly_mtbf_s / 3600:g} h prior")
+
+
 def _print_plan(result, as_json: bool) -> None:
     from rich.table import Table
 
     if as_json:
         rows = [r.__dict__ for r in result.rows]
         console.print(json.dumps({"mtbf_s": result.mtbf_s, "young_daly_steps": result.young_daly_steps,
+                                  "young_daly_mtbf_s": result.young_daly_mtbf_s,
                                   "on_demand_cost": result.on_demand_cost, "rows": rows}), highlight=False, soft_wrap=True)
         return
     inp = result.inputs
     console.print(f"{inp.nodes} nodes (min {inp.min_workers}), {inp.max_steps} steps, notice {inp.notice_s:g} s; "
-                  f"job MTBF {result.mtbf_s:.0f} s; Young–Daly interval {result.young_daly_steps} steps; "
+                  f"job MTBF {result.mtbf_s:.0f} s; Young–Daly interval {result.young_daly_steps} steps "
+                  f"(over {_work_losses(result)}); "
                   f"on-demand {inp.ideal_wall_s() / 3600:.2f} h, cost {result.on_demand_cost:,.0f}", highlight=False)
     table = Table("POLICY", "INTERVAL", "GOODPUT", "WALL h", "STEPS LOST", "RECOVERIES", "SPOT COST", "VS ON-DEMAND")
     for r in result.rows:

@@ -298,10 +298,17 @@ class Store:
             return row(tok) if tok else None
 
     def mtbp_s(self, job_id: str, now: float) -> float | None:
-        """Observed mean time between preemptions: attempt run time per interruption so far."""
+        """Observed mean time between the interruptions that lost work: attempt run time per
+        interruption that left steps to redo (an attempt that ended past its newest commit, or an
+        elastic group that re-formed from an older step). A preemption whose notice fitted a
+        checkpoint lost nothing; checkpointing more often would have saved nothing, so it does not
+        shorten the `every_steps: auto` interval this feeds (contract.ENV_MTBP_S)."""
         attempts = self.attempts(job_id)
-        interruptions = sum(1 for a in attempts if a["end_reason"] in {r.value for r in INTERRUPTIONS})
-        if not interruptions:
+        interrupted = {r.value for r in INTERRUPTIONS}
+        losses = sum(1 for a in attempts if a["end_reason"] in interrupted and (a["steps_lost"] or 0) > 0)
+        losses += sum(1 for e in self.events(job_id, type_="resized", limit=1_000_000)
+                      if (e["data"] or {}).get("steps_lost"))
+        if not losses:
             return None
         run_s = sum((a["ended_at"] or now) - a["created_at"] for a in attempts)
-        return run_s / interruptions
+        return run_s / losses

@@ -18,7 +18,9 @@ from orchestrator.errors import PermanentError
 from orchestrator.spec import PretrainJob
 from orchestrator.spec_rules import valid_worker_counts
 from orchestrator.spot.capacity import Timeline, from_rate, from_trace
-from orchestrator.spot.planner_model import POLICIES, Components, Outcome, Scenario, simulate, young_daly_interval_s
+from orchestrator.spot.planner_model import (
+    POLICIES, PRIOR_MTBP_S, Components, Outcome, Scenario, notice_fits, simulate, young_daly_interval_s,
+)
 from orchestrator.spot.traces import Trace
 
 # Interval grid around the Young–Daly interval: 1/8x .. 64x in steps of sqrt(2) (a notice that fits a save
@@ -64,9 +66,10 @@ class PolicyResult:
 class Plan:
     inputs: PlanInputs
     mtbf_s: float                   # the job's mean time between losses
-    young_daly_steps: int
+    young_daly_steps: int           # from the time between the losses that lose work (work_loss_mtbf_s)
     on_demand_cost: float
     rows: list[PolicyResult]        # per policy: at the manifest's (or YD) interval, at YD, at the best
+    young_daly_mtbf_s: float        # the M of young_daly_steps
 
 
 def inputs_from_manifest(job: PretrainJob, nodes: int, samples_per_node_s: float, min_workers: int | None = None,
@@ -132,6 +135,12 @@ def job_mtbf_s(inp: PlanInputs, lines: list[Timeline]) -> float:
     return 3600.0 / per_hour if per_hour > 0 else float("inf")
 
 
+def work_loss_mtbf_s(inp: PlanInputs, mtbf_s: float) -> float:
+    """The M of the trainer's Young–Daly interval: the time between losses that lose work. With a
+    notice that fits a checkpoint none does, and the trainer keeps its prior (checkpoint/interval.py)."""
+    return PRIOR_MTBP_S if notice_fits(inp.notice_s, inp.components.checkpoint_s) else mtbf_s
+
+
 def young_daly_steps(inp: PlanInputs, mtbf_s: float) -> int:
     """The trainer's `every_steps: auto` interval for this job: sqrt(2 C M) / step time."""
     c = inp.components
@@ -152,7 +161,8 @@ def plan(inp: PlanInputs) -> Plan:
     horizon = 20.0 * inp.ideal_wall_s() + 48 * 3600.0  # runs that do not finish by then are marked
     lines = timelines(inp, horizon)
     mtbf = job_mtbf_s(inp, lines)
-    yd = young_daly_steps(inp, mtbf)
+    yd_mtbf = work_loss_mtbf_s(inp, mtbf)
+    yd = young_daly_steps(inp, yd_mtbf)
     rows = []
     for policy in POLICIES:
         configured = inp.interval_steps or yd
@@ -160,4 +170,4 @@ def plan(inp: PlanInputs) -> Plan:
         if configured != yd:
             rows.append(mean_outcome(inp, policy, yd, lines))
         rows.append(best_interval(inp, policy, lines, yd))
-    return Plan(inp, mtbf, yd, on_demand_cost(inp), rows)
+    return Plan(inp, mtbf, yd, on_demand_cost(inp), rows, yd_mtbf)

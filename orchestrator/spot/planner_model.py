@@ -37,6 +37,14 @@ from orchestrator.spot.capacity import Timeline
 
 POLICIES = ("elastic", "relaunch")
 NOTICE_MARGIN = 1.25  # a preemption save starts only when 1.25 x its cost fits in the notice
+# The trainer's mean time between work-losing interruptions before it has observed one
+# (checkpoint/interval.py explains the choice).
+PRIOR_MTBP_S = 2 * 3600.0
+
+
+def notice_fits(notice_s: float, checkpoint_s: float) -> bool:
+    """A loss with this notice checkpoints inside it and loses no step (the trainer's own rule)."""
+    return notice_s > 0 and notice_s >= NOTICE_MARGIN * checkpoint_s
 
 
 def young_daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
@@ -311,7 +319,7 @@ class Run:
 def simulate(sc: Scenario, comp: Components, timeline: Timeline, rng: np.random.Generator) -> Outcome:
     """Run the scenario until max_steps or the timeline's horizon (then ``finished`` is False)."""
     run = Run(sc, comp, rng, timeline.start)
-    noticed = sc.notice_s > 0 and sc.notice_s >= NOTICE_MARGIN * comp.checkpoint_s
+    noticed = notice_fits(sc.notice_s, comp.checkpoint_s)
     # A noticed loss is acted on when the notice arrives: shift drops earlier by the notice.
     shift = np.where(timeline.deltas < 0, sc.notice_s if noticed else 0.0, 0.0)
     times = np.maximum(timeline.times_s - shift, 0.0)

@@ -78,6 +78,26 @@ def test_attempt_lifecycle_each_change_has_its_event(store, tmp_path):
     assert store.mtbp_s(jid, 110.0) == pytest.approx(3.0 + 3.0)
 
 
+def test_mtbp_counts_only_the_interruptions_that_lost_work(store, tmp_path):
+    """A preemption that checkpointed inside its notice, and an elastic shrink that resumed from that
+    checkpoint, lost no step: they do not shorten the `auto` checkpoint interval. A re-form that
+    redid steps does."""
+    jid = _submit(store, tmp_path)[0]["id"]
+    _start(store, jid, 1, now=100.0)
+    hb = Heartbeat(attempt=1, step=5, resumed_from_step=0, checkpoint=CheckpointRef(step=5, uri="file:///c/5", world_size=1))
+    assert apply_heartbeat(store, jid, hb, 101.0) is Outcome.OK
+    store.end_attempt(jid, 1, EndReason.PREEMPTED, AttemptEndDecision(Action.RETRY, 0.0, "notice"), 110.0, 75)
+    assert store.attempts(jid)[0]["steps_lost"] == 0
+    assert store.mtbp_s(jid, 110.0) is None, "nothing was lost yet: the prior applies"
+    _start(store, jid, 2, now=111.0)
+    with store.tx() as s:
+        store.event(s, jid, "resized", "shrink notice", 115.0, attempt=2, kind="shrink_notice", steps_lost=0)
+    assert store.mtbp_s(jid, 121.0) is None
+    with store.tx() as s:
+        store.event(s, jid, "resized", "shrink lost", 118.0, attempt=2, kind="shrink_lost", steps_lost=3)
+    assert store.mtbp_s(jid, 121.0) == pytest.approx((110.0 - 100.0) + (121.0 - 111.0))
+
+
 def test_a_commit_newer_than_the_last_heartbeat_settles_the_previous_attempt(store, tmp_path):
     """Attempt 1 committed step 6 after its last heartbeat (step 5) reached the manager; attempt 2
     resumes from 6. Attempt 1 did reach step 6, and lost nothing."""

@@ -3,10 +3,11 @@
 Pure Python and numpy, no Ray: fast.
 """
 
+import json
 import math
 import subprocess
 import sys
-import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,9 @@ import pytest
 
 from orchestrator.errors import PermanentError
 from orchestrator.spot.capacity import Timeline, from_rate, from_trace
-from orchestrator.spot.planner import PlanInputs, best_interval, plan
+from orchestrator.spot.planner import PlanInputs, best_interval, plan, work_loss_mtbf_s, young_daly_steps
 from orchestrator.spot.planner_model import (
-    Components, Run, Scenario, components_from, grow_pays, simulate, young_daly_interval_s,
+    PRIOR_MTBP_S, Components, Run, Scenario, components_from, grow_pays, simulate, young_daly_interval_s,
 )
 from orchestrator.spot.traces import load_trace
 from orchestrator.train.checkpoint.interval import young_daly_interval_steps
@@ -75,6 +76,18 @@ def test_young_daly_is_the_trainers_rule_and_near_the_simulated_optimum():
     lines = [from_rate(inp.rate_per_node_h, 1.0, 0.0, 1, 2e7, np.random.default_rng(s)) for s in range(2)]
     best = best_interval(inp, "relaunch", lines, round(yd))
     assert 0.6 * yd <= best.interval_steps <= 1.5 * yd
+
+
+def test_young_daly_counts_only_losses_that_lose_work_as_the_trainer_does():
+    """With a notice that fits a checkpoint no loss loses a step: the trainer never observes a work
+    loss and keeps its prior, and the planner's Young–Daly row uses the same M."""
+    comp = Components(step_s_one=1.0, checkpoint_s=5.0, relaunch_s=0.0)
+    inp = PlanInputs(nodes=1, min_workers=1, max_steps=200_000, interval_steps=None, notice_s=30.0, spot_price=1.0,
+                     on_demand_price=3.0, components=comp, rate_per_node_h=1.8, return_s=0.0, seeds=1)
+    assert work_loss_mtbf_s(inp, 2000.0) == PRIOR_MTBP_S
+    assert young_daly_steps(inp, work_loss_mtbf_s(inp, 2000.0)) == young_daly_interval_steps(5.0, None, 1.0)
+    short = replace(inp, notice_s=5.0)  # 5 s < 1.25 x 5 s: every loss loses the steps since the last save
+    assert work_loss_mtbf_s(short, 2000.0) == 2000.0
 
 
 def test_elastic_shrinks_on_survivors_and_grows_back_at_a_checkpoint():

@@ -213,3 +213,19 @@ def test_a_grow_cut_short_by_a_loss_no_longer_waits_for_its_larger_group():
     assert journal.pending_kind() == "interrupted"
     [record] = journal.formed(2, 10, started_at=35.0, loaded_at=38.0, first_step_at=39.0)
     assert (record["kind"], record["from_world"], record["to_world"], record["pause_s"]) == ("grow", 2, 2, 19.0)
+
+
+def test_only_re_forms_that_redid_steps_shorten_the_auto_checkpoint_interval(monkeypatch):
+    monkeypatch.setattr("orchestrator.train.driver.elastic.time.time", lambda: 1000.0)
+    journal = ResizeJournal()  # the attempt starts at 1000
+    journal.formed(3, 0, 1000.0, 1001.0, 1002.0)
+    journal.left("shrink_notice", 30, 3, last_step_at=1040.0)  # saved inside the notice: resumes from 30
+    journal.failed(1041.0)
+    journal.formed(2, 30, 1045.0, 1049.0, 1050.0)
+    assert journal.work_loss_mtbp_s(now=1100.0) is None, "a notice that fitted its checkpoint lost nothing"
+    journal.left("shrink_notice", 60, 2, last_step_at=1120.0)  # too late to save: resumes from 50
+    journal.failed(1121.0)
+    journal.formed(1, 50, 1125.0, 1129.0, 1130.0)
+    journal.failed(1200.0)  # lost without word: from the newest commit
+    journal.formed(1, 70, 1205.0, 1209.0, 1210.0)
+    assert journal.work_loss_mtbp_s(now=1300.0) == pytest.approx(300.0 / 2)

@@ -4,8 +4,12 @@ Young (1974) / Daly (2006): with checkpoint cost C and mean time between failure
 interval that minimises expected lost work plus checkpoint overhead is about sqrt(2 C M)
 (first-order; accurate while C << M, which holds for any job worth checkpointing).
 
-The manager passes the mean time between preemptions it has observed for this job in
-``BERTCTL_MTBP_S`` (contract.ENV_MTBP_S). Before it has observed any, ``PRIOR_MTBP_S`` is used:
+M counts only the interruptions that lost work: a preemption whose notice fitted a checkpoint
+lost nothing, and saving more often would not have changed that. The manager passes the mean
+time between such interruptions it has observed for this job in ``BERTCTL_MTBP_S``
+(contract.ENV_MTBP_S; store.mtbp_s); an elastic attempt, whose losses end no attempt, takes its
+own once one of its re-forms redid steps (driver/elastic.py ``work_loss_mtbp_s``). Before either
+has observed any, ``PRIOR_MTBP_S`` is used:
 2 hours, a deliberately pessimistic reading of public spot/preemptible GPU data (AWS reports
 interruption rates under 5 % a month for most pools, but GPU pools in busy regions see notices
 every few hours, and GCP spot/preemptible VMs are capped at 24 h). Guessing too short only
@@ -20,9 +24,7 @@ import os
 
 from orchestrator.contract import ENV_MTBP_S
 from orchestrator.errors import PermanentError
-from orchestrator.spot.planner_model import young_daly_interval_s
-
-PRIOR_MTBP_S = 2 * 3600.0
+from orchestrator.spot.planner_model import PRIOR_MTBP_S, young_daly_interval_s
 # Weight of the newest measurement: recent saves predict the next one (storage load drifts).
 EWMA_ALPHA = 0.3
 
@@ -42,7 +44,7 @@ def young_daly_interval_steps(checkpoint_cost_s: float, mtbp_s: float | None, st
 
 
 def mtbp_from_env(environ=os.environ) -> float | None:
-    """The manager's observed mean time between preemptions, or None (then the prior applies)."""
+    """The manager's observed mean time between interruptions that lost work, or None (then the prior applies)."""
     raw = environ.get(ENV_MTBP_S)
     if not raw:
         return None

@@ -64,6 +64,7 @@ class ResizeJournal:
         self.losses = 0          # capacity losses of this attempt (a notice during a start too)
         self.worker_s = 0.0        # worker-seconds the attempt's groups ran, up to their last step
         self.running_since: float | None = None  # the running group's first step
+        self.created_at = time.time()  # with the attempt (driver/launch.py starts it)
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
         """The old group's rank 0, right before its workers end to re-form (after any checkpoint)."""
@@ -115,6 +116,12 @@ class ResizeJournal:
                                         loaded_at, first_step_at))
         return self.records[-_KEEP_RECORDS:]
 
+    def work_loss_mtbp_s(self, now: float) -> float | None:
+        """Seconds of this attempt per re-form that redid steps (None before one): how often
+        checkpointing more often would have saved work. A shrink that checkpointed inside its
+        notice lost nothing, so it does not count (`every_steps: auto`, checkpoint/interval.py)."""
+        lossy = sum(1 for r in self.records if _redid_steps(r))
+        return max(0.0, now - self.created_at) / lossy if lossy else None
 
     def should_grow(self, world: int, added: int, now: float) -> tuple[bool, str]:
         """Whether the running group of ``world`` should re-form now with ``added`` more workers:
@@ -129,6 +136,13 @@ class ResizeJournal:
         return grow, (f"{added} more worker(s) {'gain' if grow else 'would not gain'} more than a "
                       f"{cost_s:.1f} s re-form before the next loss (expected in {next_loss_s:.0f} s: "
                       f"{self.losses} loss(es) in {worker_s:.0f} worker-seconds)")
+
+
+def _redid_steps(record: dict[str, Any]) -> bool:
+    """A loss without notice resumes from the newest commit; a noticed one whose save missed the
+    deadline resumes from before the step it reached."""
+    last = record["last_step"]
+    return record["kind"] == "shrink_lost" or (last is not None and last > record["resumed_from_step"])
 
 
 def _reform_cost(record: dict[str, Any]) -> float | None:

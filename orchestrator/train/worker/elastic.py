@@ -103,6 +103,19 @@ class ElasticSide:
         self._declined = not grow
         return grow
 
+    def work_loss_mtbp_s(self) -> float | None:
+        """Rank 0: this attempt's seconds per re-form that redid steps, as the journal counts them
+        (None on other ranks, before such a re-form, or when the journal cannot say)."""
+        if self.journal is None:
+            return None
+        import ray
+
+        try:
+            return ray.get(self.journal.work_loss_mtbp_s.remote(time.time()), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the journal is advisory: keep the interval as it is
+            log.warning("cannot ask the resize journal how often work was lost: %s", exc)
+            return None
+
     def _workers_that_fit(self) -> int:
         """Workers that fit the free resources of live nodes not under notice."""
         import ray

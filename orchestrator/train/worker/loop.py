@@ -299,6 +299,9 @@ class Worker:
         for failure in self.ckpts.background_failures():
             log.warning("an earlier background checkpoint stayed uncommitted: %s", failure)
         result = self.ckpts.save(self.engine, self._train_state(run))
+        if self.elastic and self.interval.auto:
+            # Losses inside an elastic attempt end no attempt, so the manager's figure misses them.
+            self.interval.mtbp_s = self.elastic.work_loss_mtbp_s() or self.interval.mtbp_s
         self.interval.record_save(run.step, result.seconds)
         return result
 
