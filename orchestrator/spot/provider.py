@@ -8,7 +8,8 @@ config (``config.py`` writes it):
   minutes); the autoscaler meanwhile counts it as pending, as it would a cloud launch.
 - ``state_dir``/``capacity.json``: how many nodes of each type the pool can hold right now. The
   chaos driver lowers it when it takes a node and raises it when capacity returns; a launch
-  beyond it fails like a cloud's "insufficient capacity" and the autoscaler retries later.
+  beyond it is fulfilled in part, as a spot fleet's, and the rest fails like a cloud's
+  "insufficient capacity" (the autoscaler retries it later).
 - a node whose raylet died (the chaos driver killed the instance) is no longer listed: the
   cloud removed it, so the autoscaler sees the loss and may launch a replacement.
 
@@ -57,7 +58,7 @@ class SpotNodeProvider(FakeMultiNodeProvider):
 
     def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
         node_type = tags[TAG_RAY_USER_NODE_TYPE]
-        self._reserve(node_type, count)
+        count = self._reserve(node_type, count)
         pending = count
         try:
             # Outside the lock: the autoscaler launches on its own threads and keeps listing nodes.
@@ -90,15 +91,22 @@ class SpotNodeProvider(FakeMultiNodeProvider):
             return None
         return str(own)
 
-    def _reserve(self, node_type: str, count: int) -> None:
+    def _reserve(self, node_type: str, count: int) -> int:
+        """How many of ``count`` launches the pool has room for now, reserved. Like a spot fleet, a
+        request larger than the room is fulfilled in part: all or nothing, a group that asks for
+        max workers while the pool holds fewer would never get a node back."""
         with self.lock:
             limit = read_capacity(self._state_dir).get(node_type)
             held = self._count(node_type) + self._provisioning.get(node_type, 0)
-            if limit is not None and held + count > limit:
-                append_event(self._state_dir, "no_capacity", node_type=node_type, wanted=count, limit=limit)
+            room = count if limit is None else max(0, min(count, limit - held))
+            if room < count:
+                append_event(self._state_dir, "no_capacity", node_type=node_type, wanted=count, granted=room,
+                             limit=limit)
+            if room == 0:
                 raise InsufficientCapacity(f"spot pool {node_type!r} holds {limit} node(s), {held} taken")
-            self._provisioning[node_type] = self._provisioning.get(node_type, 0) + count
-            append_event(self._state_dir, "requested", node_type=node_type, count=count, delay_s=self._delay_s)
+            self._provisioning[node_type] = self._provisioning.get(node_type, 0) + room
+            append_event(self._state_dir, "requested", node_type=node_type, count=room, delay_s=self._delay_s)
+            return room
 
     def _count(self, node_type: str) -> int:
         return sum(1 for n in self._nodes.values() if n["tags"].get(TAG_RAY_USER_NODE_TYPE) == node_type
