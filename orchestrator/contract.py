@@ -181,7 +181,8 @@ class SkippedCheckpoint(BaseModel):
 class Resize(BaseModel):
     """One change of an attempt's worker group without a manager relaunch (an elastic attempt,
     docs/spot.md): a shrink on a noticed preemption (``shrink_notice``), a shrink after a node was
-    lost without notice (``shrink_lost``), or a grow at a checkpoint boundary (``grow``).
+    lost without notice (``shrink_lost``), or a grow at a checkpoint boundary (``grow``). A grow
+    whose start a loss cut short and that came back no larger is recorded as that loss.
 
     The pause is from the last step of the old group to the first step of the new one; its parts:
     ``detect_s`` (the old group's end -> Ray Train saw it), ``reform_s`` (-> the new workers

@@ -209,10 +209,22 @@ def test_a_grow_cut_short_by_a_loss_no_longer_waits_for_its_larger_group():
     journal.left("grow", 10, 2, last_step_at=20.0)
     journal.failed(21.0)
     assert journal.pending_kind() == "grow", "the policy waits a moment for the freed resources"
-    journal.failed(30.0)  # a node of the group of 3 came under notice while it formed
+    journal.failed(30.0, noticed=True)  # a node of the group of 3 came under notice while it formed
     assert journal.pending_kind() == "interrupted"
     [record] = journal.formed(2, 10, started_at=35.0, loaded_at=38.0, first_step_at=39.0)
-    assert (record["kind"], record["from_world"], record["to_world"], record["pause_s"]) == ("grow", 2, 2, 19.0)
+    # It came back no larger: what happened is the noticed loss (no step lost), not a grow.
+    assert (record["kind"], record["from_world"], record["to_world"], record["pause_s"]) == ("shrink_notice", 2, 2, 19.0)
+    assert journal.work_loss_mtbp_s(now=50.0) is None, "the grow's checkpoint had committed: nothing to redo"
+
+
+def test_a_grow_cut_short_that_still_grows_is_a_grow():
+    journal = ResizeJournal()
+    journal.formed(2, 0, 1.0, 2.0, 3.0)
+    journal.left("grow", 10, 2, last_step_at=20.0)
+    journal.failed(21.0)
+    journal.failed(30.0)  # a node of the group of 4 lost without word while it formed
+    [record] = journal.formed(3, 10, started_at=35.0, loaded_at=38.0, first_step_at=39.0)
+    assert (record["kind"], record["from_world"], record["to_world"]) == ("grow", 2, 3)
 
 
 def test_only_re_forms_that_redid_steps_shorten_the_auto_checkpoint_interval(monkeypatch):

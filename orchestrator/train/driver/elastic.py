@@ -80,11 +80,12 @@ class ResizeJournal:
         """The group being formed ends before its first step (a node of it came under notice)."""
         self.abandoning = True
 
-    def failed(self, at: float) -> None:
-        """The controller decided to re-form the group (its failure policy said retry). A group
-        that ends before its first step (abandoned under a notice, or a node of it lost) continues
-        the record in progress: one pause, until a group steps (and the first group of an attempt
-        is still no resize). Every decision but a grow's is a capacity loss."""
+    def failed(self, at: float, noticed: bool = False) -> None:
+        """The controller decided to re-form the group (its failure policy said retry; ``noticed``:
+        the capacity went with a notice). A group that ends before its first step (abandoned under
+        a notice, or a node of it lost) continues the record in progress: one pause, until a group
+        steps (and the first group of an attempt is still no resize). Every decision but a grow's
+        is a capacity loss."""
         abandoned, self.abandoning = self.abandoning, False
         self._stopped(at)  # a group lost without word: it ran until about now
         never_stepped = abandoned or self.world is None or (self.pending is not None and "failed_at" in self.pending)
@@ -92,6 +93,7 @@ class ResizeJournal:
             self.losses += 1
             if self.pending is not None:
                 self.pending["interrupted"] = True  # a grow cut short: no larger group is coming
+                self.pending.setdefault("interrupted_by", "shrink_notice" if noticed else "shrink_lost")
             return
         if self.pending is None:
             self.pending = {"kind": "shrink_lost", "from_world": self.world}
@@ -111,6 +113,9 @@ class ResizeJournal:
         """The new group's rank 0 after its first step; returns every record of this attempt."""
         pending, self.pending, self.world = self.pending, None, world
         self.running_since = first_step_at
+        if pending is not None and pending["kind"] == "grow" and world <= (pending.get("from_world") or 0):
+            # A loss cut the grow's start short and it came back no larger: what happened is that loss.
+            pending = {**pending, "kind": pending.get("interrupted_by", "shrink_lost")}
         if pending is not None:
             self.records.append(_record(len(self.records) + 1, pending, world, resumed_from_step, started_at,
                                         loaded_at, first_step_at))
@@ -139,10 +144,10 @@ class ResizeJournal:
 
 
 def _redid_steps(record: dict[str, Any]) -> bool:
-    """A loss without notice resumes from the newest commit; a noticed one whose save missed the
-    deadline resumes from before the step it reached."""
+    """The group resumed from before the step it reached (a noticed loss whose save missed the
+    deadline), or could not say which step it reached (lost without notice: from the newest commit)."""
     last = record["last_step"]
-    return record["kind"] == "shrink_lost" or (last is not None and last > record["resumed_from_step"])
+    return last is None or last > record["resumed_from_step"]
 
 
 def _reform_cost(record: dict[str, Any]) -> float | None:

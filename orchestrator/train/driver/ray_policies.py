@@ -35,7 +35,7 @@ class CapacityRecovery(DefaultFailurePolicy):
         if isinstance(training_failed_error, ControllerError):
             if take_cut_short():  # a start that StartOnLiveNodes ended: capacity, whatever Ray made of it
                 log.info("the worker group's start was cut short by a notice: it re-forms")
-                self.journal.failed.remote(time.time())  # a loss; the record of the pause goes on
+                self.journal.failed.remote(time.time(), True)  # a loss; the record of the pause goes on
                 return FailureDecision.RETRY
             return super().make_decision(training_failed_error)
         retry = isinstance(training_failed_error, PreemptionError) or capacity_lost(
@@ -45,7 +45,7 @@ class CapacityRecovery(DefaultFailurePolicy):
             log.info("attempt ends: %s", type(training_failed_error).__name__)
             return FailureDecision.RAISE
         self.recoveries += 1
-        self.journal.failed.remote(time.time())
+        self.journal.failed.remote(time.time(), _noticed(training_failed_error))
         log.info("capacity changed: the worker group re-forms (%d so far)", self.recoveries)
         return FailureDecision.RETRY
 
@@ -117,6 +117,14 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
             return ray.get(self.journal.pending_kind.remote(), timeout=5) == "grow"
         except Exception:  # noqa: BLE001 - the journal is advisory: decide without it
             return False
+
+
+def _noticed(error: BaseException) -> bool:
+    """The capacity went with a notice: Ray Train's watcher saw the drain, or the loop saved inside it."""
+    from orchestrator.train.driver.outcome import _unwrap
+    from orchestrator.train.worker.errors import NodePreempted
+
+    return isinstance(error, PreemptionError) or any(isinstance(e, NodePreempted) for e in _unwrap(error))
 
 
 def _draining_nodes() -> set[str]:
