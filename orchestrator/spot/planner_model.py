@@ -303,14 +303,17 @@ class Run:
     def _relaunch(self, noticed: bool) -> None:
         self.out.recoveries["relaunch"] += 1
         self.w, self.losses, self.worker_s, self.reform_costs = 0, 0, 0.0, []  # a new attempt, a new record
-        self._pause((self.comp.checkpoint_s if noticed else 0.0) + self.comp.relaunch_s, "restart")
+        if self.sc.fit(self.usable):
+            self._pause((self.comp.checkpoint_s if noticed else 0.0) + self.comp.relaunch_s, "restart")
+        else:  # the new attempt waits for enough nodes; their return starts it (gain), as one relaunch
+            self.resume_at = None
 
     def gain(self, returned: int) -> None:
         self._set_pool(returned)
         if self.out.finished:
             return
         if self.w == 0 and self.resume_at is None and self.sc.fit(self.usable):
-            self.out.recoveries["relaunch"] += 1
+            # The attempt relaunched at the loss waited for enough nodes: it starts now (no new relaunch).
             self._pause(self.comp.relaunch_s, "restart")
         elif self.sc.policy == "elastic" and self.w and self.sc.fit(self.usable) > self.w:
             self.grow_pending = True

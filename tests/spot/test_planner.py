@@ -102,6 +102,19 @@ def test_elastic_shrinks_on_survivors_and_grows_back_at_a_checkpoint():
     assert relaunch.recoveries["relaunch"] == 1 and relaunch.wall_s > out.wall_s
 
 
+def test_a_relaunched_attempt_that_waits_for_its_nodes_is_one_relaunch():
+    """A fixed group of 4 loses a node while the pool holds only 3: the manager relaunches once, and
+    that attempt waits until the fourth node is back (bench/spot.py: 8 relaunches measured where the
+    planner had counted 12, each wait as a second relaunch with a second relaunch pause)."""
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, relaunch_s=50.0)
+    line = Timeline(4, np.array([100.0, 300.0]), np.array([-1, 1]), 10_000.0)
+    out = simulate(Scenario("relaunch", 4, 4, 2000, 50, notice_s=0.0), comp, line, np.random.default_rng(0))
+    assert out.recoveries["relaunch"] == 1 and out.finished
+    # Back at step 50 when the node returns (t=300) and the relaunch pause ends (350); then 1950 steps
+    # of 1 s and a 1 s save every 50 steps but the last.
+    assert out.wall_s == pytest.approx(350 + 1950 + 38 * 1.0)
+
+
 def test_world_sizes_follow_the_batch_rule():
     sc = Scenario("elastic", 512, 256, 10, 1, 0.0, sizes=(256, 320, 384, 480, 512))
     assert [sc.fit(n) for n in (600, 512, 511, 400, 300, 256, 255)] == [512, 512, 480, 384, 256, 256, 0]
