@@ -152,20 +152,37 @@ def fit_step(times: dict[int, float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def relaunches(run: RunResult) -> list[dict]:
+def relaunches(run: RunResult, held: Timeline | None = None, group: int = 0) -> list[dict]:
     """Per relaunch of a fixed attempt: node gone -> attempt ended (detect) -> first step of the next
-    (recovery, with any wait for every node). The planner's relaunch time is the whole of it: in its
-    timeline (``timeline``) a replacement joins as the taken node goes, so it sees no wait of its own."""
+    (recovery). ``wait_s``: how much of it the pool held fewer than ``group`` nodes (``held``, the
+    replay as the nodes the cluster held): the planner waits for those itself, so its relaunch time
+    is the rest (``total_s - wait_s``)."""
     out, atts = [], run.job["attempts"]
     for prev, cur in zip(atts, atts[1:]):
         if prev["ended_at"] is None or cur["recovery_s"] is None:
             continue
         gone = [x.gone_at for x in run.losses if x.gone_at <= prev["ended_at"] + 1.0]
         lost_at = max(gone) if gone else prev["ended_at"]
+        first_step = prev["ended_at"] + cur["recovery_s"]
+        wait = short_s(held, lost_at - run.t0, first_step - run.t0, group) if held is not None else 0.0
         out.append({"detect_s": prev["ended_at"] - lost_at, "recovery_s": cur["recovery_s"],
-                    "total_s": prev["ended_at"] + cur["recovery_s"] - lost_at,
+                    "total_s": first_step - lost_at, "wait_s": wait,
                     "steps_lost": prev["steps_lost"] or 0, "exit_code": prev["exit_code"]})
     return out
+
+
+def short_s(held: Timeline, start_s: float, end_s: float, need: int) -> float:
+    """Seconds of [start_s, end_s] (replay time) during which ``held`` had fewer than ``need`` nodes."""
+    count = held.start + int(held.deltas[held.times_s <= start_s].sum())
+    short, t = 0.0, start_s
+    for at, delta in zip(held.times_s.tolist(), held.deltas.tolist()):
+        if at <= start_s:
+            continue
+        if at >= end_s:
+            break
+        short += (at - t) if count < need else 0.0
+        count, t = count + int(delta), at
+    return short + ((end_s - t) if count < need else 0.0)
 
 
 def median(values: list[float | None]) -> float:
@@ -174,7 +191,7 @@ def median(values: list[float | None]) -> float:
 
 
 # ----- predicted --------------------------------------------------------------------------------
-def components(runs: dict[str, RunResult]) -> Components:
+def components(runs: dict[str, RunResult], held: Timeline, nodes: int) -> Components:
     times = step_times(list(runs.values()))
     a, b = fit_step(times)
     saves = sum(r.job["checkpoints"] for r in runs.values())
@@ -182,7 +199,7 @@ def components(runs: dict[str, RunResult]) -> Components:
     by_kind = {k: [r for r in resizes(runs["elastic"]) if r.get("kind") == k] for k in KINDS}
     base = Components(step_s_one=a, step_overhead_s=b, checkpoint_s=ckpt)
     notice, lost, grow = by_kind["shrink_notice"], by_kind["shrink_lost"], by_kind["grow"]
-    rel = relaunches(runs["relaunch"])
+    rel = relaunches(runs["relaunch"], held, nodes)
     return replace(
         base,
         reform_s=max(0.0, median([r["pause_s"] for r in notice]) - ckpt) if notice else base.reform_s,
@@ -190,7 +207,7 @@ def components(runs: dict[str, RunResult]) -> Components:
         grow_s=max(0.0, median([r["pause_s"] for r in grow or notice]) - ckpt) if grow or notice else base.grow_s,
         detect_s=median([r["detect_s"] for r in lost]) if lost else base.detect_s,
         load_s=median([(r["load_s"] or 0) + (r["first_step_s"] or 0) for r in lost]) if lost else base.load_s,
-        relaunch_s=median([r["total_s"] for r in rel]) if rel else base.relaunch_s)
+        relaunch_s=median([r["total_s"] - r["wait_s"] for r in rel]) if rel else base.relaunch_s)
 
 
 def timeline(changes: list[Change], notice_s: float, horizon_s: float) -> Timeline:
@@ -333,7 +350,7 @@ def run_all(args, hour_s: float, steps: int, max_wall: float, tmp: Path) -> None
     times = {p: step_times([r]) for p, r in runs.items()}
     for policy, run in runs.items():
         report_run(run, times[policy])
-    comp = components(runs)
+    comp = components(runs, timeline(changes, args.notice_s, max_wall), args.nodes)
     print(f"\nplanner inputs (measured here): step_s(w) = {comp.step_s_one:.3f}/w + {comp.step_overhead_s:.3f}, "
           "or per run and world size where it ran on it ("
           + "; ".join(f"{p}: " + ", ".join(f"{w}: {t:.3f}" for w, t in times[p].items()) for p in runs)
