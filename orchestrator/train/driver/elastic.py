@@ -92,7 +92,7 @@ class ResizeJournal:
         if never_stepped and (self.pending is not None or self.world is None):
             self.losses += 1
             if self.pending is not None:
-                self.pending["interrupted"] = True  # a grow cut short: no larger group is coming
+                # A grow cut short: no larger group is coming; the first loss that cut it is what happened.
                 self.pending.setdefault("interrupted_by", "shrink_notice" if noticed else "shrink_lost")
             return
         if self.pending is None:
@@ -106,7 +106,7 @@ class ResizeJournal:
         a node was lost while it formed, whatever it was for)."""
         if self.pending is None:
             return None
-        return "interrupted" if self.pending.get("interrupted") else self.pending["kind"]
+        return "interrupted" if "interrupted_by" in self.pending else self.pending["kind"]
 
     def formed(self, world: int, resumed_from_step: int, started_at: float, loaded_at: float,
                first_step_at: float) -> list[dict[str, Any]]:
