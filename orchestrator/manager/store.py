@@ -82,7 +82,10 @@ class Store:
               attempt: int | None = None, **data: Any) -> None:
         s.add(Event(job_id=job_id, ts=now, type=type_, attempt=attempt, message=message, data=data))
 
-    def events(self, job_id: str, after: int = 0, limit: int = 1000, type_: str | None = None) -> list[dict[str, Any]]:
+    def events(self, job_id: str, after: int = 0, limit: int | None = 1000,
+               type_: str | None = None) -> list[dict[str, Any]]:
+        """A page of the job's events in order; ``limit=None`` reads them all (for sums over a
+        job's whole history, which a page would cut short)."""
         with self.tx(durable=False) as s:
             q = select(Event).where(Event.job_id == job_id, Event.id > after)
             q = q.where(Event.type == type_) if type_ else q
@@ -306,7 +309,7 @@ class Store:
         attempts = self.attempts(job_id)
         interrupted = {r.value for r in INTERRUPTIONS}
         losses = sum(1 for a in attempts if a["end_reason"] in interrupted and (a["steps_lost"] or 0) > 0)
-        losses += sum(1 for e in self.events(job_id, type_="resized", limit=1_000_000)
+        losses += sum(1 for e in self.events(job_id, type_="resized", limit=None)
                       if (e["data"] or {}).get("steps_lost"))
         if not losses:
             return None

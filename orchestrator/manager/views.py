@@ -38,7 +38,7 @@ def job_detail(store: Store, job: dict[str, Any], now: float, with_manifest: boo
     out["checkpoint"] = None if newest is None else {k: newest[k] for k in ("step", "uri", "world_size",
                                                                            "attempt", "created_at")}
     out["checkpoints"] = len(checkpoints)
-    out["goodput"] = job_goodput(job, attempts, now, store.events(job["id"], type_="resized"))
+    out["goodput"] = job_goodput(job, attempts, now, store.events(job["id"], type_="resized", limit=None))
     if with_manifest:
         out["manifest"] = job["manifest"]
     return out

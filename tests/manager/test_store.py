@@ -98,6 +98,21 @@ def test_mtbp_counts_only_the_interruptions_that_lost_work(store, tmp_path):
     assert store.mtbp_s(jid, 121.0) == pytest.approx((110.0 - 100.0) + (121.0 - 111.0))
 
 
+def test_a_job_s_goodput_counts_every_resize_past_the_first_page_of_events(store, tmp_path):
+    """The goodput view sums the pauses of all 'resized' events, not only the first page (1000)
+    that the event listing returns."""
+    from orchestrator.manager.views import job_detail
+    jid = _submit(store, tmp_path)[0]["id"]
+    _start(store, jid, 1, now=100.0)
+    with store.tx() as s:
+        for i in range(1005):
+            store.event(s, jid, "resized", "grow", 101.0 + i, attempt=1, kind="grow", pause_s=0.5, steps_lost=0)
+    assert len(store.events(jid, type_="resized")) == 1000
+    goodput = job_detail(store, store.get_job(jid), now=2000.0)["goodput"]
+    assert goodput["resizes"] == 1005
+    assert goodput["resize_s"] == pytest.approx(1005 * 0.5)
+
+
 def test_a_commit_newer_than_the_last_heartbeat_settles_the_previous_attempt(store, tmp_path):
     """Attempt 1 committed step 6 after its last heartbeat (step 5) reached the manager; attempt 2
     resumes from 6. Attempt 1 did reach step 6, and lost nothing."""
