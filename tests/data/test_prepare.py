@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.data.index import ShardIndex
 from orchestrator.data.prepare import PrepareConfig, prepare
-from orchestrator.data.sources import BUILTIN_STDLIB, Unit, list_units, read_documents, split_sentences
+from orchestrator.data.sources import BUILTIN_STDLIB, list_units, read_documents, split_sentences
 from orchestrator.data.vocab import load_tokenizer_json
 from orchestrator.errors import DataError, PermanentError
 

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.errors import PermanentError
 from orchestrator.spot.capacity import Timeline, from_rate, from_trace
-from orchestrator.spot.planner import PlanInputs, best_interval, plan, work_loss_mtbf_s, young_daly_steps
+from orchestrator.spot.planner import PlanInputs, best_interval, work_loss_mtbf_s, young_daly_steps
 from orchestrator.spot.planner_model import (
     PRIOR_MTBP_S, Components, Run, Scenario, components_from, grow_pays, simulate, young_daly_interval_s,
 )

@@ -16,7 +16,7 @@ from orchestrator.contract import ExitCode
 from orchestrator.train.checkpoint import CheckpointStore
 from orchestrator.train.worker import loop
 from tests.train.poisoned_worker import train_loop_with_poisoned_weights
-from tests.train.conftest import manifest, read_metrics, train
+from tests.train.conftest import manifest, train
 
 pytestmark = pytest.mark.e2e
 
