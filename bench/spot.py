@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shutil
 import signal
 import statistics
@@ -171,6 +172,21 @@ def relaunches(run: RunResult, held: Timeline | None = None, group: int = 0) -> 
     return out
 
 
+def placed_s(run: RunResult) -> list[float]:
+    """Per relaunched attempt that stepped: its first step - its workers' start (the earliest
+    ``timing: worker_start`` line in its trainer.log), the part of a relaunch during which its group
+    holds its nodes. Slightly short: an actor holds its node a moment before its process logs."""
+    out, atts = [], run.job["attempts"]
+    for prev, cur in zip(atts, atts[1:]):
+        log = run.log_dir / "jobs" / run.job["id"] / f"attempt-{cur['number']}" / "trainer.log" if run.log_dir else None
+        if prev["ended_at"] is None or cur["recovery_s"] is None or log is None or not log.exists():
+            continue
+        starts = [float(t) for t in re.findall(r"timing: worker_start=([0-9.]+)", log.read_text(errors="replace"))]
+        if starts:
+            out.append(prev["ended_at"] + cur["recovery_s"] - min(starts))
+    return out
+
+
 def short_s(held: Timeline, start_s: float, end_s: float, need: int) -> float:
     """Seconds of [start_s, end_s] (replay time) during which ``held`` had fewer than ``need`` nodes."""
     count = held.start + int(held.deltas[held.times_s <= start_s].sum())
@@ -207,7 +223,8 @@ def components(runs: dict[str, RunResult], held: Timeline, nodes: int) -> Compon
         grow_s=max(0.0, median([r["pause_s"] for r in grow or notice]) - ckpt) if grow or notice else base.grow_s,
         detect_s=median([r["detect_s"] for r in lost]) if lost else base.detect_s,
         load_s=median([(r["load_s"] or 0) + (r["first_step_s"] or 0) for r in lost]) if lost else base.load_s,
-        relaunch_s=median([r["total_s"] - r["wait_s"] for r in rel]) if rel else base.relaunch_s)
+        relaunch_s=median([r["total_s"] - r["wait_s"] for r in rel]) if rel else base.relaunch_s,
+        relaunch_placed_s=median(placed_s(runs["relaunch"])) if placed_s(runs["relaunch"]) else None)
 
 
 def timeline(changes: list[Change], notice_s: float, horizon_s: float) -> Timeline:
@@ -355,7 +372,8 @@ def run_all(args, hour_s: float, steps: int, max_wall: float, tmp: Path) -> None
           "or per run and world size where it ran on it ("
           + "; ".join(f"{p}: " + ", ".join(f"{w}: {t:.3f}" for w, t in times[p].items()) for p in runs)
           + f"), checkpoint {comp.checkpoint_s:.2f} s, reform {comp.reform_s:.2f} s, grow {comp.grow_s:.2f} s, "
-          f"detect {comp.detect_s:.2f} s, load {comp.load_s:.2f} s, relaunch {comp.relaunch_s:.2f} s")
+          f"detect {comp.detect_s:.2f} s, load {comp.load_s:.2f} s, relaunch {comp.relaunch_s:.2f} s (on its nodes "
+          f"for the last {comp.relaunch_placed_s or comp.relaunch_s:.2f} s)")
     errors, measured = {}, {p: goodput(r, times[p]) for p, r in runs.items()}
     for policy, run in runs.items():
         own = replace(comp, measured_step_s=tuple(times[policy].items()))

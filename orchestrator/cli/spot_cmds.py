@@ -144,7 +144,8 @@ def _victim(chaos, node_id: Optional[str], node_type: Optional[str]):
 
 
 _TIMES_HELP = ("Component time NAME=SECONDS, repeatable: checkpoint (pause per save, default 2), relaunch (loss to "
-               "first step of a new attempt, 19.3), detect (4.5), load (4.1), reform (re-forming on the survivors, "
+               "first step of a new attempt, 19.3), relaunch_placed (its last part, once its group holds its nodes; "
+               "default all of it), detect (4.5), load (4.1), reform (re-forming on the survivors, "
                "5), grow (5), step_overhead (per step beyond the data-parallel share, 0). Defaults: bench/recovery.py.")
 _MANIFEST = typer.Argument(..., help="PretrainJob manifest (max_steps, batch, workers, checkpoint).")
 _NODES = typer.Option(..., "--nodes", min=1, help="Spot nodes (one worker each) at full capacity.")

@@ -76,6 +76,9 @@ class Components:
     load_s: float = 4.1
     reform_s: float = 5.0           # re-forming the worker group on the survivors (bench/spot.py goal)
     grow_s: float = 5.0             # adding returned nodes at a checkpoint boundary
+    # The last part of a relaunch, once its worker group holds its nodes (workers start, load, first
+    # step): a node lost before then is none of the group's, so the start goes on. None: all of it.
+    relaunch_placed_s: float | None = None
     # (world size, seconds per step) measured on a cluster (bench/spot.py); other sizes use the form
     measured_step_s: tuple[tuple[int, float], ...] = ()
 
@@ -86,7 +89,8 @@ class Components:
         return self.step_s_one / workers + self.step_overhead_s
 
 
-_TIME_NAMES = {"checkpoint": "checkpoint_s", "relaunch": "relaunch_s", "detect": "detect_s", "load": "load_s",
+_TIME_NAMES = {"checkpoint": "checkpoint_s", "relaunch": "relaunch_s", "relaunch_placed": "relaunch_placed_s",
+               "detect": "detect_s", "load": "load_s",
                "reform": "reform_s", "grow": "grow_s", "step_overhead": "step_overhead_s"}
 
 
@@ -160,6 +164,7 @@ class Run:
         self.w = sc.fit(self.usable)
         self.resume_at: float | None = None
         self.resume_action = ""
+        self.start_due: float | None = None  # when a relaunch start waiting for nodes would have ended
         self.grow_pending = False
         # This attempt's record, as the trainer's resize journal keeps it: losses, worker-seconds, and
         # what each re-form cost (the trainer prices a grow by their median).
@@ -288,6 +293,8 @@ class Run:
         as well, and the manager relaunches again (bench/spot.py saw it: a second node gone while the
         first relaunch started cost a second relaunch). An elastic attempt told of the loss by a
         notice only starts its worker group again, without the node (driver/start_guard.py)."""
+        if self.resume_at - self.t > self._placed_s():
+            return self._lost_before_placement()
         starting = self.sc.fit(before)
         hit = int(self.rng.hypergeometric(starting, before - starting, gone)) if starting and gone else 0
         if hit == 0 or self.out.finished:
@@ -300,9 +307,28 @@ class Run:
         else:
             self._relaunch(noticed=False)  # nothing to save: the attempt had not stepped
 
+    def _placed_s(self) -> float:
+        placed = self.comp.relaunch_placed_s
+        return self.comp.relaunch_s if placed is None else min(placed, self.comp.relaunch_s)
+
+    def _lost_before_placement(self) -> None:
+        """A relaunched attempt's group holds its nodes only for the last part of its start
+        (``relaunch_placed_s``): a node lost earlier is none of its own. The start goes on, and waits
+        for enough nodes if the pool now holds too few (bench/spot.py saw attempts survive losses
+        early in their start, and fail only on those near its end)."""
+        if not self.sc.fit(self.usable):
+            self.start_due, self.resume_at = self.resume_at, None
+
+    def _start_left(self) -> float:
+        """A relaunch start's time once its nodes are there: all of it, or for a start that waited
+        after losing a node before its group was placed, what was left but at least the placed part."""
+        due, self.start_due = self.start_due, None
+        return self.comp.relaunch_s if due is None else max(due - self.t, self._placed_s())
+
     def _relaunch(self, noticed: bool) -> None:
         self.out.recoveries["relaunch"] += 1
         self.w, self.losses, self.worker_s, self.reform_costs = 0, 0, 0.0, []  # a new attempt, a new record
+        self.start_due = None
         if self.sc.fit(self.usable):
             self._pause((self.comp.checkpoint_s if noticed else 0.0) + self.comp.relaunch_s, "restart")
         else:  # the new attempt waits for enough nodes; their return starts it (gain), as one relaunch
@@ -314,7 +340,7 @@ class Run:
             return
         if self.w == 0 and self.resume_at is None and self.sc.fit(self.usable):
             # The attempt relaunched at the loss waited for enough nodes: it starts now (no new relaunch).
-            self._pause(self.comp.relaunch_s, "restart")
+            self._pause(self._start_left(), "restart")
         elif self.sc.policy == "elastic" and self.w and self.sc.fit(self.usable) > self.w:
             self.grow_pending = True
 
