@@ -215,7 +215,7 @@ def components(runs: dict[str, RunResult], held: Timeline, nodes: int) -> Compon
     by_kind = {k: [r for r in resizes(runs["elastic"]) if r.get("kind") == k] for k in KINDS}
     base = Components(step_s_one=a, step_overhead_s=b, checkpoint_s=ckpt)
     notice, lost, grow = by_kind["shrink_notice"], by_kind["shrink_lost"], by_kind["grow"]
-    rel = relaunches(runs["relaunch"], held, nodes)
+    rel, placed = relaunches(runs["relaunch"], held, nodes), placed_s(runs["relaunch"])
     return replace(
         base,
         reform_s=max(0.0, median([r["pause_s"] for r in notice]) - ckpt) if notice else base.reform_s,
@@ -224,7 +224,7 @@ def components(runs: dict[str, RunResult], held: Timeline, nodes: int) -> Compon
         detect_s=median([r["detect_s"] for r in lost]) if lost else base.detect_s,
         load_s=median([(r["load_s"] or 0) + (r["first_step_s"] or 0) for r in lost]) if lost else base.load_s,
         relaunch_s=median([r["total_s"] - r["wait_s"] for r in rel]) if rel else base.relaunch_s,
-        relaunch_placed_s=median(placed_s(runs["relaunch"])) if placed_s(runs["relaunch"]) else None)
+        relaunch_placed_s=median(placed) if placed else None)
 
 
 def timeline(changes: list[Change], notice_s: float, horizon_s: float) -> Timeline:

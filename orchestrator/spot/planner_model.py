@@ -293,7 +293,8 @@ class Run:
         as well, and the manager relaunches again (bench/spot.py saw it: a second node gone while the
         first relaunch started cost a second relaunch). An elastic attempt told of the loss by a
         notice only starts its worker group again, without the node (driver/start_guard.py)."""
-        if self.resume_at - self.t > self._placed_s():
+        placed = self.comp.relaunch_placed_s
+        if placed is not None and self.resume_at - self.t > min(placed, self.comp.relaunch_s):
             return self._lost_before_placement()
         starting = self.sc.fit(before)
         hit = int(self.rng.hypergeometric(starting, before - starting, gone)) if starting and gone else 0
