@@ -293,8 +293,8 @@ class Run:
         as well, and the manager relaunches again (bench/spot.py saw it: a second node gone while the
         first relaunch started cost a second relaunch). An elastic attempt told of the loss by a
         notice only starts its worker group again, without the node (driver/start_guard.py)."""
-        placed = self.comp.relaunch_placed_s
-        if placed is not None and self.resume_at - self.t > min(placed, self.comp.relaunch_s):
+        placed = self._placed_s()
+        if placed is not None and self.resume_at - self.t > placed:
             return self._lost_before_placement()
         starting = self.sc.fit(before)
         hit = int(self.rng.hypergeometric(starting, before - starting, gone)) if starting and gone else 0
@@ -308,9 +308,10 @@ class Run:
         else:
             self._relaunch(noticed=False)  # nothing to save: the attempt had not stepped
 
-    def _placed_s(self) -> float:
+    def _placed_s(self) -> float | None:
+        """The placed part of a relaunch's start; None when unset (a loss at any time fails the start)."""
         placed = self.comp.relaunch_placed_s
-        return self.comp.relaunch_s if placed is None else min(placed, self.comp.relaunch_s)
+        return None if placed is None else min(placed, self.comp.relaunch_s)
 
     def _lost_before_placement(self) -> None:
         """A relaunched attempt's group holds its nodes only for the last part of its start
@@ -324,7 +325,7 @@ class Run:
         """A relaunch start's time once its nodes are there: all of it, or for a start that waited
         after losing a node before its group was placed, what was left but at least the placed part."""
         due, self.start_due = self.start_due, None
-        return self.comp.relaunch_s if due is None else max(due - self.t, self._placed_s())
+        return self.comp.relaunch_s if due is None else max(due - self.t, self._placed_s() or 0.0)
 
     def _relaunch(self, noticed: bool) -> None:
         self.out.recoveries["relaunch"] += 1
