@@ -153,6 +153,11 @@ EXIT_REASONS: dict[int, EndReason] = {
 }
 
 
+# Reasons an exit code shares with its own: the trainer's final heartbeat names which one it was.
+# A node lost under a fixed attempt exits 69 like any temporary failure (driver/node_loss.py).
+TRAINER_REFINES: dict[int, frozenset[EndReason]] = {ExitCode.INFRASTRUCTURE: frozenset({EndReason.NODE_LOST})}
+
+
 def reason_for_exit(code: int | None) -> EndReason:
     """An exit code the trainer did not choose (a signal, a crash) means the worker was lost."""
     if code is None:

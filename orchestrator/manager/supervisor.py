@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from orchestrator.contract import EXIT_REASONS, EndReason
+from orchestrator.contract import EXIT_REASONS, TRAINER_REFINES, EndReason
 from orchestrator.errors import PermanentError
 from orchestrator.manager.auth import hash_token, new_token
 from orchestrator.manager.backends.base import AttemptStatus, Backend, LaunchRequest, RunState
@@ -248,11 +248,13 @@ class Supervisor:
 
     @staticmethod
     def _reason(att: dict[str, Any], status: AttemptStatus) -> EndReason:
-        """The backend's own knowledge first, then the trainer's exit code, then its last word."""
+        """The backend's own knowledge first, then the trainer's exit code (which its last word may
+        refine: a lost node exits 69 like any temporary failure), then its last word."""
         if status.reason is not None:
             return status.reason
         if status.state is RunState.EXITED and status.exit_code in EXIT_REASONS:
-            return EXIT_REASONS[status.exit_code]
+            said = att["final_reason"] and EndReason(att["final_reason"])
+            return said if said in TRAINER_REFINES.get(status.exit_code, ()) else EXIT_REASONS[status.exit_code]
         if att["final_reason"]:
             return EndReason(att["final_reason"])
         return EndReason.WORKER_LOST

@@ -5,6 +5,7 @@ Reads the manifest, resumes from the newest committed checkpoint under spec.chec
 spec.checkpoint.every_steps, handles SIGTERM like a preemption (checkpoint, report, exit 75).
 Behaviour for tests comes from metadata.labels (only on the attempt named by fake-attempt, default 1):
   fake-step-s: seconds per step       fake-exit-at: "STEP:CODE" exit with CODE after STEP
+  ("STEP:CODE:REASON": first a final 'failed' heartbeat giving REASON, as the real driver does)
   fake-hang-at: STEP stop reporting   fake-no-heartbeat: "1" never report
   fake-ignore-term: "1" ignore SIGTERM (only SIGKILL stops it)
   fake-startup-s: seconds before the first step (node scale-up, image pull, engine build)
@@ -104,8 +105,11 @@ def main():
         print(f"step {step} loss {10.0 / step:.3f}", flush=True)
         exit_at = labels.get("fake-exit-at")
         if special and exit_at and step == int(exit_at.split(":")[0]):
-            print(f"exiting with code {exit_at.split(':')[1]}", flush=True)
-            sys.exit(int(exit_at.split(":")[1]))
+            _, code, *reason = exit_at.split(":")
+            if reason:
+                post({**base, "step": step, "status": "failed", "reason": reason[0], "message": "fake"})
+            print(f"exiting with code {code}", flush=True)
+            sys.exit(int(code))
         if _stop["term"]:
             ckpt = save(root, step, attempt)
             post({**base, "step": step, "status": "preempted", "checkpoint": ckpt})

@@ -105,6 +105,17 @@ def test_exit_codes_follow_the_policy(mgr, tmp_path, code, phase, attempts):
     assert len(mgr.store.attempts(job_id)) == attempts
 
 
+@pytest.mark.parametrize("said,recorded", [("node_lost", "node_lost"), ("nan_loss", "infrastructure")])
+def test_the_trainers_final_word_refines_exit_69_only_to_a_reason_that_shares_it(mgr, tmp_path, said, recorded):
+    """A lost node exits 69 like any temporary failure and says node_lost in its final heartbeat;
+    a final word that contradicts the exit code (nan_loss is exit 67) does not override it."""
+    job_id = submit(mgr, make_manifest(tmp_path, max_steps=6, labels={"fake-exit-at": f"3:69:{said}"}))
+    job = drive(mgr, job_id, terminal)
+    a1 = mgr.store.attempts(job_id)[0]
+    assert (a1["end_reason"], a1["exit_code"]) == (recorded, 69)
+    assert job["phase"] == "SUCCEEDED", "either way a temporary failure, retried"
+
+
 def test_exhausted_budget_fails(mgr, tmp_path):
     job_id = submit(mgr, make_manifest(tmp_path, max_steps=6, labels={"fake-exit-at": "2:69"}, max_restarts=0))
     job = drive(mgr, job_id, terminal)

@@ -12,8 +12,10 @@ from orchestrator.contract import EndReason, ExitCode, Heartbeat, Resize, Skippe
 from orchestrator.errors import CheckpointError, DataError, ManifestError, StaleAttemptError
 from orchestrator.spec import parse_manifest
 from orchestrator.train.driver import ending_of
+from orchestrator.train.driver.elastic import InsufficientCapacity
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import FencedError, NanLossError
+from orchestrator.train.worker.errors import NodeLost
 from orchestrator.train.worker.engine import deepspeed_config, grad_accum_steps, lr_multiplier
 from tests.recording_server import RecordingServer
 
@@ -78,6 +80,8 @@ def test_lr_schedules(schedule, expected):
     (CheckpointError("checkpoint URI not writable"), ExitCode.CHECKPOINT_ERROR, EndReason.CHECKPOINT_ERROR),
     (MemoryError(), ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),
     (RuntimeError("??"), ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
+    (NodeLost("node 10.0.0.7 died"), ExitCode.INFRASTRUCTURE, EndReason.NODE_LOST),
+    (InsufficientCapacity("fewer than 2 workers fit"), ExitCode.INFRASTRUCTURE, EndReason.NODE_LOST),
 ])
 def test_exit_codes(exc, code, reason):
     assert ending_of(exc)[:2] == (code, reason)

@@ -31,8 +31,9 @@ import time
 from typing import Any
 
 from orchestrator.contract import ExitCode
-from orchestrator.errors import StaleAttemptError, TemporaryError
+from orchestrator.errors import StaleAttemptError
 from orchestrator.spot.planner_model import grow_pays
+from orchestrator.train.worker.errors import NodeLost
 
 log = logging.getLogger("bertctl.train.elastic")
 
@@ -49,8 +50,9 @@ GROW_SETTLE_S = 10.0
 _KEEP_RECORDS = 8
 
 
-class InsufficientCapacity(TemporaryError):
-    """Fewer than resources.workers.min workers fit the cluster for too long after a loss."""
+class InsufficientCapacity(NodeLost):
+    """Fewer than resources.workers.min workers fit the cluster for too long after a loss: the
+    attempt ends as node_lost (the loss is why it ends) and the manager relaunches it."""
 
 
 class ResizeJournal:

@@ -134,7 +134,8 @@ def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     """Start or join Ray, run the trainer to its end, and leave Ray as it was found."""
     import ray
 
-    from orchestrator.train.driver.launch import build_trainer, ray_phase, start_ray, waiting_for_workers
+    from orchestrator.train.driver.launch import build_trainer, elastic, ray_phase, start_ray, waiting_for_workers
+    from orchestrator.train.driver.node_loss import fit_naming_node_loss
 
     reporter.starting(ray_phase())
     log.info("timing: ray_start=%.3f", time.time())
@@ -148,7 +149,10 @@ def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
         trainer = build_trainer(job, loop_config, work_dir / "ray", metrics_file,
                                 name=f"{identity.job_id}-attempt-{identity.attempt}")
         reporter.starting(waiting_for_workers(job))
-        trainer.fit()
+        if elastic(job):  # its failure policy tells lost capacity from a crash (driver/elastic.py)
+            trainer.fit()
+        else:
+            fit_naming_node_loss(trainer.fit)
     finally:
         watcher.uninstall()
         log.info("timing: fit_end=%.3f", time.time())

@@ -14,13 +14,16 @@ from __future__ import annotations
 from orchestrator.contract import EndReason, ExitCode
 from orchestrator.errors import (CheckpointError, DataError, ManifestError, PermanentError, StaleAttemptError,
                                  StorageError, TemporaryError)
-from orchestrator.train.worker.errors import NanLossError, PreemptedError
+from orchestrator.train.worker.errors import NanLossError, NodeLost, PreemptedError
 
 
 # Order matters: the first matching class wins (subclasses before their bases).
 _CODES: list[tuple[type[BaseException] | str, ExitCode, EndReason]] = [
     (NanLossError, ExitCode.NAN_LOSS, EndReason.NAN_LOSS),
     (PreemptedError, ExitCode.PREEMPTED, EndReason.PREEMPTED),
+    # A temporary error like any other (exit 69, retried); its reason tells the job's record and
+    # its mean time between losses that capacity went away (contract.TRAINER_REFINES).
+    (NodeLost, ExitCode.INFRASTRUCTURE, EndReason.NODE_LOST),
     (StaleAttemptError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
     (ManifestError, ExitCode.USER_ERROR, EndReason.INVALID_CONFIG),
     (DataError, ExitCode.DATA_ERROR, EndReason.DATA_ERROR),

@@ -28,3 +28,8 @@ class NodePreempted(CapacityChanged):
 
 class GrowRequested(CapacityChanged):
     """The cluster holds more workers than the group has; the checkpoint of this step committed."""
+
+
+class NodeLost(TemporaryError):
+    """A node of the attempt's cluster died under it (a spot reclaim without notice, a host that
+    failed): capacity went away, the run itself is not at fault (driver/node_loss.py)."""

@@ -1,0 +1,55 @@
+"""A fixed-size attempt that loses a node ends as ``node_lost``, not as a crash.
+
+When a node is taken without notice (a spot reclaim, a host that fails), the surviving workers'
+collectives fail at once ("Connection reset by peer"), seconds before Ray's health checks declare
+the node dead. Untyped, that failure reads as an infrastructure error: the job's record would show
+a crash where capacity went away, and the observed mean time between losses, which sizes
+``checkpoint.every_steps: auto``, would never count it. So when an attempt on a cluster of several
+nodes fails with an infrastructure error, the driver waits (up to ``elastic.NODE_DEATH_WAIT_S``,
+returning as soon as Ray gives its verdict) for a node that died since the attempt started, and
+if one did, ends with ``NodeLost``: exit 69 as before (retried), reason ``node_lost``.
+
+On a single-node cluster nothing is awaited: the only node is the driver's own, and a crash there
+is no loss of capacity. An elastic attempt classifies its losses in its failure policy
+(ray_policies.CapacityRecovery) and ends on one with ``InsufficientCapacity``, a ``NodeLost``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from orchestrator.train.driver.elastic import capacity_lost, dead_nodes
+from orchestrator.train.worker.errors import NodeLost
+
+log = logging.getLogger("bertctl.train")
+
+
+def fit_naming_node_loss(fit: Callable[[], Any]) -> Any:
+    """Run ``fit``; an infrastructure failure while a node of the cluster died becomes ``NodeLost``."""
+    known_dead = dead_nodes()
+    watched = len(_alive_nodes()) > 1
+    try:
+        return fit()
+    except Exception as exc:
+        if watched and capacity_lost(exc, known_dead):
+            lost = sorted(dead_nodes() - known_dead)
+            log.info("the attempt failed after node(s) %s died: node_lost", ", ".join(lost))
+            raise NodeLost(f"node(s) {_describe(lost)} of the cluster died under the attempt "
+                           f"({type(exc).__name__}); the manager relaunches it from its newest "
+                           "committed checkpoint when capacity allows") from exc
+        raise
+
+
+def _alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _describe(node_ids: list[str]) -> str:
+    """Each lost node by its address and the start of its id (the id alone names nothing to a user)."""
+    import ray
+
+    address = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()}
+    return ", ".join(f"{address.get(n, '?')} ({n[:8]})" for n in node_ids) or "?"
