@@ -32,13 +32,26 @@ def fit_naming_node_loss(fit: Callable[[], Any]) -> Any:
     try:
         return fit()
     except Exception as exc:
-        if watched and capacity_lost(exc, known_dead):
-            lost = sorted(dead_nodes() - known_dead)
-            log.info("the attempt failed after node(s) %s died: node_lost", ", ".join(lost))
+        lost = _lost_nodes(exc, known_dead) if watched else []
+        if lost:
             raise NodeLost(f"node(s) {_describe(lost)} of the cluster died under the attempt "
                            f"({type(exc).__name__}); the manager relaunches it from its newest "
                            "committed checkpoint when capacity allows") from exc
         raise
+
+
+def _lost_nodes(exc: Exception, known_dead: set[str]) -> list[str]:
+    """The nodes that died since ``known_dead`` when ``exc`` is a loss of capacity, else none.
+    A cluster that cannot answer (its head is going too) leaves the failure as it was."""
+    try:
+        if not capacity_lost(exc, known_dead):
+            return []
+        lost = sorted(dead_nodes() - known_dead)
+    except Exception as cannot_tell:  # noqa: BLE001 - never hide the attempt's own failure behind this one
+        log.warning("cannot tell whether a node was lost: %s", cannot_tell)
+        return []
+    log.info("the attempt failed after node(s) %s died: node_lost", ", ".join(lost))
+    return lost
 
 
 def _alive_nodes() -> list[dict]:
