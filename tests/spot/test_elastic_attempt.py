@@ -78,6 +78,16 @@ def _live_nodes(cluster) -> list[dict]:
     return [n for n in nodes if n["alive"] and n["draining_deadline_ms"] is None]
 
 
+def submit_at_step(server, cluster, body: str, nodes: int, step: int) -> str:
+    """Once ``nodes`` spot nodes are live, submit the job; its id once it has trained ``step`` steps."""
+    until(f"{nodes} live spot nodes", lambda: len(_live_nodes(cluster)) == nodes, 300)
+    r = server.http.post("/v1/jobs", content=body)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    until(f"step {step}", lambda: server.job(job_id)["step"] >= step, 300)
+    return job_id
+
+
 def _job(tmp_path) -> str:
     path = manifest(tmp_path / "job.yaml", build_corpus(tmp_path / "corpus"), tmp_path / "ckpt", steps=MAX_STEPS, every=4,
                     keep_last=100, name="elastic")
@@ -106,11 +116,7 @@ def _bertctl(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_an_elastic_attempt_shrinks_grows_and_survives_a_kill_without_a_relaunch(server, cluster, tmp_path):
-    _until("two live spot nodes", lambda: len(_live_nodes(cluster)) == 2)
-    r = server.http.post("/v1/jobs", content=_job(tmp_path))
-    assert r.status_code == 201, r.text
-    job_id = r.json()["id"]
-    _until("step 6", lambda: server.job(job_id)["step"] >= 6)
+    job_id = submit_at_step(server, cluster, _job(tmp_path), nodes=2, step=6)
 
     notice = _spot(cluster, "preempt", "--notice", str(NOTICE_S), wait=False)
     shrink = _resized(server, job_id, "shrink_notice")

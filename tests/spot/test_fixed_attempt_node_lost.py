@@ -15,8 +15,7 @@ import yaml
 
 from orchestrator.contract import ExitCode
 from tests.manager.procs import terminal
-from tests.spot.scenario import until
-from tests.spot.test_elastic_attempt import _cluster_with_nodes, _live_nodes, _spot
+from tests.spot.test_elastic_attempt import _cluster_with_nodes, _spot, submit_at_step
 from tests.train.conftest import build_corpus, manifest
 
 pytestmark = pytest.mark.chaos
@@ -39,11 +38,7 @@ def _job(tmp_path) -> str:
 
 
 def test_a_fixed_attempt_that_loses_a_node_ends_as_node_lost_and_is_relaunched(server, cluster, tmp_path):
-    until("two live spot nodes", lambda: len(_live_nodes(cluster)) == 2, 300)
-    r = server.http.post("/v1/jobs", content=_job(tmp_path))
-    assert r.status_code == 201, r.text
-    job_id = r.json()["id"]
-    server.wait(job_id, lambda j: j["step"] >= 2, 300)
+    job_id = submit_at_step(server, cluster, _job(tmp_path), nodes=2, step=2)
 
     _spot(cluster, "kill")
     job = server.wait(job_id, lambda j: j["attempts"][0]["state"] == "ended", 180)

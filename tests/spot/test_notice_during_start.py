@@ -19,7 +19,7 @@ from orchestrator.spot.config import parse_config
 from orchestrator.spot.sim_cluster import SimCluster, session_members
 from tests.manager.procs import terminal
 from tests.spot.scenario import until
-from tests.spot.test_elastic_attempt import _live_nodes, _resizes, _spot
+from tests.spot.test_elastic_attempt import _live_nodes, _resizes, _spot, submit_at_step
 from tests.train.conftest import build_corpus, manifest
 
 pytestmark = pytest.mark.chaos
@@ -55,11 +55,7 @@ def _job(tmp_path) -> str:
 
 
 def test_a_node_noticed_while_the_group_re_forms_is_left_out_at_once(server, cluster, tmp_path):
-    until("three live spot nodes", lambda: len(_live_nodes(cluster)) == 3, 120)
-    r = server.http.post("/v1/jobs", content=_job(tmp_path))
-    assert r.status_code == 201, r.text
-    job_id = r.json()["id"]
-    until("step 6", lambda: server.job(job_id)["step"] >= 6, 300)
+    job_id = submit_at_step(server, cluster, _job(tmp_path), nodes=3, step=6)
     log = tmp_path / "data" / "jobs" / job_id / "attempt-1" / "trainer.log"
     assert GROUP_OF_TWO_STARTS not in log.read_text()
 
