@@ -184,7 +184,7 @@ def start_journal(name: str):
     return actor.options(name=name, get_if_exists=True).remote()
 
 
-def capacity_lost(error: BaseException, known_dead: set[str]) -> bool:
+def capacity_lost(error: BaseException, known_dead: set[str], wait_s: float = NODE_DEATH_WAIT_S) -> bool:
     """The failure is lost or changed capacity, never the run's own fault (see the module doc): the
     loop said so (``CapacityChanged``), or a node of the cluster died since the last decision. The
     survivors' collectives fail the moment a peer's node is killed, seconds before Ray's health
@@ -200,7 +200,7 @@ def capacity_lost(error: BaseException, known_dead: set[str]) -> bool:
         return False  # fenced: a newer attempt exists
     if any(isinstance(e, CapacityChanged) for e in chain):
         return True
-    deadline = time.monotonic() + NODE_DEATH_WAIT_S
+    deadline = time.monotonic() + wait_s
     while True:
         if dead_nodes() - known_dead:
             return True

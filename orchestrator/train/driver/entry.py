@@ -152,7 +152,7 @@ def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
         if elastic(job):  # its failure policy tells lost capacity from a crash (driver/elastic.py)
             trainer.fit()
         else:
-            fit_naming_node_loss(trainer.fit)
+            fit_naming_node_loss(trainer.fit, job.spec.recovery.heartbeat_timeout_s)
     finally:
         watcher.uninstall()
         log.info("timing: fit_end=%.3f", time.time())

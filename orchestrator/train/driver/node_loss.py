@@ -5,8 +5,9 @@ collectives fail at once ("Connection reset by peer"), seconds before Ray's heal
 the node dead. Untyped, that failure reads as an infrastructure error: the job's record would show
 a crash where capacity went away, and the observed mean time between losses, which sizes
 ``checkpoint.every_steps: auto``, would never count it. So when an attempt on a cluster of several
-nodes fails with an infrastructure error, the driver waits (up to ``elastic.NODE_DEATH_WAIT_S``,
-returning as soon as Ray gives its verdict) for a node that died since the attempt started, and
+nodes fails with an infrastructure error, the driver waits (up to ``elastic.NODE_DEATH_WAIT_S``, and
+inside half the heartbeat timeout, for no heartbeat comes meanwhile; it returns as soon as Ray gives
+its verdict) for a node that died since the attempt started, and
 if one did, ends with ``NodeLost``: exit 69 as before (retried), reason ``node_lost``.
 
 On a single-node cluster nothing is awaited: the only node is the driver's own, and a crash there
@@ -19,20 +20,21 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from orchestrator.train.driver.elastic import capacity_lost, dead_nodes
+from orchestrator.train.driver.elastic import NODE_DEATH_WAIT_S, capacity_lost, dead_nodes
 from orchestrator.train.worker.errors import NodeLost
 
 log = logging.getLogger("bertctl.train")
 
 
-def fit_naming_node_loss(fit: Callable[[], Any]) -> Any:
+def fit_naming_node_loss(fit: Callable[[], Any], heartbeat_timeout_s: float) -> Any:
     """Run ``fit``; an infrastructure failure while a node of the cluster died becomes ``NodeLost``."""
+    wait_s = min(NODE_DEATH_WAIT_S, heartbeat_timeout_s / 2)
     known_dead = dead_nodes()
     watched = len(_alive_nodes()) > 1
     try:
         return fit()
     except Exception as exc:
-        lost = _lost_nodes(exc, known_dead) if watched else []
+        lost = _lost_nodes(exc, known_dead, wait_s) if watched else []
         if lost:
             raise NodeLost(f"node(s) {_describe(lost)} of the cluster died under the attempt "
                            f"({type(exc).__name__}); the manager relaunches it from its newest "
@@ -40,11 +42,11 @@ def fit_naming_node_loss(fit: Callable[[], Any]) -> Any:
         raise
 
 
-def _lost_nodes(exc: Exception, known_dead: set[str]) -> list[str]:
+def _lost_nodes(exc: Exception, known_dead: set[str], wait_s: float) -> list[str]:
     """The nodes that died since ``known_dead`` when ``exc`` is a loss of capacity, else none.
     A cluster that cannot answer (its head is going too) leaves the failure as it was."""
     try:
-        if not capacity_lost(exc, known_dead):
+        if not capacity_lost(exc, known_dead, wait_s):
             return []
         lost = sorted(dead_nodes() - known_dead)
     except Exception as cannot_tell:  # noqa: BLE001 - never hide the attempt's own failure behind this one
