@@ -212,7 +212,8 @@ def _drive(policy: str, api: _Api, doc: dict, chaos: _StoppableChaos, changes: l
         _until(f"{job_id} to be cancelled", lambda: api.job(job_id)["phase"] in _TERMINAL, 180)
     chaos.stop()
     job = api.job(job_id)
-    return RunResult(policy, job, api.events(job_id), api.points(job_id), t0, t_end, capped, losses, log_dir)
+    return RunResult(policy, job, api.events(job_id), api.points(job_id), t0, t_end, capped, losses,
+                     log_dir=log_dir)
 
 
 def _started(job: dict[str, Any]) -> bool:

@@ -153,15 +153,22 @@ def fit_step(times: dict[int, float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def relaunched(run: RunResult) -> list[tuple[dict, dict]]:
+    """(ended attempt, the next one) for each relaunch that trained: an attempt that found the last
+    checkpoint at max_steps (its predecessor died after committing it) trains nothing and is no
+    relaunch to time (it ends in a second or two)."""
+    atts = run.job["attempts"]
+    return [(prev, cur) for prev, cur in zip(atts, atts[1:])
+            if prev["ended_at"] is not None and cur["recovery_s"] is not None and cur["resumed_from_step"] is not None]
+
+
 def relaunches(run: RunResult, held: Timeline | None = None, group: int = 0) -> list[dict]:
     """Per relaunch of a fixed attempt: node gone -> attempt ended (detect) -> first step of the next
     (recovery). ``wait_s``: how much of it the pool held fewer than ``group`` nodes (``held``, the
     replay as the nodes the cluster held): the planner waits for those itself, so its relaunch time
     is the rest (``total_s - wait_s``)."""
-    out, atts = [], run.job["attempts"]
-    for prev, cur in zip(atts, atts[1:]):
-        if prev["ended_at"] is None or cur["recovery_s"] is None:
-            continue
+    out = []
+    for prev, cur in relaunched(run):
         gone = [x.gone_at for x in run.losses if x.gone_at <= prev["ended_at"] + 1.0]
         lost_at = max(gone) if gone else prev["ended_at"]
         first_step = prev["ended_at"] + cur["recovery_s"]
@@ -176,10 +183,10 @@ def placed_s(run: RunResult) -> list[float]:
     """Per relaunched attempt that stepped: its first step - its workers' start (the earliest
     ``timing: worker_start`` line in its trainer.log), the part of a relaunch during which its group
     holds its nodes. Slightly short: an actor holds its node a moment before its process logs."""
-    out, atts = [], run.job["attempts"]
-    for prev, cur in zip(atts, atts[1:]):
+    out = []
+    for prev, cur in relaunched(run):
         log = run.log_dir / "jobs" / run.job["id"] / f"attempt-{cur['number']}" / "trainer.log" if run.log_dir else None
-        if prev["ended_at"] is None or cur["recovery_s"] is None or log is None or not log.exists():
+        if log is None or not log.exists():
             continue
         starts = [float(t) for t in re.findall(r"timing: worker_start=([0-9.]+)", log.read_text(errors="replace"))]
         if starts:
