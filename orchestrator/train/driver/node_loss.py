@@ -63,8 +63,8 @@ def _alive_nodes() -> list[dict]:
 
 
 def _describe(node_ids: list[str]) -> str:
-    """Each lost node by its address and the start of its id (the id alone names nothing to a user)."""
+    """Each lost node by its address and its id (`ray list nodes` shows both)."""
     import ray
 
     address = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()}
-    return ", ".join(f"{address.get(n, '?')} ({n[:8]})" for n in node_ids) or "?"
+    return ", ".join(f"{address.get(n, '?')} (node id {n})" for n in node_ids) or "?"
