@@ -5,10 +5,10 @@ collectives fail at once ("Connection reset by peer"), seconds before Ray's heal
 the node dead. Untyped, that failure reads as an infrastructure error: the job's record would show
 a crash where capacity went away, and the observed mean time between losses, which sizes
 ``checkpoint.every_steps: auto``, would never count it. So when an attempt on a cluster of several
-nodes fails with an infrastructure error, the driver waits (up to ``elastic.NODE_DEATH_WAIT_S``, and
-inside half the heartbeat timeout, for no heartbeat comes meanwhile; it returns as soon as Ray gives
-its verdict) for a node that died since the attempt started, and
-if one did, ends with ``NodeLost``: exit 69 as before (retried), reason ``node_lost``.
+nodes fails with an infrastructure error, the driver waits for a node that died since the attempt
+started, and if one did, ends with ``NodeLost``: exit 69 as before (retried), reason ``node_lost``.
+It waits up to ``elastic.NODE_DEATH_WAIT_S`` and within half the heartbeat timeout (no heartbeat
+comes meanwhile), and stops waiting as soon as Ray gives its verdict.
 
 On a single-node cluster nothing is awaited: the only node is the driver's own, and a crash there
 is no loss of capacity. An elastic attempt classifies its losses in its failure policy

@@ -21,9 +21,6 @@ from orchestrator.train.worker.errors import NanLossError, NodeLost, PreemptedEr
 _CODES: list[tuple[type[BaseException] | str, ExitCode, EndReason]] = [
     (NanLossError, ExitCode.NAN_LOSS, EndReason.NAN_LOSS),
     (PreemptedError, ExitCode.PREEMPTED, EndReason.PREEMPTED),
-    # A temporary error like any other (exit 69, retried); its reason tells the job's record and
-    # its mean time between losses that capacity went away (contract.TRAINER_REFINES).
-    (NodeLost, ExitCode.INFRASTRUCTURE, EndReason.NODE_LOST),
     (StaleAttemptError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
     (ManifestError, ExitCode.USER_ERROR, EndReason.INVALID_CONFIG),
     (DataError, ExitCode.DATA_ERROR, EndReason.DATA_ERROR),
@@ -32,6 +29,9 @@ _CODES: list[tuple[type[BaseException] | str, ExitCode, EndReason]] = [
     (MemoryError, ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),
     ("OutOfMemoryError", ExitCode.OUT_OF_MEMORY, EndReason.OUT_OF_MEMORY),  # torch.OutOfMemoryError
     (PermanentError, ExitCode.USER_ERROR, EndReason.INVALID_CONFIG),  # any other: its message says what to fix
+    # A temporary error like any other (exit 69, retried); its reason tells the job's record and
+    # its mean time between losses that capacity went away (contract.TRAINER_REFINES).
+    (NodeLost, ExitCode.INFRASTRUCTURE, EndReason.NODE_LOST),
     (TemporaryError, ExitCode.INFRASTRUCTURE, EndReason.INFRASTRUCTURE),
 ]
 
