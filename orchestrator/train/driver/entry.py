@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from orchestrator.contract import ENV_NOTICE_FILE, CheckpointRef, EndReason, ExitCode, Heartbeat
-from orchestrator.errors import BertctlError, ManifestError
+from orchestrator.errors import BertctlError, ManifestError, StaleAttemptError
 from orchestrator.spec import PretrainJob, load_manifest
-from orchestrator.train.driver.outcome import ending_of, retry_after_s
+from orchestrator.train.driver.outcome import _unwrap, ending_of, retry_after_s
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import PreemptionWatcher
 
@@ -126,7 +126,29 @@ def _run_attempt(job: PretrainJob, identity: Identity, work_dir: Path, metrics_f
     notice_file = os.environ.get(ENV_NOTICE_FILE) or str(work_dir / "preemption-notice")
     loop_config = {"manifest": job.to_dict(), "job_id": identity.job_id, "attempt": identity.attempt,
                    "manager_url": identity.manager_url, "scratch_root": str(scratch), "notice_file": notice_file}
-    _fit_on_ray(job, identity, work_dir, metrics_file, loop_config, reporter)
+    try:
+        _fit_on_ray(job, identity, work_dir, metrics_file, loop_config, reporter)
+    except Exception as exc:
+        if not finished_before(exc, store, job, work_dir):
+            raise
+
+
+def finished_before(exc: Exception, store, job: PretrainJob, work_dir: Path) -> bool:
+    """The attempt failed after committing its checkpoint at max_steps (a node lost as ``fit()``
+    returned): the job is complete. Failing would cost a relaunch that only finds so, or, with the
+    restart budget spent, fail a finished job. A fenced attempt never claims it (a newer one owns the
+    job); a store that cannot be read leaves the failure as it was."""
+    if any(isinstance(e, StaleAttemptError) for e in _unwrap(exc)):
+        return False
+    try:
+        done = _already_done(store, job, work_dir)
+    except Exception as cannot_tell:  # noqa: BLE001 - never hide the attempt's own failure behind this one
+        log.warning("cannot tell whether the final checkpoint committed: %s", cannot_tell)
+        return False
+    if done:
+        log.warning("the attempt failed (%s: %s) after committing its final checkpoint: the job is complete",
+                    type(exc).__name__, exc)
+    return done
 
 
 def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_file: Path,
