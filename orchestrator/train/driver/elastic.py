@@ -31,7 +31,6 @@ import time
 from typing import Any
 
 from orchestrator.contract import ExitCode
-from orchestrator.errors import StaleAttemptError
 from orchestrator.spot.planner_model import grow_pays
 from orchestrator.train.worker.errors import NodeLost
 
@@ -189,16 +188,15 @@ def capacity_lost(error: BaseException, known_dead: set[str], wait_s: float = NO
     loop said so (``CapacityChanged``), or a node of the cluster died since the last decision. The
     survivors' collectives fail the moment a peer's node is killed, seconds before Ray's health
     checks declare that node dead, so a failure without a dead node waits that long for one."""
-    from orchestrator.train.driver.outcome import _unwrap, ending_of
+    from orchestrator.train.driver.outcome import _unwrap, ending_of, fenced
     from orchestrator.train.worker.errors import CapacityChanged
 
     code, _, _ = ending_of(error)
     if code is not ExitCode.INFRASTRUCTURE:
         return False  # NaN, data, config, storage, memory, the driver's own preemption: not ours to retry
-    chain = _unwrap(error)
-    if any(isinstance(e, StaleAttemptError) for e in chain):
-        return False  # fenced: a newer attempt exists
-    if any(isinstance(e, CapacityChanged) for e in chain):
+    if fenced(error):
+        return False  # a newer attempt exists
+    if any(isinstance(e, CapacityChanged) for e in _unwrap(error)):
         return True
     deadline = time.monotonic() + wait_s
     while True:

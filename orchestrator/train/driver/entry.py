@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from orchestrator.contract import ENV_NOTICE_FILE, CheckpointRef, EndReason, ExitCode, Heartbeat
-from orchestrator.errors import BertctlError, ManifestError, StaleAttemptError
+from orchestrator.errors import BertctlError, ManifestError
 from orchestrator.spec import PretrainJob, load_manifest
-from orchestrator.train.driver.outcome import _unwrap, ending_of, retry_after_s
+from orchestrator.train.driver.outcome import ending_of, fenced, retry_after_s
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import PreemptionWatcher
 
@@ -138,7 +138,7 @@ def finished_before(exc: Exception, store, job: PretrainJob, work_dir: Path) -> 
     returned): the job is complete. Failing would cost a relaunch that only finds so, or, with the
     restart budget spent, fail a finished job. A fenced attempt never claims it (a newer one owns the
     job); a store that cannot be read leaves the failure as it was."""
-    if any(isinstance(e, StaleAttemptError) for e in _unwrap(exc)):
+    if fenced(exc):
         return False
     try:
         done = _already_done(store, job, work_dir)

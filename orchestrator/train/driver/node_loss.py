@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from orchestrator.train.driver.elastic import NODE_DEATH_WAIT_S, capacity_lost, dead_nodes
+from orchestrator.train.driver.elastic import NODE_DEATH_WAIT_S, capacity_lost
 from orchestrator.train.worker.errors import NodeLost
 
 log = logging.getLogger("bertctl.train")
@@ -29,42 +29,39 @@ log = logging.getLogger("bertctl.train")
 def fit_naming_node_loss(fit: Callable[[], Any], heartbeat_timeout_s: float) -> Any:
     """Run ``fit``; an infrastructure failure while a node of the cluster died becomes ``NodeLost``."""
     wait_s = min(NODE_DEATH_WAIT_S, heartbeat_timeout_s / 2)
-    known_dead = dead_nodes()
-    watched = len(_alive_nodes()) > 1
+    nodes = _nodes()
+    known_dead = {n for n, node in nodes.items() if not node.get("Alive")}
+    watched = len(nodes) - len(known_dead) > 1
     try:
         return fit()
     except Exception as exc:
         lost = _lost_nodes(exc, known_dead, wait_s) if watched else []
         if lost:
-            raise NodeLost(f"node(s) {_describe(lost)} of the cluster died under the attempt "
+            raise NodeLost(f"node(s) {', '.join(lost)} of the cluster died under the attempt "
                            f"({type(exc).__name__}); the manager relaunches it from its newest "
                            "committed checkpoint when capacity allows") from exc
         raise
 
 
 def _lost_nodes(exc: Exception, known_dead: set[str], wait_s: float) -> list[str]:
-    """The nodes that died since ``known_dead`` when ``exc`` is a loss of capacity, else none.
-    A cluster that cannot answer (its head is going too) leaves the failure as it was."""
+    """The nodes that died since ``known_dead`` when ``exc`` is a loss of capacity, each by its
+    address and id (`ray list nodes` shows both), else none. A cluster that cannot answer (its
+    head is going too) leaves the failure as it was."""
     try:
         if not capacity_lost(exc, known_dead, wait_s):
             return []
-        lost = sorted(dead_nodes() - known_dead)
+        nodes = _nodes()
     except Exception as cannot_tell:  # noqa: BLE001 - never hide the attempt's own failure behind this one
         log.warning("cannot tell whether a node was lost: %s", cannot_tell)
         return []
+    lost = [f"{node.get('NodeManagerAddress', '?')} (node id {n})" for n, node in sorted(nodes.items())
+            if not node.get("Alive") and n not in known_dead]
     log.info("the attempt failed after node(s) %s died: node_lost", ", ".join(lost))
     return lost
 
 
-def _alive_nodes() -> list[dict]:
+def _nodes() -> dict[str, dict]:
+    """Every node Ray knows of, alive or dead, by id."""
     import ray
 
-    return [n for n in ray.nodes() if n.get("Alive")]
-
-
-def _describe(node_ids: list[str]) -> str:
-    """Each lost node by its address and its id (`ray list nodes` shows both)."""
-    import ray
-
-    address = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes()}
-    return ", ".join(f"{address.get(n, '?')} (node id {n})" for n in node_ids) or "?"
+    return {n["NodeID"]: n for n in ray.nodes()}

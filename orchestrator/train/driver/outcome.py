@@ -58,6 +58,12 @@ def _matches(exc: BaseException, kind: type[BaseException] | str) -> bool:
     return isinstance(exc, kind)
 
 
+def fenced(exc: BaseException) -> bool:
+    """A newer attempt exists (the manager answered 409, or the checkpoint store's fence): this
+    attempt's ending is never retried inside it nor claimed as the job's."""
+    return any(isinstance(e, StaleAttemptError) for e in _unwrap(exc))
+
+
 def ending_of(exc: BaseException) -> tuple[ExitCode, EndReason, BaseException]:
     """(exit code, reason, the exception that decided) for a failed attempt."""
     chain = _unwrap(exc)
