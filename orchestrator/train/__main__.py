@@ -4,7 +4,12 @@ import logging
 import os
 import sys
 
-from orchestrator.train.driver.entry import main
+# Before Ray is imported (it reads this once): an attempt's log keeps every worker's lines. Ray
+# folds lines that differ only in their numbers into one "[repeated Nx across cluster]", which
+# would hide all but one worker's `timing:` lines, the ones a slow start or resize is read from.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from orchestrator.train.driver.entry import main  # noqa: E402 - after the line above
 
 if __name__ == "__main__":
     code = main()

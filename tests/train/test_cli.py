@@ -61,6 +61,8 @@ def test_bertctl_run_prepares_trains_exports_and_fills_masks(tmp_path):
     for noise in (b"sample_ids", b"Reporting training result", b"Failed to query Ray Train Controller"):
         assert noise not in log, noise
     assert log_bytes_per_step(log, STEPS) <= MAX_LOG_BYTES_PER_STEP, log.decode()[-5000:]
+    # Every worker's own timing lines, not folded into one by Ray's log deduplication.
+    assert log.count(b"timing: worker_start") == 2 and log.count(b"timing: engine_built") == 2
     # TensorBoard's reader reads the run's scalars from beside the checkpoints.
     from tests.train.test_tensorboard import read_scalars
 
