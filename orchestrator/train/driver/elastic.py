@@ -54,6 +54,11 @@ class InsufficientCapacity(NodeLost):
     attempt ends as node_lost (the loss is why it ends) and the manager relaunches it."""
 
 
+class RecoveriesSpent(NodeLost):
+    """The attempt lost capacity once more after MAX_RECOVERIES re-forms: it ends as node_lost
+    (capacity is why it ends, not a crash) and the manager's retry budget decides."""
+
+
 class ResizeJournal:
     """Times of each resize of one attempt, from the three places that see a part of it."""
 
@@ -66,6 +71,7 @@ class ResizeJournal:
         self.worker_s = 0.0        # worker-seconds the attempt's groups ran, up to their last step
         self.running_since: float | None = None  # the running group's first step
         self.created_at = time.time()  # with the attempt (driver/launch.py starts it)
+        self.gave_up: str | None = None  # why the controller stopped re-forming on a capacity loss
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
         """The old group's rank 0, right before its workers end to re-form (after any checkpoint)."""
@@ -101,6 +107,14 @@ class ResizeJournal:
         if self.pending["kind"] != "grow":
             self.losses += 1
         self.pending["failed_at"] = at
+
+    def give_up(self, why: str) -> None:
+        """The controller's failure policy ends the attempt on a capacity loss it will not re-form
+        for; the driver names it (``ended_on_capacity``) rather than leave an untyped failure."""
+        self.gave_up = why
+
+    def ended_on_capacity(self) -> str | None:
+        return self.gave_up
 
     def pending_kind(self) -> str | None:
         """What the group being re-formed is for, as far as the journal knows yet ("interrupted":

@@ -157,7 +157,7 @@ def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     import ray
 
     from orchestrator.train.driver.launch import build_trainer, elastic, ray_phase, start_ray, waiting_for_workers
-    from orchestrator.train.driver.node_loss import fit_naming_node_loss
+    from orchestrator.train.driver.node_loss import fit_elastic, fit_naming_node_loss
 
     reporter.starting(ray_phase())
     log.info("timing: ray_start=%.3f", time.time())
@@ -172,7 +172,8 @@ def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
                                 name=f"{identity.job_id}-attempt-{identity.attempt}")
         reporter.starting(waiting_for_workers(job))
         if elastic(job):  # its failure policy tells lost capacity from a crash (driver/elastic.py)
-            trainer.fit()
+            journal = trainer.resize_journal
+            fit_elastic(trainer.fit, lambda: ray.get(journal.ended_on_capacity.remote(), timeout=10))
         else:
             fit_naming_node_loss(trainer.fit, job.spec.recovery.heartbeat_timeout_s)
     finally:

@@ -12,7 +12,9 @@ comes meanwhile), and stops waiting as soon as Ray gives its verdict.
 
 On a single-node cluster nothing is awaited: the only node is the driver's own, and a crash there
 is no loss of capacity. An elastic attempt classifies its losses in its failure policy
-(ray_policies.CapacityRecovery) and ends on one with ``InsufficientCapacity``, a ``NodeLost``.
+(ray_policies.CapacityRecovery), which re-forms the group on each; when it stops re-forming (too
+little capacity for too long: ``InsufficientCapacity``; too many re-forms: ``RecoveriesSpent``),
+the attempt ends as ``node_lost`` too (``fit_elastic``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from orchestrator.train.driver.elastic import NODE_DEATH_WAIT_S, capacity_lost
+from orchestrator.train.driver.elastic import NODE_DEATH_WAIT_S, RecoveriesSpent, capacity_lost
 from orchestrator.train.worker.errors import NodeLost
 
 log = logging.getLogger("bertctl.train")
@@ -40,6 +42,23 @@ def fit_naming_node_loss(fit: Callable[[], Any], heartbeat_timeout_s: float) -> 
             raise NodeLost(f"node(s) {', '.join(lost)} of the cluster died under the attempt "
                            f"({type(exc).__name__}); the manager relaunches it from its newest "
                            "committed checkpoint when capacity allows") from exc
+        raise
+
+
+def fit_elastic(fit: Callable[[], Any], ended_on_capacity: Callable[[], str | None]) -> Any:
+    """Run an elastic attempt's ``fit``; when its failure policy gave up re-forming on a capacity
+    loss (``ended_on_capacity`` says why; the resize journal keeps it), the failure is that loss.
+    Ray Train raises the last failure of the group as it was: untyped, it would read as a crash."""
+    try:
+        return fit()
+    except Exception as exc:
+        try:
+            why = ended_on_capacity()
+        except Exception as cannot_tell:  # noqa: BLE001 - never hide the attempt's own failure behind this one
+            log.warning("cannot tell whether the attempt ended on lost capacity: %s", cannot_tell)
+            why = None
+        if why:
+            raise RecoveriesSpent(why) from exc
         raise
 
 

@@ -41,13 +41,26 @@ class CapacityRecovery(DefaultFailurePolicy):
         retry = isinstance(training_failed_error, PreemptionError) or capacity_lost(
             training_failed_error, self.known_dead)
         self.known_dead = dead_nodes()
-        if not retry or self.recoveries >= MAX_RECOVERIES:
+        if not retry:
             log.info("attempt ends: %s", type(training_failed_error).__name__)
+            return FailureDecision.RAISE
+        if self.recoveries >= MAX_RECOVERIES:
+            self._give_up(f"capacity was lost again after {self.recoveries} re-forms of the worker group "
+                          f"in this attempt (at most {MAX_RECOVERIES}); the manager relaunches the attempt "
+                          "from its newest committed checkpoint when its retry policy allows")
             return FailureDecision.RAISE
         self.recoveries += 1
         self.journal.failed.remote(time.time(), _noticed(training_failed_error))
         log.info("capacity changed: the worker group re-forms (%d so far)", self.recoveries)
         return FailureDecision.RETRY
+
+
+    def _give_up(self, why: str) -> None:
+        log.info("attempt ends: %s", why)
+        try:  # awaited: the driver asks the journal once fit() has raised
+            ray.get(self.journal.give_up.remote(why), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the attempt ends either way; only its reason is at stake
+            log.warning("cannot record why the attempt ends: %s", exc)
 
 
 class CheckpointBoundaryElastic(ElasticScalingPolicy):
