@@ -21,6 +21,12 @@ holding a copy of the ops this machine has already built, as a node's image woul
 its CPU comm op through torch's JIT loader, which holds a lock file in that directory; shared by
 every simulated node, a lock left by a node killed in that second blocked every later DeepSpeed
 start on the machine. A killed node now takes only its own directory down, as a real one takes its disk.
+
+The spot nodes start no log monitor of their own. Every simulated node writes its workers' logs into
+the one session directory of this machine, and Ray's log monitor forwards every file there to the
+drivers: one monitor per node printed each worker line once per node, and a node that joined later
+printed every earlier line again. The head's monitor alone forwards each line once, as on a cluster
+where each node's monitor sees only its own disk.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ class SpotNodeProvider(FakeMultiNodeProvider):
             # Outside the lock: the autoscaler launches on its own threads and keeps listing nodes.
             time.sleep(self._delay_s)
             for _ in range(count):
-                with self.lock, _environ(TORCH_EXTENSIONS_DIR=self._node_extensions()):
+                with self.lock, _environ(TORCH_EXTENSIONS_DIR=self._node_extensions()), _no_log_monitor():
                     # re-entrant: the fake provider takes the lock too; ids are read in the same hold
                     before = set(self._nodes)
                     self._create_node_with_resources_and_labels(node_config, tags, 1, resources, labels)
@@ -155,6 +161,26 @@ def _environ(**values: str | None):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _no_log_monitor():
+    """Nodes started meanwhile run no log monitor (see the module doc). Ray's fake provider builds
+    each node's parameters itself; this only changes the default of that one field."""
+    import ray._private.parameter as parameter
+
+    original = parameter.RayParams
+
+    class NodeParams(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("include_log_monitor", False)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = NodeParams
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
 
 
 def _raylet_dead(node) -> bool:

@@ -82,6 +82,9 @@ def test_autoscaled_nodes_are_preempted_with_and_without_notice_and_come_back(cl
     back = steps["back"]["nodes"]
     assert len(back) >= 2 and not set(back) & {noticed["node_id"], killed["node_id"]}
     _each_node_has_its_own_torch_extensions(cluster, back)
+    # One log monitor (the head's) forwards the machine's worker logs: one per node printed each line per node.
+    monitors = [p.pid for p in session_members(cluster.state()["pid"]) if "log_monitor" in " ".join(_cmdline_of(p))]
+    assert len(monitors) == 1, f"log monitors {monitors} for a head and {len(back)} nodes"
 
     # The provider records a join once the node's launch call returns, a moment after Ray sees it.
     events = _wait_for(cluster, lambda kinds: kinds.count("joined") >= 4)
@@ -109,6 +112,13 @@ def _each_node_has_its_own_torch_extensions(sim: SimCluster, node_ids: list[str]
         assert not (own / "some_op" / "lock").exists()
         dirs.add(own)
     assert len(dirs) == len(node_ids)
+
+
+def _cmdline_of(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # exited meanwhile
+        return []
 
 
 def _environ_of(pid: int) -> dict:
