@@ -157,7 +157,6 @@ def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
     import ray
 
     from orchestrator.train.driver.launch import build_trainer, elastic, ray_phase, start_ray, waiting_for_workers
-    from orchestrator.train.driver.node_loss import fit_elastic, fit_naming_node_loss
 
     reporter.starting(ray_phase())
     log.info("timing: ray_start=%.3f", time.time())
@@ -171,17 +170,26 @@ def _fit_on_ray(job: PretrainJob, identity: Identity, work_dir: Path, metrics_fi
         trainer = build_trainer(job, loop_config, work_dir / "ray", metrics_file,
                                 name=f"{identity.job_id}-attempt-{identity.attempt}")
         reporter.starting(waiting_for_workers(job))
-        if elastic(job):  # its failure policy tells lost capacity from a crash (driver/elastic.py)
-            journal = trainer.resize_journal
-            fit_elastic(trainer.fit, lambda: ray.get(journal.ended_on_capacity.remote(), timeout=10))
-        else:
-            fit_naming_node_loss(trainer.fit, job.spec.recovery.heartbeat_timeout_s)
+        _fit_naming_losses(trainer, job, elastic(job))
     finally:
         watcher.uninstall()
         log.info("timing: fit_end=%.3f", time.time())
         if owned:
             ray.shutdown()
         log.info("timing: ray_down=%.3f", time.time())
+
+
+def _fit_naming_losses(trainer, job: PretrainJob, is_elastic: bool) -> None:
+    """Train; an ending caused by lost capacity is ``NodeLost``, never an untyped crash."""
+    import ray
+
+    from orchestrator.train.driver.node_loss import fit_elastic, fit_naming_node_loss
+
+    if is_elastic:  # its failure policy tells lost capacity from a crash (driver/elastic.py)
+        journal = trainer.resize_journal
+        fit_elastic(trainer.fit, lambda: ray.get(journal.ended_on_capacity.remote(), timeout=10))
+    else:
+        fit_naming_node_loss(trainer.fit, job.spec.recovery.heartbeat_timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
