@@ -54,7 +54,6 @@ class CapacityRecovery(DefaultFailurePolicy):
         log.info("capacity changed: the worker group re-forms (%d so far)", self.recoveries)
         return FailureDecision.RETRY
 
-
     def _give_up(self, why: str) -> None:
         log.info("attempt ends: %s", why)
         try:  # awaited: the driver asks the journal once fit() has raised
