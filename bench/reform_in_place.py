@@ -71,9 +71,10 @@ class Rank:
         torch.set_num_threads(1)
         self.engine = self.model = None
 
-    def form(self, rank: int, world: int, port: int, ckpt: str | None = None, work: str | None = None) -> float:
-        """(Re)join a process group of ``world`` and build the engine, loading ``ckpt`` when given
-        (saved at another world size: through the universal format). Returns the time it ended."""
+    def form(self, rank: int, world: int, port: int, ckpt: str | None = None, work: str | None = None,
+             saved_world: int | None = None) -> float:
+        """(Re)join a process group of ``world`` and build the engine, loading ``ckpt`` (saved on
+        ``saved_world`` ranks: through the universal format) when given. Returns the time it ended."""
         import torch.distributed as dist
 
         from orchestrator.model import build_model
@@ -93,7 +94,7 @@ class Rank:
             self.model = MaskedPositionsPretraining(build_model(fields, nsp=False), nsp=False)
         plan = None
         if ckpt:
-            plan = prepare_resume(ckpt, TAG, saved_world_size=self.saved_world, world_size=world, zero_stage=2,
+            plan = prepare_resume(ckpt, TAG, saved_world_size=saved_world, world_size=world, zero_stage=2,
                                   work_dir=work, is_converter=rank == 0, barrier=dist.barrier)
         self.engine = build_engine(job, self.model, world, on_gpu=False, load_universal=bool(plan and plan.load_universal))
         if plan:
@@ -131,20 +132,14 @@ class Rank:
 
     def save(self, ckpt: str) -> float:
         self.engine.save_checkpoint(ckpt, tag=TAG, save_latest=False)
-        self.saved_world = self.world
         return time.time()
-
-    def remember_saved_world(self, world: int) -> None:
-        self.saved_world = world
 
 
 def _group(ray, actor_cls, world: int, ckpt: str | None = None, work: str | None = None,
            actors: list | None = None, saved_world: int | None = None):
     actors = actors or [actor_cls.remote() for _ in range(world)]
-    if saved_world is not None:
-        ray.get([a.remember_saved_world.remote(saved_world) for a in actors])
     port = free_port()
-    ray.get([a.form.remote(r, world, port, ckpt, work) for r, a in enumerate(actors)])
+    ray.get([a.form.remote(r, world, port, ckpt, work, saved_world) for r, a in enumerate(actors)])
     return actors
 
 
@@ -162,7 +157,8 @@ def one_round(ray, actor_cls, workers: int, scratch: Path) -> tuple[float, float
 
     survivors = group[:-1]
     ray.kill(group[-1])  # the noticed node's worker ends with its node
-    _group(ray, actor_cls, workers - 1, str(ckpt), str(scratch / "in-place"), actors=survivors)
+    _group(ray, actor_cls, workers - 1, str(ckpt), str(scratch / "in-place"), actors=survivors,
+           saved_world=workers)
     stepped, in_place_losses = _first_step(ray, survivors)
     in_place = stepped - saved
 
