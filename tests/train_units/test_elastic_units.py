@@ -217,6 +217,20 @@ def test_a_grow_cut_short_by_a_loss_no_longer_waits_for_its_larger_group():
     assert journal.work_loss_mtbp_s(now=50.0) is None, "the grow's checkpoint had committed: nothing to redo"
 
 
+def test_a_grow_after_an_in_place_shrink_settles_against_the_shrunk_group():
+    journal = ResizeJournal()
+    journal.formed(3, 0, 1.0, 2.0, 3.0)
+    journal.reformed_in_place(10, 3, last_step_at=20.0, decided_at=20.5, departed=[2])
+    [shrink] = journal.formed(2, 10, 21.0, 22.0, 23.0)
+    assert (shrink["kind"], shrink["from_world"], shrink["to_world"], shrink["pause_s"]) == ("shrink_notice", 3, 2, 3.0)
+    assert journal.in_place_state() == ({2}, False)
+    journal.left("grow", 14, 2, last_step_at=30.0)
+    journal.failed(31.0)
+    assert journal.growing_from() == 2, "3 workers is a grow: the policy must not wait for a 4th"
+    journal.failed(32.0)  # a node lost while the group of 3 formed: no larger group is coming
+    assert journal.growing_from() is None
+
+
 def test_a_grow_cut_short_that_still_grows_is_a_grow():
     journal = ResizeJournal()
     journal.formed(2, 0, 1.0, 2.0, 3.0)

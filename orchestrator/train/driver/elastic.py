@@ -72,6 +72,8 @@ class ResizeJournal:
         self.running_since: float | None = None  # the running group's first step
         self.created_at = time.time()  # with the attempt (driver/launch.py starts it)
         self.gave_up: str | None = None  # why the controller stopped re-forming on a capacity loss
+        self.departed: set[int] = set()  # Ray Train ranks that left a group re-formed in place
+        self.complete = False  # the running group committed max_steps
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
         """The old group's rank 0, right before its workers end to re-form (after any checkpoint)."""
@@ -82,6 +84,21 @@ class ResizeJournal:
         if self.running_since is not None and self.world:
             self.worker_s += self.world * max(0.0, at - self.running_since)
         self.running_since = None
+
+    def reformed_in_place(self, step: int, world: int, last_step_at: float, decided_at: float,
+                          departed: list[int]) -> None:
+        """The survivors of a noticed loss formed their group in place (worker/regroup.py): the
+        old group's side of the record and the re-form's decision, in one call from the new rank 0."""
+        self.left("shrink_notice", step, world, last_step_at)
+        self.failed(decided_at, noticed=True)
+        self.departed |= set(departed)
+
+    def finish(self) -> None:
+        self.complete = True
+
+    def in_place_state(self) -> tuple[set[int], bool]:
+        """For the controller's failure policy: the ranks that left in place, and whether the run is complete."""
+        return self.departed, self.complete
 
     def abandoned(self) -> None:
         """The group being formed ends before its first step (a node of it came under notice)."""
@@ -115,6 +132,10 @@ class ResizeJournal:
 
     def ended_on_capacity(self) -> str | None:
         return self.gave_up
+
+    def growing_from(self) -> int | None:
+        """The size of the group that ended to grow, while that grow is pending (and no loss cut it short)."""
+        return self.pending.get("from_world") if self.pending_kind() == "grow" else None
 
     def pending_kind(self) -> str | None:
         """What the group being re-formed is for, as far as the journal knows yet ("interrupted":
@@ -190,11 +211,15 @@ def _record(n: int, pending: dict[str, Any], world: int, resumed: int, started_a
 
 def start_journal(name: str):
     """The journal actor, pinned to this (the driver's) node: it must outlive every spot node."""
+    return on_this_node(ResizeJournal).options(name=name, get_if_exists=True).remote()
+
+
+def on_this_node(cls):
+    """``cls`` as a 0-CPU actor class pinned to this (the driver's) node."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    actor = ray.remote(num_cpus=0, label_selector={ray._raylet.RAY_NODE_ID_KEY: node})(ResizeJournal)
-    return actor.options(name=name, get_if_exists=True).remote()
+    return ray.remote(num_cpus=0, label_selector={ray._raylet.RAY_NODE_ID_KEY: node})(cls)
 
 
 def capacity_lost(error: BaseException, known_dead: set[str], wait_s: float = NODE_DEATH_WAIT_S) -> bool:

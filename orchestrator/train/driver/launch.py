@@ -9,7 +9,6 @@ never through a log: the trainer log stays at a few bytes per step (see ``quiet_
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,6 +21,8 @@ from orchestrator.contract import (
     ATTEMPT_ENV, ENV_ATTEMPT_TOKEN, ENV_ATTEMPT_TOKEN_FILE, ENV_RAY_ADDRESS, INHERITED_BERTCTL_ENV,
 )
 from orchestrator.data.ray_cluster import local_cpus, start_or_join_ray
+from orchestrator.train.driver.metrics_relay import append_rows
+from orchestrator.train.worker.regroup import process_group_backend
 from orchestrator.spec import PretrainJob
 
 # In-attempt retries of errors are off: the manager's supervisor classifies each failure and decides
@@ -37,16 +38,7 @@ class MetricsFile(UserCallback):
         self.path = path
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        """Rank 0's rows, each with the sample ids of every rank for that step (rank order)."""
-        per_rank = [(m or {}).get("rows", []) for m in metrics]
-        lines = []
-        for i, row in enumerate(per_rank[0] if per_rank else []):
-            merged = dict(row)
-            merged["sample_ids"] = [s for rows in per_rank if i < len(rows) for s in rows[i].get("sample_ids", [])]
-            lines.append(json.dumps(merged) + "\n")
-        if lines:
-            with open(self.path, "a") as f:
-                f.writelines(lines)
+        append_rows(self.path, [(m or {}).get("rows", []) for m in metrics])
 
 
 def scaling_config(job: PretrainJob):
@@ -109,16 +101,15 @@ def elastic(job: PretrainJob) -> bool:
 
 
 def controller_env(job: PretrainJob) -> dict[str, str]:
-    """Ray Train's own preemption watcher polls Ray Core for draining nodes and tells the workers.
-    An elastic attempt needs it (a node's notice makes it re-form on the survivors; polled every
-    second, so a notice costs at most a second of its window). A fixed one runs without it: there
-    SIGTERM reaches the workers through our notice relay (worker/preemption.py), and the watcher's
-    actor would cost a process start inside every recovery. Read by the controller."""
+    """Ray Train's own preemption watcher is off. A fixed attempt hears of SIGTERM through our
+    notice relay (worker/preemption.py), and the watcher's actor would cost a process start inside
+    every recovery. An elastic attempt's ranks each watch their own node (worker/regroup.py
+    ``NodeDrainWatch``): on a notice Ray's watcher would hold the controller until the whole group
+    ended, and the survivors re-form in place instead. Read by the controller."""
     if elastic(job):
-        # The controller also looks at its workers every half second (Ray's default: 2 s): a group
-        # that ended to re-form waits that long before Ray Train notices.
-        return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1", "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
-                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+        # The controller looks at its workers every half second (Ray's default: 2 s): a group that
+        # ended to re-form waits that long before Ray Train notices.
+        return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     return {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
@@ -180,6 +171,7 @@ class PretrainTrainer(TorchTrainer):
     gets bertctl's failure and scaling policies (driver/elastic.py) in place of Ray's."""
 
     resize_journal = None  # set by build_trainer for an elastic attempt
+    metrics_relay = None
     capacity_wait_s = 0.0
 
     def _create_default_callbacks(self):
@@ -194,10 +186,10 @@ class PretrainTrainer(TorchTrainer):
         if self.resize_journal is not None:
             from orchestrator.train.driver.ray_policies import CapacityRecovery, CheckpointBoundaryElastic
 
-            controller_init_kwargs["failure_policy"] = CapacityRecovery(self.run_config.failure_config,
-                                                                        self.resize_journal)
-            controller_init_kwargs["scaling_policy"] = CheckpointBoundaryElastic(
-                self.scaling_config, self.resize_journal, self.capacity_wait_s)
+            scaling = CheckpointBoundaryElastic(self.scaling_config, self.resize_journal, self.capacity_wait_s)
+            controller_init_kwargs["scaling_policy"] = scaling
+            controller_init_kwargs["failure_policy"] = CapacityRecovery(
+                self.run_config.failure_config, self.resize_journal, keep_asking=scaling.keep_asking)
         return super()._initialize_and_run_controller(**controller_init_kwargs)
 
 
@@ -210,10 +202,8 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
 
     callbacks = [MetricsFile(str(metrics_file))] if metrics_file else []
     storage_path.mkdir(parents=True, exist_ok=True)
-    # On GPUs, CUDA tensors go over NCCL and the loop's small CPU all-reduces (step metrics,
-    # preemption flags, checkpoint outcomes) over gloo; pure NCCL rejects CPU tensors.
-    backend = "cpu:gloo,cuda:nccl" if job.spec.resources.gpus_per_worker else "gloo"
-    journal, loop_config = _elastic_parts(job, loop_config, name)
+    backend = process_group_backend(job.spec.resources.gpus_per_worker > 0)
+    journal, relay, loop_config = _elastic_parts(job, loop_config, name, metrics_file)
     trainer = PretrainTrainer(
         functools.partial(quiet_worker_loop, loop.train_loop_per_worker),
         train_loop_config=loop_config,
@@ -223,7 +213,7 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
                              failure_config=FailureConfig(max_failures=MAX_FAILURES,
                                                            max_preemption_failures=MAX_FAILURES)),
     )
-    trainer.resize_journal = journal
+    trainer.resize_journal, trainer.metrics_relay = journal, relay  # held while the attempt runs
     if journal is not None:
         from orchestrator.train.driver.elastic import capacity_wait_s
 
@@ -231,12 +221,17 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
     return trainer
 
 
-def _elastic_parts(job: PretrainJob, loop_config: dict[str, Any], name: str):
-    """An elastic attempt's resize journal and the loop config that names it (the workers find it
-    by name; the controller's policies get its handle); (None, loop_config) for a fixed attempt."""
+def _elastic_parts(job: PretrainJob, loop_config: dict[str, Any], name: str, metrics_file: Path | None):
+    """An elastic attempt's resize journal and metrics relay, and the loop config that names them
+    (the workers find them by name; the controller's policies get the journal's handle);
+    (None, None, loop_config) for a fixed attempt."""
     if not elastic(job):
-        return None, loop_config
-    from orchestrator.train.driver.elastic import start_journal
+        return None, None, loop_config
+    from orchestrator.train.driver.elastic import on_this_node, start_journal
+    from orchestrator.train.driver.metrics_relay import MetricsRelay
 
-    journal_name = f"bertctl-resizes-{name}"
-    return start_journal(journal_name), {**loop_config, "resize_journal": journal_name, "elastic": True}
+    journal_name, relay_name = f"bertctl-resizes-{name}", f"bertctl-metrics-{name}"
+    relay = on_this_node(MetricsRelay).options(name=relay_name, get_if_exists=True).remote(
+        str(metrics_file) if metrics_file else None)
+    return start_journal(journal_name), relay, {**loop_config, "resize_journal": journal_name,
+                                                "metrics_relay": relay_name, "elastic": True}

@@ -25,11 +25,14 @@ log = logging.getLogger("bertctl.train.elastic")
 class CapacityRecovery(DefaultFailurePolicy):
     """Retry (re-form the group) on lost capacity only; every other failure ends the attempt."""
 
-    def __init__(self, failure_config, journal) -> None:
+    def __init__(self, failure_config, journal, keep_asking=None) -> None:
+        """``keep_asking``: asks the autoscaler for max workers again (the scaling policy's request,
+        which the controller makes only while no worker fails, and departed ones fail at every poll)."""
         super().__init__(failure_config)
-        self.journal = journal
+        self.journal, self.keep_asking = journal, keep_asking
         self.recoveries = 0
         self.known_dead = dead_nodes()  # built by the driver: nodes dead before the attempt do not count
+        self.departed_seen: set[int] = set()
 
     def make_decision(self, training_failed_error) -> FailureDecision:
         if isinstance(training_failed_error, ControllerError):
@@ -38,6 +41,9 @@ class CapacityRecovery(DefaultFailurePolicy):
                 self.journal.failed.remote(time.time(), True)  # a loss; the record of the pause goes on
                 return FailureDecision.RETRY
             return super().make_decision(training_failed_error)
+        departed = self._departed_only(training_failed_error)
+        if departed is not None:
+            return departed
         retry = isinstance(training_failed_error, PreemptionError) or capacity_lost(
             training_failed_error, self.known_dead)
         self.known_dead = dead_nodes()
@@ -53,6 +59,31 @@ class CapacityRecovery(DefaultFailurePolicy):
         self.journal.failed.remote(time.time(), _noticed(training_failed_error))
         log.info("capacity changed: the worker group re-forms (%d so far)", self.recoveries)
         return FailureDecision.RETRY
+
+    def _departed_only(self, error) -> FailureDecision | None:
+        """Every failing worker is one that left a group re-formed in place (its node is gone):
+        training goes on (NOOP), or once the run is complete the attempt ends, and the driver finds
+        the final checkpoint committed (entry.finished_before). None: a real failure, decided below."""
+        failing = set(getattr(error, "worker_failures", None) or ())
+        if not failing:
+            return None
+        try:
+            departed, complete = ray.get(self.journal.in_place_state.remote(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the journal cannot say: decide as for any failure
+            log.warning("cannot ask the resize journal which workers left in place: %s", exc)
+            return None
+        if not failing <= set(departed):
+            return None
+        self.known_dead = dead_nodes()  # their nodes' deaths are no news to a later decision
+        if complete:
+            log.info("the run is complete; rank(s) %s left earlier, in place", sorted(failing))
+            return FailureDecision.RAISE
+        if self.keep_asking is not None:
+            self.keep_asking()
+        if failing != self.departed_seen:
+            log.info("rank(s) %s left the group in place; their ends are no failure", sorted(failing))
+            self.departed_seen = failing
+        return FailureDecision.NOOP
 
     def _give_up(self, why: str) -> None:
         log.info("attempt ends: %s", why)
@@ -71,7 +102,6 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
         self.journal, self.wait_s = journal, wait_s
         self.formed_once = False
         self.short_since: float | None = None
-        self.size = 0  # of the group formed last
         self.reforming_since: float | None = None
 
     def _get_reserved_resources(self):
@@ -91,6 +121,13 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
         usable = {node: res for node, res in reserved_resources.items() if node not in draining}
         return super()._count_possible_workers(usable)
 
+    def keep_asking(self) -> None:
+        """Ask the autoscaler for max workers (rate-limited by Ray's policy)."""
+        try:
+            self._maybe_send_resource_request()
+        except Exception as exc:  # noqa: BLE001 - the next poll asks again
+            log.warning("cannot ask the autoscaler for workers: %s", exc)
+
     def make_decision_for_running_worker_group(self, worker_group_state, worker_group_status):
         self._maybe_send_resource_request()  # keep asking the autoscaler for max workers
         return NoopDecision()
@@ -103,7 +140,6 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
         if self._settling(decision.num_workers):
             return NoopDecision()
         self.formed_once, self.short_since, self.reforming_since = True, None, None
-        self.size = decision.num_workers
         return decision
 
     def _give_up_when_short_too_long(self) -> None:
@@ -118,17 +154,20 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
     def _settling(self, workers: int) -> bool:
         """A group that ended to grow comes back larger: the resources its own placement held
         show as free only once Ray's reservations catch up (a second or two), so a count no
-        larger than before waits up to GROW_SETTLE_S for them rather than re-forming as it was
-        (unless a loss cut the grow's start short: then no larger group is coming)."""
-        if not self.formed_once or workers > self.size:
-            return False
-        self.reforming_since = self.reforming_since or time.monotonic()
-        if time.monotonic() - self.reforming_since > GROW_SETTLE_S:
+        larger than the group that ended waits up to GROW_SETTLE_S for them rather than
+        re-forming as it was (unless a loss cut the grow's start short: then no larger group is
+        coming). The journal knows that group's size: it may have shrunk in place since this
+        policy sized it."""
+        if not self.formed_once:
             return False
         try:
-            return ray.get(self.journal.pending_kind.remote(), timeout=5) == "grow"
+            growing_from = ray.get(self.journal.growing_from.remote(), timeout=5)
         except Exception:  # noqa: BLE001 - the journal is advisory: decide without it
             return False
+        if growing_from is None or workers > growing_from:
+            return False
+        self.reforming_since = self.reforming_since or time.monotonic()
+        return time.monotonic() - self.reforming_since <= GROW_SETTLE_S
 
 
 def _noticed(error: BaseException) -> bool:

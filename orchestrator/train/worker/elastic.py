@@ -10,6 +10,9 @@
   capacity waits for the next loss's re-form, which takes it in.
 * The first step of a re-formed group: rank 0 completes the resize's record in the journal and
   reports every record of the attempt with its heartbeats (contract.Resize).
+* A node of the group under notice, and the checkpoint inside the notice committed: when the
+  survivors keep the global batch and are at least min, they re-form in place instead
+  (worker/regroup.py): no process ends or starts, and the ranks on the noticed node leave.
 * A node of a group that has not stepped yet comes under notice (it was counted before its notice,
   while the group was being formed): the group ends at once, before loading or after it, and
   re-forms without it; the pause of the record in progress goes on (``leave_if_noticed``).
@@ -22,6 +25,8 @@ import time
 from typing import Any
 
 from orchestrator.contract import Resize
+from orchestrator.spec_rules import valid_worker_counts
+from orchestrator.train.worker import regroup
 from orchestrator.train.worker.errors import NodePreempted, PreemptedError
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, max_over_ranks
 
@@ -71,6 +76,27 @@ class ElasticSide:
         if self.journal is not None:
             self.journal.left.remote(kind, step, self.world_size, last_step_at)
 
+    def reformed_in_place(self, step: int, from_world: int, last_step_at: float, decided_at: float,
+                          departed: tuple[int, ...]) -> None:
+        """The new rank 0, once the survivors formed their group: the old group's side of the record
+        (its rank 0 may have left), and the Ray Train ranks that left, whose ends are no failure."""
+        if self.journal is not None:
+            import ray
+
+            ray.get(self.journal.reformed_in_place.remote(step, from_world, last_step_at, decided_at,
+                                                          list(departed)), timeout=30)
+
+    def finished(self) -> None:
+        """Rank 0, after the last checkpoint committed: the run is complete (the controller's
+        policy then ends the attempt even while the actors of departed ranks read as failed)."""
+        if self.journal is not None:
+            import ray
+
+            try:
+                ray.get(self.journal.finish.remote(), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - the driver finds the final checkpoint either way
+                log.warning("cannot tell the resize journal that the run is complete: %s", exc)
+
     def abandoned(self) -> None:
         """Rank 0, before every rank raises: this group ends before its first step."""
         if self.journal is not None:
@@ -117,13 +143,16 @@ class ElasticSide:
             return None
 
     def _workers_that_fit(self) -> int:
-        """Workers that fit the free resources of live nodes not under notice."""
+        """Workers that fit the free resources of live nodes not under notice, and the group's own
+        placement bundles beyond its size on such nodes: after ranks left in place, Ray places
+        their bundles again on returned capacity, which then shows as reserved, not free."""
         import ray
 
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         alive -= set(ray._private.state.state.get_draining_nodes())
         free = ray._private.state.available_resources_per_node()
-        return sum(_fits(res, self.worker_resources) for node, res in free.items() if node in alive)
+        fits = sum(_fits(res, self.worker_resources) for node, res in free.items() if node in alive)
+        return fits + max(0, _own_bundles_on(alive) - self.world_size)
 
 
 def leave_if_noticed(watcher: PreemptionWatcher, elastic: "ElasticSide | None", resumes_step: int) -> None:
@@ -137,6 +166,29 @@ def leave_if_noticed(watcher: PreemptionWatcher, elastic: "ElasticSide | None", 
     elastic.abandoned()
     raise NodePreempted(f"a node of the group came under notice before its first step; "
                         f"re-forming without it from step {resumes_step}")
+
+
+def _own_bundles_on(nodes: set[str]) -> int:
+    """Bundles of this worker's placement group (Ray Train's, one per worker) placed on ``nodes``."""
+    from ray.util import get_current_placement_group, placement_group_table
+
+    group = get_current_placement_group()
+    if group is None:
+        return 0
+    try:
+        placed = placement_group_table(group).get("bundles_to_node_id", {})
+    except Exception as exc:  # noqa: BLE001 - count free resources only
+        log.warning("cannot read the worker group's placement: %s", exc)
+        return 0
+    return sum(1 for node in placed.values() if node in nodes)
+
+
+def in_place_plan(job, train_rank: int, leaving: bool, committed: bool) -> "regroup.InPlace | None":
+    """Collective after a node's notice: the group the survivors form in place, or None when the
+    group ends and Ray Train re-forms it (worker/regroup.py ``plan``)."""
+    t, workers = job.spec.training, job.spec.resources.workers
+    valid = valid_worker_counts(t.global_batch_size, t.micro_batch_size, range(workers.min, workers.max + 1))
+    return regroup.plan(regroup.take_seats(train_rank, leaving), committed, workers.min, valid)
 
 
 def _fits(free: dict[str, Any], per_worker: dict[str, float]) -> int:

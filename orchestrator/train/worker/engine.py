@@ -140,3 +140,10 @@ def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool, load_un
         dist_init_required=False,
     )
     return engine
+
+
+def scheduler_state(sched) -> dict:
+    """The lr scheduler's plain fields, saved in a checkpoint's state.json."""
+    if sched is None:
+        return {}
+    return {k: v for k, v in sched.state_dict().items() if isinstance(v, (int, float, str, list, type(None)))}

@@ -17,23 +17,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.contract import CheckpointRef, Heartbeat, SkippedCheckpoint
 from orchestrator.errors import CheckpointError, TransientStorageError
 from orchestrator.model import build_model
-from orchestrator.spec import PretrainJob, parse_manifest
+from orchestrator.spec import parse_manifest
 from orchestrator.train.checkpoint import (
     DS_TAG, AsyncUploader, Checkpointer, CheckpointStore, IntervalTracker, Resume, TrainState, mtbp_from_env,
     prepare_resume, rng,
 )
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
 from orchestrator.train.worker import metrics as M
-from orchestrator.train.worker.engine import build_engine
-from orchestrator.train.worker.elastic import elastic_side, leave_if_noticed
+from orchestrator.train.worker.engine import build_engine, scheduler_state
+from orchestrator.train.worker import regroup
+from orchestrator.train.worker.elastic import elastic_side, in_place_plan, leave_if_noticed
 from orchestrator.train.worker.errors import FencedError, GrowRequested, NanLossError, NodePreempted, PreemptedError
 from orchestrator.train.worker.heads import MaskedPositionsPretraining, compile_encoder, device_inputs, mlm_capacity
 from orchestrator.train.worker.inputs import job_stream, tokenizer_files
-from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, ray_drain_probe
+from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest
 from orchestrator.train.worker.progress import Progress
+from orchestrator.train.worker.reports import heartbeat, step_row
 from orchestrator.train.worker.tensorboard import ScalarLog
 
 log = logging.getLogger("bertctl.train.loop")
@@ -54,10 +55,6 @@ class Worker:
     """State of one rank; ``run`` is the whole loop."""
 
     def __init__(self, config: dict[str, Any]):
-        import ray.train
-
-        ctx = ray.train.get_context()
-        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.config = config
         self.job = parse_manifest(config["manifest"])
         self.identity = Identity(job_id=config["job_id"], attempt=int(config["attempt"]),
@@ -66,23 +63,33 @@ class Worker:
         self.device = _device(self.on_gpu)
         t, d = self.job.spec.training, self.job.spec.data  # the head's static row count (worker/heads.py)
         self.mlm_capacity = mlm_capacity(t.micro_batch_size * d.seq_len, d.mlm_probability)
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.rank}-", dir=config.get("scratch_root")))
+        self.member = regroup.Membership.from_ray_train()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"bertctl-{self.member.rank}-", dir=config.get("scratch_root")))
         ckpt = self.job.spec.checkpoint
-        # The driver relays SIGTERM into this file (worker/preemption.py); every rank polls it per step.
-        # An elastic attempt also hears of a node's notice from Ray Train, and re-forms instead of ending.
-        self.elastic = elastic_side(config, self.job, self.rank, self.world_size)
-        self.watcher = PreemptionWatcher(ckpt.preemption_deadline_s, config.get("notice_file"),
-                                         probes=[ray_drain_probe] if self.elastic else None)
+        # An elastic attempt's ranks each watch their own node for a notice, and re-form instead of ending.
+        self.drain = regroup.NodeDrainWatch() if config.get("elastic") else None
         self.interval = IntervalTracker(ckpt.every_steps, mtbp_from_env(), max_steps=self.job.spec.training.max_steps)
-        self.heartbeats = HeartbeatClient(self.identity) if self.rank == 0 else None
-        self.ckpts = Checkpointer(CheckpointStore(ckpt.uri, keep_last=ckpt.keep_last), self.rank, self.world_size,
-                                  self.identity.attempt, self.scratch, uploader=self._uploader())
+        self.heartbeats: HeartbeatClient | None = None  # rank 0's
+        self.ckpts = Checkpointer(CheckpointStore(ckpt.uri, keep_last=ckpt.keep_last), self.member.rank,
+                                  self.member.world_size, self.identity.attempt, self.scratch, uploader=self._uploader())
+        self._join(self.member)
         self.model_config: dict[str, Any] = {}  # set by _build_model (saved in every checkpoint)
         self.engine = None  # the DeepSpeed engine, set by _build_engine
         self.scalars: ScalarLog | None = None  # rank 0's TensorBoard event file, opened by _train
         self.rows: list[dict] = []
         self.last_flush = time.monotonic()
         self.step_end = time.perf_counter()
+
+    def _join(self, member: regroup.Membership) -> None:
+        """What depends on this rank's place in its group; again after the group re-formed in place."""
+        self.member, self.rank, self.world_size = member, member.rank, member.world_size
+        self.ckpts.rank, self.ckpts.world_size = member.rank, member.world_size
+        # The driver relays SIGTERM into this file (worker/preemption.py); every rank polls it per step.
+        self.watcher = PreemptionWatcher(self.job.spec.checkpoint.preemption_deadline_s,
+                                         self.config.get("notice_file"), probes=[self.drain] if self.drain else None)
+        self.elastic = elastic_side(self.config, self.job, self.rank, self.world_size)
+        if self.rank == 0 and self.heartbeats is None:
+            self.heartbeats = HeartbeatClient(self.identity)
 
     def _uploader(self) -> AsyncUploader | None:
         """checkpoint.async_upload: shards upload in the background while training goes on."""
@@ -91,20 +98,32 @@ class Worker:
     # ----- lifecycle
     def run(self) -> None:
         try:
-            resume = self._find_resume()
-            resumes = resume.ckpt.step if resume else 0
-            leave_if_noticed(self.watcher, self.elastic, resumes)  # a node noticed while this group formed
-            stream = job_stream(self.job, self.rank, self.world_size, resume.state.cursor if resume else None)
-            try:
-                state = self._prepare(stream.index, resume)
-                leave_if_noticed(self.watcher, self.elastic, resumes)  # ... or while it loaded
-                self._train(stream, state)
-            finally:
-                stream.close()
+            while self._run_group():
+                pass
         finally:
             self._close()
 
+    def _run_group(self) -> bool:
+        """Train in this group; True when it re-formed in place and this rank trains on in the new one."""
+        resume = self._find_resume()
+        resumes = resume.ckpt.step if resume else 0
+        leave_if_noticed(self.watcher, self.elastic, resumes)  # a node noticed while this group formed
+        stream = job_stream(self.job, self.rank, self.world_size, resume.state.cursor if resume else None)
+        try:
+            state = self._prepare(stream.index, resume)
+            leave_if_noticed(self.watcher, self.elastic, resumes)  # ... or while it loaded
+            self._train(stream, state)
+        except regroup.ReformedInPlace:
+            return True
+        except regroup.LeftGroup:
+            return False
+        finally:
+            stream.close()
+        return False
+
     def _close(self) -> None:
+        if self.drain:
+            self.drain.close()
         if self.heartbeats:
             self.heartbeats.close()
         if self.scalars:
@@ -175,12 +194,11 @@ class Worker:
 
     def _resume_plan(self, resume: Resume):
         """Same world size: load as saved; another one: convert to DeepSpeed's universal format first."""
-        import ray.train
         import torch.distributed as dist
 
         shared = Path(self.config.get("scratch_root") or self.scratch)  # node-local, shared by its ranks
         work = shared / f"universal-{self.identity.attempt}-{resume.ckpt.step:08d}"
-        is_converter = ray.train.get_context().get_local_rank() == 0 if self.config.get("scratch_root") else True
+        is_converter = self.member.local_rank == 0 if self.config.get("scratch_root") else True
         return prepare_resume(str(resume.local / resume.ckpt.root), DS_TAG, resume.state.world_size,
                               self.world_size, resume.state.zero_stage, str(work), is_converter=is_converter,
                               barrier=dist.barrier if dist.is_initialized() else None)
@@ -190,6 +208,8 @@ class Worker:
         run = Progress.from_state(state)
         self.interval.last_save_step = run.step
         if self.rank == 0:  # purges what earlier attempts wrote past the resumed step (worker/tensorboard.py)
+            if self.scalars:  # this rank's file of the group it had before an in-place re-form
+                self.scalars.close()
             self.scalars = ScalarLog(self.job.spec.checkpoint.uri, run.step + 1, self.identity.attempt, self.scratch)
         batches = iter(stream)
         self.step_end = time.perf_counter()
@@ -223,9 +243,29 @@ class Worker:
         """After a notice: the attempt's own ends it; a node's re-forms an elastic group on the survivors."""
         how = "checkpoint committed" if saved else "too late to checkpoint"
         if self.elastic and not self.watcher.attempt_wide:
+            self._reform_in_place(run.step, saved is not None, step_done)  # raises when it can
             self.elastic.leaving("shrink_notice", run.step, step_done)
             raise NodePreempted(f"a node of the group is preempted; after step {run.step}: {how}")
         raise PreemptedError(f"preempted after step {run.step}: {how}")
+
+    def _reform_in_place(self, step: int, committed: bool, step_done: float) -> None:
+        """Collective after a node's notice: the survivors re-form without ending (raises
+        ``ReformedInPlace`` there, ``LeftGroup`` on the noticed node), or nothing happens and
+        the group ends to re-form through Ray Train (worker/regroup.py)."""
+        plan = in_place_plan(self.job, self.member.train_rank, self.drain() is not None, committed)
+        if plan is None:
+            return
+        decided, member = time.time(), plan.membership_of(self.member.train_rank)
+        if member is None:
+            regroup.leave_group()
+            log.info("this node is under notice: rank %d leaves; %d rank(s) go on in place from step %d",
+                     self.rank, len(plan.survivors), step)
+            raise regroup.LeftGroup()
+        old_world, self.engine = self.world_size, None
+        regroup.rejoin(member, plan.survivors[0], regroup.process_group_backend(self.on_gpu))
+        self._join(member)
+        self.elastic.reformed_in_place(step, old_world, step_done, decided, plan.departed)
+        raise regroup.ReformedInPlace()
 
     def _grow_now(self, run: Progress, saved) -> bool:
         """An elastic group grows at a committed checkpoint before max_steps when there is room."""
@@ -262,6 +302,8 @@ class Worker:
             error = CheckpointError if failed.permanent else TransientStorageError
             raise error(f"the checkpoint of step {run.step} (max_steps) did not commit: {failed}")
         self._flush()
+        if self.elastic:
+            self.elastic.finished()
 
     def _save_cost(self) -> float | None:
         """For the preemption decision: the full time to a commit (with async upload: to the
@@ -311,17 +353,17 @@ class Worker:
             step=run.step, tokens_seen=run.tokens, cursor=run.cursor, world_size=self.world_size, ledger=run.ledger,
             attempt=self.identity.attempt, zero_stage=spec.deepspeed.zero_stage,
             global_batch_size=spec.training.global_batch_size, job_id=self.identity.job_id,
-            lr_scheduler=_scheduler_state(self.engine.lr_scheduler), model_config=self.model_config,
+            lr_scheduler=scheduler_state(self.engine.lr_scheduler), model_config=self.model_config,
             nsp=spec.data.nsp)
 
     # ----- reporting
     def _report(self, m: M.StepMetrics, run: Progress, batch, saved, force_flush: bool = False) -> None:
         step = run.step
         if self.heartbeats:
-            self.heartbeats.send(self._heartbeat(m, run))
+            self.heartbeats.send(heartbeat(m, run, self.identity, self.job, self.ckpts, self.world_size, self.elastic))
         t = self.job.spec.training
         if step % t.log_every_steps == 0 or step == t.max_steps:
-            self.rows.append(self._row(m, run, batch, saved))
+            self.rows.append(step_row(m, run, batch, saved, t.max_steps))
             if self.scalars:
                 self.scalars.step(step, m)
         if self.scalars and saved is not None:
@@ -329,48 +371,16 @@ class Worker:
         if m.report or saved is not None or step == t.max_steps or force_flush:
             self._flush()
 
-    def _row(self, m: M.StepMetrics, run: Progress, batch, saved) -> dict:
-        row = {**m.as_row(), "tokens_seen": run.tokens, "max_steps": self.job.spec.training.max_steps,
-               "time": time.time(), "sample_ids": [int(i) for i in getattr(batch, "sample_ids", [])],
-               "sample_digest": run.ledger or None}
-        if saved is not None:
-            row["checkpoint_step"] = saved.step
-            row["checkpoint_stall_s"] = saved.seconds  # how long training waited for this save
-        return row
-
     def _flush(self) -> None:
         """A collective: every rank calls it at the same steps (decided through the all-reduce)."""
-        import ray.train
+        if self.member.in_place:  # Ray Train's report would wait for the ranks that left
+            regroup.relay_rows(self.config["metrics_relay"], self.rows, self.rank, self.world_size)
+        else:
+            import ray.train
 
-        ray.train.report({"rows": self.rows, "rank": self.rank})
+            ray.train.report({"rows": self.rows, "rank": self.rank})
         self.rows = []
         self.last_flush = time.monotonic()
-
-    def _heartbeat(self, m: M.StepMetrics, run: Progress) -> Heartbeat:
-        last = self.ckpts.last
-        ckpt = CheckpointRef(step=last.step, uri=last.uri, world_size=last.world_size,
-                             save_seconds=last.seconds) if last else None
-        return Heartbeat(attempt=self.identity.attempt, status="running", step=m.step,
-                         max_steps=self.job.spec.training.max_steps, loss=_finite(m.loss),
-                         mlm_accuracy=m.mlm_accuracy, nsp_accuracy=m.nsp_accuracy, tokens_per_s=m.tokens_per_s,
-                         lr=m.lr, tokens_seen=run.tokens, world_size=self.world_size, checkpoint=ckpt,
-                         sample_digest=run.ledger or None, resumed_from_step=run.resumed_from,
-                         checkpoint_seconds=self.ckpts.seconds_total,
-                         resizes=(self.elastic.resizes or None) if self.elastic else None,
-                         skipped_checkpoints=[SkippedCheckpoint(step=s, uri=u[:1000], reason=r[:500])
-                                              for s, u, r in self.ckpts.skipped[:8]] or None)
-
-
-def _finite(x: float) -> float | None:
-    import math
-
-    return x if math.isfinite(x) else None
-
-
-def _scheduler_state(sched) -> dict:
-    if sched is None:
-        return {}
-    return {k: v for k, v in sched.state_dict().items() if isinstance(v, (int, float, str, list, type(None)))}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

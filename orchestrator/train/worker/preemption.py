@@ -64,7 +64,7 @@ class PreemptionWatcher:
     def __init__(self, deadline_s: float, notice_file: str | None = None, *,
                  clock: Callable[[], float] = time.time,
                  probes: list[Callable[[], float | None]] | None = None):
-        """``probes``: notices of a NODE of the group (``ray_drain_probe``: Ray Train's drain watch),
+        """``probes``: notices of a NODE of the group (``regroup.NodeDrainWatch``: this rank's node),
         each returning a deadline (unix s, inf when unknown) once given, else None. The notice file
         and SIGTERM are notices to the whole ATTEMPT (the driver's own node is going). After
         ``poll``, ``attempt_wide`` says which kind every rank agreed on: an elastic attempt
@@ -243,17 +243,3 @@ def max_over_ranks(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [float(v) for v in t.tolist()]
-
-
-def ray_drain_probe() -> float | None:
-    """The deadline (unix s; inf when Ray reported none) of a drain Ray Train's preemption watcher
-    pushed to this worker, else None. Reads the worker's own copy (no collective: ``poll`` agrees);
-    ``ray.train.get_preemption_info`` would add a barrier through Ray to every step."""
-    try:
-        from ray.train.v2._internal.execution.context import get_train_context
-        info = get_train_context().preemption_context.preemption_info
-    except (ImportError, AttributeError, RuntimeError):  # not under Ray Train v2, or another layout
-        return None
-    if info is None:
-        return None
-    return info.deadline_ms / 1000.0 if info.deadline_ms else float("inf")

@@ -1,0 +1,218 @@
+"""An elastic group that re-forms in place on a noticed loss: the survivors keep their processes.
+
+A node of the group comes under notice; every rank checkpoints the step inside the notice (the
+loop's preemption path). The noticed node goes only at its deadline, so the old process group
+still works: one gather over it (``take_seats``) tells every rank who leaves and where the new
+group meets. The ranks on noticed nodes leave their process group and end their training
+function. The survivors leave it too, form a new one among themselves (``rejoin``: ranks in the
+old order, the new rank 0 hosting the store) and resume from the checkpoint just committed, as
+any resumed group does: through the universal format for the new world size, and from the data
+cursor for the exact sample order. No process starts and nothing is imported again: about a
+second on this machine, against 15-20 s for a new group (bench/reform_in_place.py).
+
+Only when it can keep its promises (``plan``): the checkpoint of the step committed inside the
+notice, and the survivors are at least ``min`` and keep the global batch. Otherwise every rank
+ends and Ray Train re-forms the group from the newest commit, as before.
+
+What it takes around it (docs/spot.md, "Elastic inside an attempt"):
+
+* Ray Train's controller still counts the workers that left. Their functions returned; once their
+  node is gone their actors read as dead at every poll, which the failure policy answers with
+  NOOP while only departed ranks fail (driver/ray_policies.py).
+* Ray Train's own preemption watcher is off for elastic attempts: it would hold the controller
+  until the whole group ends. Every rank watches its own node instead (``NodeDrainWatch``).
+* ``ray.train.report`` waits for every worker the controller started, so an in-place group never
+  calls it: its rank 0 gathers the rows and hands them to the attempt's metrics relay
+  (driver/launch.py ``MetricsRelay``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+log = logging.getLogger("bertctl.train.elastic")
+
+DRAIN_POLL_S = 1.0
+# A new group waits this long for its members: they are alive and decided together, so a rank
+# that does not come within it is gone, and the collective's failure ends the group.
+REJOIN_TIMEOUT_S = 120.0
+
+
+class LeftGroup(Exception):
+    """This rank's node is under notice and the survivors re-form in place without it."""
+
+
+class ReformedInPlace(Exception):
+    """This rank trains on in the group the survivors just formed."""
+
+
+def process_group_backend(on_gpu: bool) -> str:
+    """On GPUs, CUDA tensors go over NCCL and the loop's small CPU all-reduces (step metrics,
+    preemption flags, checkpoint outcomes) over gloo; pure NCCL rejects CPU tensors."""
+    return "cpu:gloo,cuda:nccl" if on_gpu else "gloo"
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Where this process stands: its rank in Ray Train's group (fixed for its life) and in the
+    process group it trains in now (the same until the group re-forms in place)."""
+
+    train_rank: int
+    rank: int
+    world_size: int
+    local_rank: int
+    in_place: bool = False  # the group was re-formed in place (Ray Train's report is off for it)
+
+    @classmethod
+    def from_ray_train(cls) -> "Membership":
+        import ray.train
+
+        ctx = ray.train.get_context()
+        rank = ctx.get_world_rank()
+        return cls(rank, rank, ctx.get_world_size(), ctx.get_local_rank())
+
+
+@dataclass(frozen=True)
+class Seat:
+    """What each rank tells the others in the gather."""
+
+    train_rank: int
+    leaving: bool
+    node: str
+    host: str
+    port: int  # free on this host now: used if this rank becomes the new rank 0
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """The survivors' new group, in the old rank order."""
+
+    survivors: tuple[Seat, ...]
+    departed: tuple[int, ...]  # the train ranks that leave
+
+    def membership_of(self, train_rank: int) -> Membership | None:
+        """This rank's place in the new group (None: it leaves)."""
+        for rank, seat in enumerate(self.survivors):
+            if seat.train_rank == train_rank:
+                same_node = [s for s in self.survivors if s.node == seat.node]
+                return Membership(train_rank, rank, len(self.survivors), same_node.index(seat), in_place=True)
+        return None
+
+
+def take_seats(train_rank: int, leaving: bool) -> list[Seat]:
+    """Collective over the current group: every rank's seat, in rank order."""
+    import ray
+    import torch.distributed as dist
+
+    seat = Seat(train_rank, leaving, ray.get_runtime_context().get_node_id(),
+                ray.util.get_node_ip_address(), _free_port())
+    seats: list = [None] * dist.get_world_size()
+    dist.all_gather_object(seats, seat)
+    return seats
+
+
+def plan(seats: list[Seat], committed: bool, min_workers: int, valid_counts: list[int]) -> InPlace | None:
+    """The in-place group, or None when the group must end and re-form through Ray Train (every
+    rank decides the same from the same seats)."""
+    survivors = tuple(s for s in seats if not s.leaving)
+    if not committed or not survivors or len(survivors) == len(seats):
+        return None
+    if len(survivors) < min_workers or len(survivors) not in valid_counts:
+        return None
+    return InPlace(survivors, tuple(s.train_rank for s in seats if s.leaving))
+
+
+def rejoin(membership: Membership, master: Seat, backend: str) -> None:
+    """Leave the old process group and form the new one (every survivor, together)."""
+    import torch.distributed as dist
+
+    leave_group()
+    # What Ray Train's torch setup exports on a worker; DeepSpeed reads them.
+    os.environ.update(RANK=str(membership.rank), WORLD_SIZE=str(membership.world_size),
+                      LOCAL_RANK=str(membership.local_rank), MASTER_ADDR=master.host, MASTER_PORT=str(master.port))
+    dist.init_process_group(backend, init_method=f"tcp://{_url_host(master.host)}:{master.port}",
+                            rank=membership.rank, world_size=membership.world_size,
+                            timeout=timedelta(seconds=REJOIN_TIMEOUT_S))
+
+
+def leave_group() -> None:
+    """Destroy this process's process group. DeepSpeed caches a clone of the world group
+    (``deepspeed.utils.groups._WORLD_GROUP``): left in place it points at the destroyed group."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    try:
+        import deepspeed.utils.groups as groups
+    except ImportError:
+        return
+    groups._WORLD_GROUP = None
+
+
+class NodeDrainWatch:
+    """Whether this process's node is being drained (a preemption notice), read from Ray's GCS
+    every ``period_s`` by a daemon thread: the step itself only reads the last answer. Called, it
+    returns the drain's deadline (unix s; inf when Ray has none) or None: a ``PreemptionWatcher``
+    probe."""
+
+    def __init__(self, period_s: float = DRAIN_POLL_S) -> None:
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
+        self.period_s = period_s
+        self._deadline: float | None = None
+        self._stop = threading.Event()
+        self._warned = False
+        self._look()  # a group that starts on a node already under notice knows before its first step
+        self._thread = threading.Thread(target=self._run, name="node-drain-watch", daemon=True)
+        self._thread.start()
+
+    def __call__(self) -> float | None:
+        return self._deadline
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._look()
+
+    def _look(self) -> None:
+        import ray
+
+        try:
+            deadline_ms = ray._private.state.state.get_draining_nodes().get(self.node)
+        except Exception as exc:  # noqa: BLE001 - a GCS hiccup: the next look asks again
+            if not self._warned:
+                log.warning("cannot read the draining nodes (asking again every %.0f s): %s", self.period_s, exc)
+                self._warned = True
+            return
+        if deadline_ms is not None and self._deadline is None:
+            self._deadline = deadline_ms / 1000.0 if deadline_ms else float("inf")
+
+
+def relay_rows(relay_name: str, rows: list[dict], rank: int, world_size: int) -> None:
+    """Collective: rank 0 gathers every rank's buffered rows and hands them to the attempt's metrics
+    relay on the driver's node, which writes them as Ray Train's report would have."""
+    import ray
+    import torch.distributed as dist
+
+    per_rank: list | None = [None] * world_size if rank == 0 else None
+    dist.gather_object(rows, per_rank, dst=0)
+    if rank == 0 and any(per_rank):
+        ray.get(ray.get_actor(relay_name).append.remote(per_rank), timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

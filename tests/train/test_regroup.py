@@ -1,0 +1,80 @@
+"""The in-place re-form (worker/regroup.py) on real processes: a process group of three loses a
+rank, and the two others form a new group and go on in the same processes, then lose one more.
+The rank that leaves first is rank 0, which hosts the old group's store, or the last one."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import ray
+
+from orchestrator.train.worker import regroup
+from orchestrator.train.worker.regroup import InPlace, Seat
+
+
+class Rank:
+    """One worker process in a gloo group, as Ray Train forms it."""
+
+    def __init__(self, rank: int, world: int, port: int):
+        import torch.distributed as dist
+
+        self.train_rank = rank
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+
+    def reform(self, leaving: list[int]):
+        """Leave, or re-form without ``leaving``: (new rank, world, local rank, pid, sum of the train
+        ranks over the new group) or None for a rank that left."""
+        import torch
+        import torch.distributed as dist
+
+        seats = regroup.take_seats(self.train_rank, self.train_rank in leaving)
+        plan = regroup.plan(seats, committed=True, min_workers=1, valid_counts=[1, 2, 3])
+        member = plan.membership_of(self.train_rank)
+        if member is None:
+            regroup.leave_group()
+            return None
+        regroup.rejoin(member, plan.survivors[0], "gloo")
+        total = torch.tensor([float(self.train_rank)])
+        dist.all_reduce(total)
+        return member.rank, dist.get_world_size(), member.local_rank, os.getpid(), float(total)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@pytest.mark.parametrize("first_leaver", [0, 2])
+def test_survivors_re_form_in_their_own_processes(ray_cluster, first_leaver):
+    port = regroup._free_port()
+    actors = [ray.remote(num_cpus=1)(Rank).remote(r, 3, port) for r in range(3)]
+    pids = ray.get([a.pid.remote() for a in actors])
+
+    first = ray.get([a.reform.remote([first_leaver]) for a in actors], timeout=120)
+    survivors = [r for r in range(3) if r != first_leaver]
+    assert first[first_leaver] is None
+    assert [first[r][:3] for r in survivors] == [(0, 2, 0), (1, 2, 1)], "ranks keep their order; one node here"
+    assert [first[r][3] for r in survivors] == [pids[r] for r in survivors], "no process was replaced"
+    assert {first[r][4] for r in survivors} == {float(sum(survivors))}, "a collective over the new group"
+
+    last = survivors[-1]
+    second = ray.get([actors[r].reform.remote([last]) for r in survivors], timeout=120)
+    assert second[1] is None and second[0][:2] == (0, 1) and second[0][4] == float(survivors[0])
+    for a in actors:
+        ray.kill(a)
+
+
+def _seat(rank: int, leaving: bool = False, node: str = "n1") -> Seat:
+    return Seat(rank, leaving, node, "10.0.0.1", 29500 + rank)
+
+
+def test_a_plan_only_where_the_group_keeps_its_promises():
+    seats = [_seat(0, node="a"), _seat(1, True, "b"), _seat(2, node="b"), _seat(3, node="a")]
+    plan = regroup.plan(seats, committed=True, min_workers=1, valid_counts=[1, 3])
+    assert isinstance(plan, InPlace) and plan.departed == (1,)
+    assert plan.membership_of(3) == regroup.Membership(3, 2, 3, 1, in_place=True)  # second rank on node a
+    assert plan.membership_of(2).local_rank == 0 and plan.membership_of(1) is None
+    assert regroup.plan(seats, committed=False, min_workers=1, valid_counts=[3]) is None, "no commit: no resume point"
+    assert regroup.plan(seats, committed=True, min_workers=4, valid_counts=[3]) is None, "below min"
+    assert regroup.plan(seats, committed=True, min_workers=1, valid_counts=[2, 4]) is None, "3 breaks the batch"
+    assert regroup.plan([_seat(0), _seat(1)], committed=True, min_workers=1, valid_counts=[2]) is None, "none leaves"
+    assert regroup.plan([_seat(0, True)], committed=True, min_workers=1, valid_counts=[1]) is None, "none stays"
