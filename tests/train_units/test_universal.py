@@ -157,3 +157,27 @@ def test_an_earlier_conversion_is_reused_only_for_the_same_checkpoint(tmp_path):
     (tmp_path / "t" / "mp_rank_00_model_states.pt").write_bytes(b"newer and longer checkpoint")
     with pytest.raises(CheckpointError, match="universal format failed"):
         prepare_resume(str(tmp_path), "t", 2, 3, 2, str(tmp_path / "w"))
+
+
+def test_converters_on_nodes_that_share_a_work_dir_may_race(tmp_path, monkeypatch):
+    """Nodes whose scratch is one file system (the simulated spot cluster, a shared volume) each
+    convert; the one that finishes second finds the first one's copy in place, not a failure."""
+    from orchestrator.train.checkpoint import universal as U
+
+    _fake_shards(tmp_path / "t", 2)
+    work = tmp_path / "w"
+    others: list = []
+
+    def convert(input_folder: str, output_folder: str) -> None:
+        os.makedirs(output_folder)
+        with open(os.path.join(output_folder, "fp32.pt"), "w") as f:
+            f.write("weights")
+        if not others:  # the other node's converter starts and finishes while this one converts
+            others.append(None)
+            others[0] = prepare_resume(str(tmp_path), "t", 2, 3, 2, str(work), is_converter=True)
+
+    monkeypatch.setattr(U, "_run_ds_to_universal", convert)
+    plan = prepare_resume(str(tmp_path), "t", 2, 3, 2, str(work), is_converter=True)
+    assert plan == others[0] == ResumePlan(str(work), "t_universal", load_universal=True)
+    assert not (work / "t_universal" / U._FAILED).exists()
+    assert not [p for p in os.listdir(work) if p.startswith(".tmp-")]

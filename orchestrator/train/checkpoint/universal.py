@@ -131,11 +131,8 @@ def shard_fingerprint(tag_dir: str) -> str:
 def _convert_once(tag_dir: str, out_dir: str) -> None:
     """Convert into a temporary sibling and rename, so a crash never leaves a half folder in use."""
     fingerprint = shard_fingerprint(tag_dir)
-    done = os.path.join(out_dir, DONE_MARKER)
-    if os.path.isfile(done):
-        with open(done) as f:
-            if f.read() == fingerprint:
-                return  # this very checkpoint was converted already (e.g. by a restarted attempt)
+    if _converted(out_dir, fingerprint):
+        return  # this very checkpoint was converted already (e.g. by a restarted attempt)
     work_dir = os.path.dirname(out_dir)
     os.makedirs(work_dir, exist_ok=True)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -147,11 +144,22 @@ def _convert_once(tag_dir: str, out_dir: str) -> None:
         os.replace(tmp, out_dir)
         _write_latest(work_dir, os.path.basename(out_dir))
     except Exception as exc:  # noqa: BLE001 - any conversion failure becomes one typed error on all ranks
+        if _converted(out_dir, fingerprint):
+            return  # converters on nodes that share work_dir raced, and another one's copy is in place
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, _FAILED), "w") as f:
             f.write(f"{type(exc).__name__}: {exc}")
     finally:
         shutil.rmtree(os.path.dirname(tmp), ignore_errors=True)
+
+
+def _converted(out_dir: str, fingerprint: str) -> bool:
+    """``out_dir`` holds a finished conversion of the checkpoint with this fingerprint."""
+    try:
+        with open(os.path.join(out_dir, DONE_MARKER)) as f:
+            return f.read() == fingerprint
+    except OSError:
+        return False
 
 
 def _write_latest(work_dir: str, tag: str) -> None:
