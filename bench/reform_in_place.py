@@ -1,5 +1,5 @@
 """How fast could a shrink be if the surviving worker processes stayed? The in-place re-form
-beside today's restart, on the same checkpoint, in the same run.
+beside a restart of new processes, on the same checkpoint, in the same run.
 
     .venv/bin/python bench/reform_in_place.py [--workers 4] [--repeats 3]
 
@@ -15,12 +15,14 @@ gloo, on Ray Core actors of this machine:
   form a new one of one rank fewer, convert the checkpoint to the universal format (rank 0),
   rebuild the DeepSpeed engine on the model they hold, load the checkpoint and take a step;
 - restart: every actor ends; one rank fewer of new actors start, import, build the model and
-  the engine, load the same checkpoint and take a step (what a resize does today).
+  the engine, load the same checkpoint and take a step (what a Ray Train re-form does).
 
 Each pause is from the saved checkpoint to the first step done on the smaller group. The last
 line: ``ratios: in_place_s=<median> restart_s=<median> restart_over_in_place=<x>``.
-It is a measurement of the limit, not the trainer: the trainer cannot re-form in place while Ray
-Train's controller replaces whole groups (docs/spot.md, "Goals").
+The trainer re-forms in place on a noticed loss (worker/regroup.py; measured through a real
+manager by bench/spot.py and tests/spot/test_elastic_attempt.py); a grow and a loss without notice
+still start new processes. This bench keeps the two paths side by side on one checkpoint, outside
+Ray Train: the limit, and what every re-form paid before.
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ class Run:
         self.start_due: float | None = None  # when a relaunch start waiting for nodes would have ended
         self.grow_pending = False
         # This attempt's record, as the trainer's resize journal keeps it: losses, worker-seconds, and
-        # what each re-form cost (the trainer prices a grow by their median).
+        # what each re-form with new worker processes cost (a grow's price: their median). A noticed
+        # loss re-forms in place in the trainer and is not one of them.
         self.losses, self.worker_s, self.reform_costs = 0, 0.0, []
 
     # -- training between events ----------------------------------------------------------------
@@ -222,8 +223,9 @@ class Run:
 
     def _grow_if_it_pays(self) -> None:
         """The trainer's rule (``grow_pays``) on what the attempt has seen: worker-seconds per loss and
-        the median re-form cost so far (before its first loss it grows). A grow that does not pay
-        leaves the capacity to the next re-form, which takes it in."""
+        the median cost of its re-forms with new processes (before its first loss, or before such a
+        re-form, it grows). A grow that does not pay leaves the capacity to the next re-form, which
+        takes it in."""
         target = self.sc.fit(self.usable)
         next_loss_s = self.worker_s / self.losses / self.w if self.losses else math.inf
         cost_s = statistics.median_high(self.reform_costs) if self.reform_costs else 0.0
@@ -275,7 +277,8 @@ class Run:
         self.w, self.grow_pending = reformed, False
         self.out.recoveries["notice" if noticed else "no_notice"] += 1
         c = self.comp
-        self.reform_costs.append(c.reform_s if noticed else c.reform_s + c.load_s)
+        if not noticed:
+            self.reform_costs.append(c.reform_s + c.load_s)
         self._pause(c.checkpoint_s + c.reform_s if noticed else c.detect_s + c.reform_s + c.load_s, "")
 
     def _noticed_while_forming(self) -> None:

@@ -1,10 +1,10 @@
 """Elastic inside an attempt, on the simulated spot cluster, through a real manager.
 
-Two 1-CPU spot nodes (the head holds no CPU, so workers run only on spot nodes), a job with
-``workers: {min: 1, max: 2}``. Mid-run: a node taken with a 30 s notice -> the attempt goes on with
-one worker from the checkpoint it took inside the notice (zero steps lost); capacity back -> it grows
-to two workers at its next checkpoint; a node SIGKILLed without notice -> it goes on with one worker
-from its newest committed checkpoint. One attempt throughout (no manager relaunch); every step
+Three 1-CPU spot nodes (the head holds no CPU, so workers run only on spot nodes), a job with
+``workers: {min: 1, max: 3}``. Mid-run: a node taken with a 30 s notice -> the two other workers
+re-form in place and go on from the checkpoint taken inside the notice (zero steps lost, the same
+processes); capacity back -> it grows to three workers at its next checkpoint; a node SIGKILLed
+without notice -> it goes on with two workers from its newest committed checkpoint. One attempt throughout (no manager relaunch); every step
 consumed the uninterrupted stream's samples (`bertctl audit`); each resize is an event with its
 cost, counted in the goodput and shown by `bertctl status`. The job is cancelled once the scenario
 is through (its max_steps is out of reach), so the machine's speed decides nothing.
@@ -33,7 +33,7 @@ NOTICE_S = 30.0
 # through, so how fast this machine trains decides nothing.
 MAX_STEPS = 100_000
 CONFIG = {"head": {"resources": {"CPU": 0}}, "provisioning_delay_s": 1.0, "idle_timeout_s": 600,
-          "node_types": {"spot-cpu": {"resources": {"CPU": 1}, "min_workers": 2, "max_workers": 2}}}
+          "node_types": {"spot-cpu": {"resources": {"CPU": 1}, "min_workers": 3, "max_workers": 3}}}
 
 
 @pytest.fixture
@@ -54,12 +54,12 @@ def _cluster_with_nodes(tmp_path) -> SimCluster:
         sim = SimCluster(tmp_path / f"spot-{tries}", parse_config(CONFIG))
         sim.up()
         try:
-            until("two spot nodes joined", lambda: sum(e["kind"] == "joined" for e in sim.events()) >= 2, 120)
+            until("three spot nodes joined", lambda: sum(e["kind"] == "joined" for e in sim.events()) >= 3, 180)
             return sim
         except TimeoutError:
             print(f"cluster try {tries}: its nodes did not join; provider events {sim.events()}")
             sim.down()
-    raise AssertionError("the simulated spot cluster never brought up its two nodes")
+    raise AssertionError("the simulated spot cluster never brought up its three nodes")
 
 
 def _spot(cluster, *args: str, wait: bool = True):
@@ -92,7 +92,8 @@ def _job(tmp_path) -> str:
     path = manifest(tmp_path / "job.yaml", build_corpus(tmp_path / "corpus"), tmp_path / "ckpt", steps=MAX_STEPS, every=4,
                     keep_last=100, name="elastic")
     doc = yaml.safe_load(path.read_text())
-    doc["spec"]["resources"]["workers"] = {"min": 1, "max": 2}
+    doc["spec"]["resources"]["workers"] = {"min": 1, "max": 3}
+    doc["spec"]["training"].update(global_batch_size=12, micro_batch_size=2)  # every world size 1-3 keeps it
     doc["spec"]["checkpoint"]["preemption_deadline_s"] = NOTICE_S
     doc["spec"]["recovery"] = {"max_restarts": 0, "heartbeat_timeout_s": 300}
     return yaml.safe_dump(doc)
@@ -115,30 +116,39 @@ def _bertctl(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def _worker_pids(tmp_path, job_id: str) -> set[str]:
+    """The Ray Train worker processes that have started in the attempt (from its log)."""
+    log = tmp_path / "data" / "jobs" / job_id / "attempt-1" / "trainer.log"
+    return {line.split("pid=")[1].split(")")[0] for line in log.read_text().splitlines()
+            if "(RayTrainWorker pid=" in line and "timing: worker_start=" in line}
+
+
 def test_an_elastic_attempt_shrinks_grows_and_survives_a_kill_without_a_relaunch(server, cluster, tmp_path):
-    job_id = submit_at_step(server, cluster, _job(tmp_path), nodes=2, step=6)
+    job_id = submit_at_step(server, cluster, _job(tmp_path), nodes=3, step=6)
+    workers_before = _worker_pids(tmp_path, job_id)
 
     notice = _spot(cluster, "preempt", "--notice", str(NOTICE_S), wait=False)
     shrink = _resized(server, job_id, "shrink_notice")
-    assert (shrink["from_world"], shrink["to_world"]) == (2, 1)
+    assert (shrink["from_world"], shrink["to_world"]) == (3, 2)
     assert shrink["last_step"] == shrink["resumed_from_step"] and shrink["steps_lost"] == 0, shrink
     parts = [shrink[k] for k in ("detect_s", "reform_s", "load_s", "first_step_s")]
     assert None not in parts and abs(sum(parts) - shrink["pause_s"]) < 0.01, "the pause is the sum of its parts"
+    assert _worker_pids(tmp_path, job_id) == workers_before, "the survivors re-formed in their own processes"
 
     assert notice.wait(timeout=120) == 0, notice.stdout.read()  # it returns once the node is gone
     _spot(cluster, "restore", "--type", "spot-cpu")
     grow = _resized(server, job_id, "grow")
-    assert (grow["from_world"], grow["to_world"]) == (1, 2) and grow["steps_lost"] == 0, grow
+    assert (grow["from_world"], grow["to_world"]) == (2, 3) and grow["steps_lost"] == 0, grow
     assert grow["resumed_from_step"] % 4 == 0, "a grow waits for a checkpoint boundary"
 
-    _until("two steps on two workers", lambda: server.job(job_id)["step"] >= grow["resumed_from_step"] + 2)
+    _until("two steps on three workers", lambda: server.job(job_id)["step"] >= grow["resumed_from_step"] + 2)
     _spot(cluster, "kill")
     lost = _resized(server, job_id, "shrink_lost")
-    assert (lost["from_world"], lost["to_world"]) == (2, 1), lost
+    assert (lost["from_world"], lost["to_world"]) == (3, 2), lost
     committed = [c.step for c in CheckpointStore(str(tmp_path / "ckpt")).committed()]
     assert lost["resumed_from_step"] in committed and lost["resumed_from_step"] >= grow["resumed_from_step"]
 
-    _until("steps on the survivor", lambda: server.job(job_id)["step"] >= lost["resumed_from_step"] + 3)
+    _until("steps on the survivors", lambda: server.job(job_id)["step"] >= lost["resumed_from_step"] + 3)
     assert server.http.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     job = server.wait(job_id, terminal, 120)
     assert job["phase"] == "CANCELLED", job["message"]

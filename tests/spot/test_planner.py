@@ -201,18 +201,30 @@ def test_a_loss_while_a_relaunch_starts_costs_a_new_relaunch_unless_noticed_by_a
 
 
 def test_a_grow_waits_until_the_attempts_own_record_says_it_pays():
-    # 4 nodes, a re-form costs 20 s (the trainer prices a grow by its re-forms): one more worker on a
-    # group of 3 pays once the next loss is expected more than 4 x 20 = 80 s away, i.e. once the
-    # group has run 240 worker-seconds per loss.
-    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=20.0, grow_s=20.0)
+    # 4 nodes, a re-form with new processes costs 20 s (the trainer prices a grow by those): one more
+    # worker on a group of 3 pays once the next loss is expected more than 4 x 20 = 80 s away, i.e.
+    # once the group has run 240 worker-seconds per loss.
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=20.0, grow_s=20.0, detect_s=0.0, load_s=0.0)
     run = Run(Scenario("elastic", 4, 1, 100_000, 20, notice_s=30.0), comp, _LossHitsTheGroup(), start_nodes=4)
     run.advance(10.0)  # 40 worker-seconds
-    run.lose(1, noticed=True)
+    run.lose(1, noticed=False)
     run.gain(1)  # back at once
     run.advance(60.0)  # a checkpoint at ~58 s saw 40 + 3 x 27 = 121 worker-seconds: 40 s to the next loss
     assert run.w == 3 and run.out.recoveries["grow"] == 0
     run.advance(200.0)
     assert run.w == 4 and run.out.recoveries["grow"] == 1
+
+
+def test_a_noticed_re_form_in_place_prices_no_grow():
+    # A noticed loss re-forms in place: cheap, and nothing like the new processes a grow starts. Before
+    # the attempt has measured such a re-form, a grow goes ahead, as in the trainer.
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=2.0, grow_s=200.0)
+    run = Run(Scenario("elastic", 4, 1, 100_000, 20, notice_s=30.0), comp, _LossHitsTheGroup(), start_nodes=4)
+    run.advance(10.0)
+    run.lose(1, noticed=True)
+    run.gain(1)
+    run.advance(60.0)
+    assert run.w == 4 and run.out.recoveries["grow"] == 1 and run.reform_costs == [200.0]
 
 
 class _LossHitsTheGroup:
@@ -223,17 +235,19 @@ class _LossHitsTheGroup:
 
 
 def test_a_re_form_after_a_loss_takes_in_capacity_that_came_back_meanwhile():
-    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=200.0)  # a grow does not pay for long
+    # Losses without notice: the group re-forms with new processes (a noticed one re-forms in place,
+    # on its survivors alone). A re-form costs 200 s: a grow does not pay for long.
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=200.0, detect_s=0.0, load_s=0.0)
     sc = Scenario("elastic", 4, 2, 100_000, 20, notice_s=30.0)
     run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=4)
     run.advance(70.0)
-    run.lose(1, noticed=True)
+    run.lose(1, noticed=False)
     assert run.w == 3
     run.advance(150.0)
     run.gain(1)
     run.advance(370.0)
     assert run.w == 3 and run.out.recoveries["grow"] == 0, "the returned node waits"
-    run.lose(1, noticed=True)
+    run.lose(1, noticed=False)
     assert run.w == 3, "two survivors and the node that came back"
 
 

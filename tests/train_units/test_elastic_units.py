@@ -224,6 +224,8 @@ def test_a_grow_after_an_in_place_shrink_settles_against_the_shrunk_group():
     [shrink] = journal.formed(2, 10, 21.0, 22.0, 23.0)
     assert (shrink["kind"], shrink["from_world"], shrink["to_world"], shrink["pause_s"]) == ("shrink_notice", 3, 2, 3.0)
     assert journal.in_place_state() == ({2}, False)
+    grow, why = journal.should_grow(2, 1, now=25.0)
+    assert grow and "no re-form with new worker processes" in why, "a 3 s in-place re-form prices no grow"
     journal.left("grow", 14, 2, last_step_at=30.0)
     journal.failed(31.0)
     assert journal.growing_from() == 2, "3 workers is a grow: the policy must not wait for a 4th"

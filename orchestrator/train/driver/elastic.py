@@ -73,6 +73,7 @@ class ResizeJournal:
         self.created_at = time.time()  # with the attempt (driver/launch.py starts it)
         self.gave_up: str | None = None  # why the controller stopped re-forming on a capacity loss
         self.departed: set[int] = set()  # Ray Train ranks that left a group re-formed in place
+        self.restart_costs: list[float] = []  # what each re-form with new worker processes cost
         self.complete = False  # the running group committed max_steps
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
@@ -90,6 +91,7 @@ class ResizeJournal:
         """The survivors of a noticed loss formed their group in place (worker/regroup.py): the
         old group's side of the record and the re-form's decision, in one call from the new rank 0."""
         self.left("shrink_notice", step, world, last_step_at)
+        self.pending["in_place"] = True
         self.failed(decided_at, noticed=True)
         self.departed |= set(departed)
 
@@ -155,6 +157,9 @@ class ResizeJournal:
         if pending is not None:
             self.records.append(_record(len(self.records) + 1, pending, world, resumed_from_step, started_at,
                                         loaded_at, first_step_at))
+            cost = None if pending.get("in_place") else _reform_cost(self.records[-1])
+            if cost is not None:
+                self.restart_costs.append(cost)
         return self.records[-_KEEP_RECORDS:]
 
     def work_loss_mtbp_s(self, now: float) -> float | None:
@@ -166,13 +171,14 @@ class ResizeJournal:
 
     def should_grow(self, world: int, added: int, now: float) -> tuple[bool, str]:
         """Whether the running group of ``world`` should re-form now with ``added`` more workers:
-        the planner's ``grow_pays`` rule on this attempt's own loss rate and re-form cost. Before
-        the attempt has lost capacity, and before it has measured a re-form, it grows."""
+        the planner's ``grow_pays`` rule on this attempt's own loss rate and the cost of its re-forms
+        that started new worker processes, as a grow does (an in-place re-form is far cheaper and
+        says nothing of it). Before the attempt has lost capacity, and before it has measured such
+        a re-form, it grows."""
         worker_s = self.worker_s + (world * max(0.0, now - self.running_since) if self.running_since else 0.0)
-        costs = [c for c in (_reform_cost(r) for r in self.records) if c is not None]
-        if not self.losses or not costs:
-            return True, "no loss or re-form measured in this attempt yet"
-        next_loss_s, cost_s = worker_s / self.losses / world, statistics.median_high(costs)
+        if not self.losses or not self.restart_costs:
+            return True, "no loss, or no re-form with new worker processes, measured in this attempt yet"
+        next_loss_s, cost_s = worker_s / self.losses / world, statistics.median_high(self.restart_costs)
         grow = grow_pays(next_loss_s, world, added, cost_s)
         return grow, (f"{added} more worker(s) {'gain' if grow else 'would not gain'} more than a "
                       f"{cost_s:.1f} s re-form before the next loss (expected in {next_loss_s:.0f} s: "
