@@ -13,13 +13,15 @@ Two policies:
   attempt starts ``relaunch_s`` later on the nodes then held (at least ``min_workers``; else it
   waits for capacity) and keeps that size until the next loss. A loss among the nodes it starts on
   while it starts fails it too: the relaunch begins again.
-- ``elastic``: a noticed loss checkpoints inside the notice and re-forms on the survivors
-  (``checkpoint_s + reform_s``, nothing lost); a loss without notice re-forms from the newest
-  commit (``detect_s + reform_s + load_s``, the steps since it lost); returned capacity is taken
-  at the next checkpoint boundary (``grow_s``) when the grow pays for its pause before the next
-  loss (``grow_pays``, judged as the trainer does); every re-form takes in whatever capacity the
-  pool then holds, and a notice for a node of a group being formed starts it again (``reform_s``,
-  nothing to save). Below ``min_workers`` it falls back to a relaunch.
+- ``elastic``: a noticed loss checkpoints inside the notice and the survivors re-form in place
+  (``checkpoint_s + reform_s``, nothing lost; idle capacity waits for a grow), or, when the
+  survivors alone would break the batch rule or fall below ``min_workers``, the group re-forms
+  with new processes on every node the pool holds (``checkpoint_s + reform_s + load_s``); a loss
+  without notice re-forms from the newest commit on every node the pool holds (``detect_s +
+  reform_s + load_s``, the steps since it lost); returned capacity is taken at the next
+  checkpoint boundary (``grow_s``) when the grow pays for its pause before the next loss
+  (``grow_pays``, judged as the trainer does); a notice for a node of a group being formed starts
+  it again (``reform_s``, nothing to save). Below ``min_workers`` it falls back to a relaunch.
 
 Goodput = productive step time (steps kept) / wall, as the manager counts it.
 """
@@ -270,16 +272,25 @@ class Run:
             self.out.steps_lost += self.step - self.committed
             self.step, self.pending_work = self.committed, 0.0
         self.next_ckpt = self.step + self.sc.interval_steps
-        # The re-formed group takes every node the pool holds, idle ones it had not grown into too.
+        if noticed and self.sc.policy == "elastic" and 0 < self.sc.fit(self.w - hit) == self.w - hit:
+            return self._shrink_in_place(self.w - hit)
+        # A group re-formed with new processes takes every node the pool holds, idle ones too.
         reformed = self.sc.fit(self.usable)
         if self.sc.policy == "relaunch" or reformed == 0:
             return self._relaunch(noticed)
         self.w, self.grow_pending = reformed, False
         self.out.recoveries["notice" if noticed else "no_notice"] += 1
         c = self.comp
-        if not noticed:
-            self.reform_costs.append(c.reform_s + c.load_s)
-        self._pause(c.checkpoint_s + c.reform_s if noticed else c.detect_s + c.reform_s + c.load_s, "")
+        self.reform_costs.append(c.reform_s + c.load_s)
+        self._pause((c.checkpoint_s if noticed else c.detect_s) + c.reform_s + c.load_s, "")
+
+    def _shrink_in_place(self, survivors: int) -> None:
+        """The trainer's survivors re-form in place (worker/regroup.py): no new process, so the
+        group is its survivors alone, and capacity the pool holds beyond them waits for a grow."""
+        self.w = survivors
+        self.grow_pending = self.sc.fit(self.usable) > survivors
+        self.out.recoveries["notice"] += 1
+        self._pause(self.comp.checkpoint_s + self.comp.reform_s, "")
 
     def _noticed_while_forming(self) -> None:
         """A notice for a node of the group being formed (after a shrink or for a grow): its start

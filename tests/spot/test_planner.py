@@ -227,6 +227,30 @@ def test_a_noticed_re_form_in_place_prices_no_grow():
     assert run.w == 4 and run.out.recoveries["grow"] == 1 and run.reform_costs == [200.0]
 
 
+def test_a_noticed_loss_re_forms_on_its_survivors_and_idle_capacity_waits_for_a_grow():
+    # 5 nodes, and world sizes 1, 3 and 4 keep the batch: a group of 4 and an idle node. A notice takes
+    # a node of the group: its 3 survivors re-form in place (2 s) without the idle node; the next
+    # checkpoint's grow takes it (before the attempt has measured a re-form with new processes, it grows).
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=2.0, grow_s=30.0)
+    sc = Scenario("elastic", 5, 1, 100_000, 20, notice_s=30.0, sizes=(1, 3, 4))
+    run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=5)
+    run.advance(10.0)
+    assert run.w == 4
+    run.lose(1, noticed=True)
+    assert run.w == 3 and run.resume_at == 13.0 and run.out.recoveries["notice"] == 1
+    run.advance(60.0)
+    assert run.w == 4 and run.out.recoveries["grow"] == 1
+
+
+def test_a_noticed_loss_whose_survivors_break_the_batch_rule_re_forms_with_new_processes():
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=2.0, load_s=5.0)
+    sc = Scenario("elastic", 5, 1, 100_000, 20, notice_s=30.0, sizes=(1, 2, 4))  # a group of 4, one node idle
+    run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=5)
+    run.advance(10.0)
+    run.lose(1, noticed=True)  # 3 survivors break the batch; 4 nodes remain: a group of 4 with new processes
+    assert run.w == 4 and run.resume_at == 18.0 and run.reform_costs == [7.0]
+
+
 class _LossHitsTheGroup:
     """Which held nodes a loss takes, decided: the group's before idle ones."""
 
