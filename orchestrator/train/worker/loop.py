@@ -25,9 +25,8 @@ from orchestrator.train.checkpoint import (
     prepare_resume, rng,
 )
 from orchestrator.train.heartbeat import HeartbeatClient, Identity
-from orchestrator.train.worker import metrics as M
+from orchestrator.train.worker import metrics as M, regroup
 from orchestrator.train.worker.engine import build_engine, scheduler_state
-from orchestrator.train.worker import regroup
 from orchestrator.train.worker.elastic import elastic_side, in_place_plan, leave_if_noticed
 from orchestrator.train.worker.errors import FencedError, GrowRequested, NanLossError, NodePreempted, PreemptedError
 from orchestrator.train.worker.heads import MaskedPositionsPretraining, compile_encoder, device_inputs, mlm_capacity
