@@ -32,8 +32,12 @@ NOTICE_S = 30.0
 # Far more than the scenario needs on any machine: the test cancels the job once the scenario is
 # through, so how fast this machine trains decides nothing.
 MAX_STEPS = 100_000
-CONFIG = {"head": {"resources": {"CPU": 0}}, "provisioning_delay_s": 1.0, "idle_timeout_s": 600,
-          "node_types": {"spot-cpu": {"resources": {"CPU": 1}, "min_workers": 3, "max_workers": 3}}}
+NODES = 3
+
+
+def cluster_config(nodes: int) -> dict:
+    return {"head": {"resources": {"CPU": 0}}, "provisioning_delay_s": 1.0, "idle_timeout_s": 600,
+            "node_types": {"spot-cpu": {"resources": {"CPU": 1}, "min_workers": nodes, "max_workers": nodes}}}
 
 
 @pytest.fixture
@@ -45,21 +49,21 @@ def cluster(tmp_path):
     assert session_members(leader) == [], "the cluster's processes outlived down()"
 
 
-def _cluster_with_nodes(tmp_path) -> SimCluster:
-    """A cluster whose two spot nodes joined. Once, a simulated node's raylet crashed as it started
+def _cluster_with_nodes(tmp_path, nodes: int = NODES) -> SimCluster:
+    """A cluster whose ``nodes`` spot nodes joined. Once, a simulated node's raylet crashed as it started
     (SIGSEGV in Ray's own signal handler) and Ray's fake provider then waited for it forever, so a
     cluster that does not bring its nodes up in time is replaced once: that is the rehearsal tool
     failing, not the behaviour under test (the second try's log says so)."""
     for tries in range(1, 3):
-        sim = SimCluster(tmp_path / f"spot-{tries}", parse_config(CONFIG))
+        sim = SimCluster(tmp_path / f"spot-{tries}", parse_config(cluster_config(nodes)))
         sim.up()
         try:
-            until("three spot nodes joined", lambda: sum(e["kind"] == "joined" for e in sim.events()) >= 3, 180)
+            until(f"{nodes} spot nodes joined", lambda: sum(e["kind"] == "joined" for e in sim.events()) >= nodes, 180)
             return sim
         except TimeoutError:
             print(f"cluster try {tries}: its nodes did not join; provider events {sim.events()}")
             sim.down()
-    raise AssertionError("the simulated spot cluster never brought up its three nodes")
+    raise AssertionError(f"the simulated spot cluster never brought up its {nodes} nodes")
 
 
 def _spot(cluster, *args: str, wait: bool = True):
@@ -124,7 +128,7 @@ def _worker_pids(tmp_path, job_id: str) -> set[str]:
 
 
 def test_an_elastic_attempt_shrinks_grows_and_survives_a_kill_without_a_relaunch(server, cluster, tmp_path):
-    job_id = submit_at_step(server, cluster, _job(tmp_path), nodes=3, step=6)
+    job_id = submit_at_step(server, cluster, _job(tmp_path), nodes=NODES, step=6)
     workers_before = _worker_pids(tmp_path, job_id)
 
     notice = _spot(cluster, "preempt", "--notice", str(NOTICE_S), wait=False)

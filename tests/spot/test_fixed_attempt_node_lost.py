@@ -24,7 +24,7 @@ MAX_STEPS = 100_000  # out of reach: the test cancels the job once the relaunch 
 
 @pytest.fixture
 def cluster(tmp_path):
-    sim = _cluster_with_nodes(tmp_path)
+    sim = _cluster_with_nodes(tmp_path, nodes=2)
     yield sim
     sim.down()
 

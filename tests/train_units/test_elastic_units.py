@@ -228,6 +228,7 @@ def test_a_grow_after_an_in_place_shrink_settles_against_the_shrunk_group():
     assert grow and "no re-form with new worker processes" in why, "a 3 s in-place re-form prices no grow"
     journal.left("grow", 14, 2, last_step_at=30.0)
     journal.failed(31.0)
+    assert journal.in_place_state() == (set(), False), "a new Ray Train group numbers its ranks afresh"
     assert journal.growing_from() == 2, "3 workers is a grow: the policy must not wait for a 4th"
     journal.failed(32.0)  # a node lost while the group of 3 formed: no larger group is coming
     assert journal.growing_from() is None

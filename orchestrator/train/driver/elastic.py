@@ -92,7 +92,7 @@ class ResizeJournal:
         old group's side of the record and the re-form's decision, in one call from the new rank 0."""
         self.left("shrink_notice", step, world, last_step_at)
         self.pending["in_place"] = True
-        self.failed(decided_at, noticed=True)
+        self.failed(decided_at, noticed=True, in_place=True)
         self.departed |= set(departed)
 
     def finish(self) -> None:
@@ -106,12 +106,16 @@ class ResizeJournal:
         """The group being formed ends before its first step (a node of it came under notice)."""
         self.abandoning = True
 
-    def failed(self, at: float, noticed: bool = False) -> None:
+    def failed(self, at: float, noticed: bool = False, in_place: bool = False) -> None:
         """The controller decided to re-form the group (its failure policy said retry; ``noticed``:
-        the capacity went with a notice). A group that ends before its first step (abandoned under
-        a notice, or a node of it lost) continues the record in progress: one pause, until a group
-        steps (and the first group of an attempt is still no resize). Every decision but a grow's
-        is a capacity loss."""
+        the capacity went with a notice), or the survivors re-form in place (``in_place``). A group
+        that ends before its first step (abandoned under a notice, or a node of it lost) continues
+        the record in progress: one pause, until a group steps (and the first group of an attempt
+        is still no resize). Every decision but a grow's is a capacity loss. The controller's
+        re-form replaces every worker: the ranks that had left in place are gone with their group,
+        and the new group's ranks are numbered afresh."""
+        if not in_place:
+            self.departed = set()
         abandoned, self.abandoning = self.abandoning, False
         self._stopped(at)  # a group lost without word: it ran until about now
         never_stepped = abandoned or self.world is None or (self.pending is not None and "failed_at" in self.pending)
