@@ -232,11 +232,13 @@ def on_this_node(cls):
     return ray.remote(num_cpus=0, label_selector={ray._raylet.RAY_NODE_ID_KEY: node})(cls)
 
 
-def capacity_lost(error: BaseException, known_dead: set[str], wait_s: float = NODE_DEATH_WAIT_S) -> bool:
+def capacity_lost(error: BaseException, known_dead: set[str], wait_s: float | None = None) -> bool:
     """The failure is lost or changed capacity, never the run's own fault (see the module doc): the
     loop said so (``CapacityChanged``), or a node of the cluster died since the last decision. The
     survivors' collectives fail the moment a peer's node is killed, seconds before Ray's health
-    checks declare that node dead, so a failure without a dead node waits that long for one."""
+    checks declare that node dead, so a failure without a dead node waits that long for one
+    (``wait_s``, by default NODE_DEATH_WAIT_S as it is when called)."""
+    wait_s = NODE_DEATH_WAIT_S if wait_s is None else wait_s
     from orchestrator.train.driver.outcome import _unwrap, ending_of, fenced
     from orchestrator.train.worker.errors import CapacityChanged
 
