@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from orchestrator.train.worker.regroup import free_port  # noqa: E402 - after the path insert
 
 MANIFEST = {
     "apiVersion": "bertctl/v1", "kind": "PretrainJob", "metadata": {"name": "reform"},
@@ -56,12 +57,6 @@ MANIFEST = {
     },
 }
 TAG = "ds"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Rank:
@@ -104,17 +99,11 @@ class Rank:
         return time.time()
 
     def _leave_group(self) -> None:
-        """Drop the old engine and process group. DeepSpeed caches a clone of the world group
-        (``deepspeed.utils.groups._WORLD_GROUP``): left in place it points at the destroyed group."""
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            return
-        import deepspeed.utils.groups as groups
+        """Drop the old engine and process group, as the trainer's in-place re-form does."""
+        from orchestrator.train.worker.regroup import leave_group
 
         self.engine = None
-        dist.destroy_process_group()
-        groups._WORLD_GROUP = None
+        leave_group()
 
     def steps(self, n: int) -> tuple[float, float]:
         """``n`` optimizer steps on this rank's own seeded batches; (end time, last micro-batch loss)."""

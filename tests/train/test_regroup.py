@@ -45,7 +45,7 @@ class Rank:
 
 @pytest.mark.parametrize("first_leaver", [0, 2])
 def test_survivors_re_form_in_their_own_processes(ray_cluster, first_leaver):
-    port = regroup._free_port()
+    port = regroup.free_port()
     actors = [ray.remote(num_cpus=1)(Rank).remote(r, 3, port) for r in range(3)]
     pids = ray.get([a.pid.remote() for a in actors])
 

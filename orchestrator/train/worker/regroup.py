@@ -110,7 +110,7 @@ def take_seats(train_rank: int, leaving: bool) -> list[Seat]:
     import torch.distributed as dist
 
     seat = Seat(train_rank, leaving, ray.get_runtime_context().get_node_id(),
-                ray.util.get_node_ip_address(), _free_port())
+                ray.util.get_node_ip_address(), free_port())
     seats: list = [None] * dist.get_world_size()
     dist.all_gather_object(seats, seat)
     return seats
@@ -208,7 +208,7 @@ def relay_rows(relay_name: str, rows: list[dict], rank: int, world_size: int) ->
         ray.get(ray.get_actor(relay_name).append.remote(per_rank), timeout=60)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
