@@ -258,3 +258,33 @@ def test_only_re_forms_that_redid_steps_shorten_the_auto_checkpoint_interval(mon
     journal.failed(1200.0)  # lost without word: from the newest commit
     journal.formed(1, 70, 1205.0, 1209.0, 1210.0)
     assert journal.work_loss_mtbp_s(now=1300.0) == pytest.approx(300.0 / 2)
+
+
+class Cluster:
+    """Dead nodes and raylet answers, scripted per probe round, for capacity_lost's wait."""
+
+    def __init__(self, answers: list[bool], dies_after: int | None = None):
+        self.answers, self.dies_after, self.rounds = answers, dies_after, 0
+
+    def dead(self) -> set[str]:
+        return {"node-b"} if self.dies_after is not None and self.rounds >= self.dies_after else set()
+
+    def every_node_answers(self) -> bool:
+        self.rounds += 1
+        return self.answers[min(self.rounds, len(self.answers)) - 1]
+
+
+@pytest.mark.parametrize("answers, dies_after, lost, rounds", [
+    ([True], 6, False, 2),                        # every raylet answers twice: a crash, no verdict awaited
+    ([False], 3, True, 3),                        # a raylet is silent: wait, and Ray declares its node dead
+    ([True, False, True, False, True, True], None, False, 6),  # only answers in a row count
+])
+def test_a_failure_with_every_node_answering_is_a_crash_without_waiting_for_a_verdict(
+        monkeypatch, answers, dies_after, lost, rounds):
+    cluster = Cluster(answers, dies_after)
+    monkeypatch.setattr(elastic, "dead_nodes", cluster.dead)
+    monkeypatch.setattr(elastic.node_probe, "every_node_answers", cluster.every_node_answers)
+    monkeypatch.setattr(elastic.time, "sleep", lambda s: None)
+    failure = WorkerGroupFailure(RuntimeError("gloo: connection reset by peer"))
+    assert capacity_lost(failure, set(), wait_s=3600.0) is lost
+    assert cluster.rounds == rounds

@@ -32,6 +32,7 @@ from typing import Any
 
 from orchestrator.contract import ExitCode
 from orchestrator.spot.planner_model import grow_pays
+from orchestrator.train.driver import node_probe
 from orchestrator.train.worker.errors import NodeLost
 
 log = logging.getLogger("bertctl.train.elastic")
@@ -45,6 +46,9 @@ MAX_RECOVERIES = 100
 # Ray declares a node dead after its missed health checks (3 x 1 s on the simulated cluster, about
 # 30 s with Ray's defaults on a real one); a failed collective waits this long for that verdict.
 NODE_DEATH_WAIT_S = 45.0
+# ... unless every node's raylet answers its health check this many times in a row, 0.5 s apart: then
+# no node is being lost and the failure is a crash (node_probe.py).
+CRASH_PROBES = 2
 GROW_SETTLE_S = 10.0
 _KEEP_RECORDS = 8
 
@@ -237,7 +241,8 @@ def capacity_lost(error: BaseException, known_dead: set[str], wait_s: float | No
     loop said so (``CapacityChanged``), or a node of the cluster died since the last decision. The
     survivors' collectives fail the moment a peer's node is killed, seconds before Ray's health
     checks declare that node dead, so a failure without a dead node waits that long for one
-    (``wait_s``, by default NODE_DEATH_WAIT_S as it is when called)."""
+    (``wait_s``, by default NODE_DEATH_WAIT_S as it is when called), unless every node answers
+    its health check meanwhile: then nothing is being lost and the failure is a crash."""
     wait_s = NODE_DEATH_WAIT_S if wait_s is None else wait_s
     from orchestrator.train.driver.outcome import _unwrap, ending_of, fenced
     from orchestrator.train.worker.errors import CapacityChanged
@@ -249,12 +254,16 @@ def capacity_lost(error: BaseException, known_dead: set[str], wait_s: float | No
         return False  # a newer attempt exists
     if any(isinstance(e, CapacityChanged) for e in _unwrap(error)):
         return True
-    deadline = time.monotonic() + wait_s
+    deadline, answered = time.monotonic() + wait_s, 0
     while True:
         if dead_nodes() - known_dead:
             return True
         if time.monotonic() >= deadline:
             return False  # a process died or a collective failed with every node alive: not capacity
+        answered = answered + 1 if node_probe.every_node_answers() else 0
+        if answered >= CRASH_PROBES:
+            log.info("every node of the cluster answers: the failure is a crash, not lost capacity")
+            return False
         time.sleep(0.5)
 
 

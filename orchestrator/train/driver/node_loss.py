@@ -8,7 +8,8 @@ a crash where capacity went away, and the observed mean time between losses, whi
 nodes fails with an infrastructure error, the driver waits for a node that died since the attempt
 started, and if one did, ends with ``NodeLost``: exit 69 as before (retried), reason ``node_lost``.
 It waits up to ``elastic.NODE_DEATH_WAIT_S`` and within half the heartbeat timeout (no heartbeat
-comes meanwhile), and stops waiting as soon as Ray gives its verdict.
+comes meanwhile), and stops waiting as soon as Ray gives its verdict, or as soon as every node's
+raylet answers its health check (``node_probe.py``: nothing is being lost, the failure is a crash).
 
 On a single-node cluster nothing is awaited: the only node is the driver's own, and a crash there
 is no loss of capacity. An elastic attempt classifies its losses in its failure policy
