@@ -18,9 +18,8 @@ from orchestrator.errors import PermanentError
 from orchestrator.spec import PretrainJob
 from orchestrator.spec_rules import valid_worker_counts
 from orchestrator.spot.capacity import Timeline, from_rate, from_trace
-from orchestrator.spot.planner_model import (
-    POLICIES, PRIOR_MTBP_S, Components, Outcome, Scenario, notice_fits, simulate, young_daly_interval_s,
-)
+from orchestrator.spot.planner_model import POLICIES, Components, Outcome, Scenario, simulate
+from orchestrator.spot.rules import PRIOR_MTBP_S, notice_fits, young_daly_interval_s
 from orchestrator.spot.traces import Trace
 
 # Interval grid around the Young–Daly interval: 1/8x .. 64x in steps of sqrt(2) (a notice that fits a save

@@ -15,8 +15,9 @@ Two policies:
   while it starts fails it too: the relaunch begins again.
 - ``elastic``: a noticed loss checkpoints inside the notice and the survivors re-form in place
   (``checkpoint_s + reform_s``, nothing lost; idle capacity waits for a grow), or, when the
-  survivors alone would break the batch rule or fall below ``min_workers``, the group re-forms
-  with new processes on every node the pool holds (``checkpoint_s + reform_s + load_s``); a loss
+  survivors alone would break the batch rule or fall below ``min_workers``, or when the pool holds
+  idle nodes worth the dearer re-form (the grow rule on the difference of the two costs), the group
+  re-forms with new processes on every node the pool holds (``checkpoint_s + reform_s + load_s``); a loss
   without notice re-forms from the newest commit on every node the pool holds (``detect_s +
   reform_s + load_s``, the steps since it lost); returned capacity is taken at the next
   checkpoint boundary (``grow_s``) when the grow pays for its pause before the next loss
@@ -36,35 +37,9 @@ import numpy as np
 
 from orchestrator.errors import PermanentError
 from orchestrator.spot.capacity import Timeline
+from orchestrator.spot.rules import grow_pays, notice_fits
 
 POLICIES = ("elastic", "relaunch")
-NOTICE_MARGIN = 1.25  # a preemption save starts only when 1.25 x its cost fits in the notice
-# The trainer's mean time between work-losing interruptions before it has observed one
-# (checkpoint/interval.py explains the choice).
-PRIOR_MTBP_S = 2 * 3600.0
-
-
-def notice_fits(notice_s: float, checkpoint_s: float) -> bool:
-    """A loss with this notice checkpoints inside it and loses no step (the trainer's own rule)."""
-    return notice_s > 0 and notice_s >= NOTICE_MARGIN * checkpoint_s
-
-
-def young_daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
-    """Young (1974) / Daly (2006), first order: the interval sqrt(2 C M) between checkpoints."""
-    return math.sqrt(2.0 * checkpoint_s * mtbf_s)
-
-
-def grow_pays(next_loss_s: float, world: int, added: int, grow_s: float) -> bool:
-    """Whether adding ``added`` workers to a group of ``world`` now gains more work than its pause.
-
-    A grow stops every worker for ``grow_s``; the next loss re-forms the group anyway, and that
-    re-form takes in the waiting capacity for free. Until then (``next_loss_s`` away, on average)
-    the grown group does (world + added) * (next_loss_s - grow_s) worker-seconds of work against
-    world * next_loss_s without it: the grow pays when added * next_loss_s > (world + added) * grow_s.
-    The nodes are paid for either way, so the same rule minimises cost per step."""
-    if added < 1:
-        return False
-    return added * next_loss_s > (world + added) * grow_s
 
 
 @dataclass(frozen=True)
@@ -272,7 +247,8 @@ class Run:
             self.out.steps_lost += self.step - self.committed
             self.step, self.pending_work = self.committed, 0.0
         self.next_ckpt = self.step + self.sc.interval_steps
-        if noticed and self.sc.policy == "elastic" and 0 < self.sc.fit(self.w - hit) == self.w - hit:
+        if noticed and self.sc.policy == "elastic" and 0 < self.sc.fit(self.w - hit) == self.w - hit \
+                and not self._widen_pays(self.w - hit):
             return self._shrink_in_place(self.w - hit)
         # A group re-formed with new processes takes every node the pool holds, idle ones too.
         reformed = self.sc.fit(self.usable)
@@ -283,6 +259,20 @@ class Run:
         c = self.comp
         self.reform_costs.append(c.reform_s + c.load_s)
         self._pause((c.checkpoint_s if noticed else c.detect_s) + c.reform_s + c.load_s, "")
+
+    def _widen_pays(self, survivors: int) -> bool:
+        """The trainer's choice under a notice (worker/regroup.py ``Headroom``): re-form with new
+        processes, taking the idle nodes in, when the grow rule says the added workers gain more than
+        that re-form costs beyond one in place; judged on the losses before this one, and taken
+        before anything is measured, as a grow is."""
+        added = self.sc.fit(self.usable) - survivors
+        if added < 1:
+            return False
+        losses_before = self.losses - 1
+        if not losses_before or not self.reform_costs:
+            return True
+        extra_s = max(0.0, statistics.median_high(self.reform_costs) - self.comp.reform_s)
+        return grow_pays(self.worker_s / losses_before / survivors, survivors, added, extra_s)
 
     def _shrink_in_place(self, survivors: int) -> None:
         """The trainer's survivors re-form in place (worker/regroup.py): no new process, so the

@@ -16,9 +16,8 @@ import pytest
 from orchestrator.errors import PermanentError
 from orchestrator.spot.capacity import Timeline, from_rate, from_trace
 from orchestrator.spot.planner import PlanInputs, best_interval, work_loss_mtbf_s, young_daly_steps
-from orchestrator.spot.planner_model import (
-    PRIOR_MTBP_S, Components, Run, Scenario, components_from, grow_pays, simulate, young_daly_interval_s,
-)
+from orchestrator.spot.planner_model import Components, Run, Scenario, components_from, simulate
+from orchestrator.spot.rules import PRIOR_MTBP_S, grow_pays, young_daly_interval_s
 from orchestrator.spot.traces import load_trace
 from orchestrator.train.checkpoint.interval import young_daly_interval_steps
 
@@ -227,19 +226,37 @@ def test_a_noticed_re_form_in_place_prices_no_grow():
     assert run.w == 4 and run.out.recoveries["grow"] == 1 and run.reform_costs == [200.0]
 
 
-def test_a_noticed_loss_re_forms_on_its_survivors_and_idle_capacity_waits_for_a_grow():
-    # 5 nodes, and world sizes 1, 3 and 4 keep the batch: a group of 4 and an idle node. A notice takes
-    # a node of the group: its 3 survivors re-form in place (2 s) without the idle node; the next
-    # checkpoint's grow takes it (before the attempt has measured a re-form with new processes, it grows).
-    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=2.0, grow_s=30.0)
-    sc = Scenario("elastic", 5, 1, 100_000, 20, notice_s=30.0, sizes=(1, 3, 4))
-    run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=5)
+def test_a_noticed_loss_takes_idle_nodes_in_until_a_dearer_re_form_stops_paying():
+    # 6 nodes, world sizes 1, 3 and 4 keep the batch: a group of 4 and 2 idle nodes. The first notice,
+    # with nothing measured, re-forms with new processes and takes an idle node in (4 workers), as the
+    # grow it saves would. That re-form cost 102 s: the next notice, 60 s of training later, finds the
+    # 3 survivors and an idle node; a re-form 100 s dearer than in place for 1 more worker before the
+    # next loss ((4 x 10 + 4 x 59) worker-s per loss / 3 = 92 s away) does not pay: in place (2 s), the
+    # idle node waits for a grow.
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=2.0, load_s=100.0, grow_s=30.0)
+    sc = Scenario("elastic", 6, 1, 100_000, 1000, notice_s=30.0, sizes=(1, 3, 4))
+    run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=6)
     run.advance(10.0)
     assert run.w == 4
     run.lose(1, noticed=True)
-    assert run.w == 3 and run.resume_at == 13.0 and run.out.recoveries["notice"] == 1
-    run.advance(60.0)
-    assert run.w == 4 and run.out.recoveries["grow"] == 1
+    assert run.w == 4 and run.resume_at == 113.0 and run.out.recoveries["notice"] == 1
+    assert run.reform_costs == [102.0]
+    run.advance(172.0)
+    run.lose(1, noticed=True)
+    assert run.w == 3 and run.resume_at == 175.0 and run.out.recoveries["notice"] == 2
+    assert run.grow_pending and run.reform_costs == [102.0]
+
+
+def test_the_choice_under_a_notice_is_the_grow_rule_on_the_difference_of_the_costs():
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=2.0, load_s=3.0)
+    run = Run(Scenario("elastic", 6, 1, 100_000, 1000, notice_s=30.0, sizes=(1, 3, 4)), comp, _LossHitsTheGroup(),
+              start_nodes=6)
+    run.losses, run.worker_s, run.reform_costs, run.usable = 2, 600.0, [32.0], 4
+    assert run._widen_pays(3), "1 added x 200 s to the next loss > 4 x 30 s dearer"
+    run.reform_costs = [62.0]
+    assert not run._widen_pays(3), "1 x 200 s < 4 x 60 s"
+    run.usable = 3
+    assert not run._widen_pays(3), "no idle node: nothing to take in"
 
 
 def test_a_noticed_loss_whose_survivors_break_the_batch_rule_re_forms_with_new_processes():

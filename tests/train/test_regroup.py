@@ -78,3 +78,41 @@ def test_a_plan_only_where_the_group_keeps_its_promises():
     assert regroup.plan(seats, committed=True, min_workers=1, valid_counts=[2, 4]) is None, "3 breaks the batch"
     assert regroup.plan([_seat(0), _seat(1)], committed=True, min_workers=1, valid_counts=[2]) is None, "none leaves"
     assert regroup.plan([_seat(0, True)], committed=True, min_workers=1, valid_counts=[1]) is None, "none stays"
+
+
+def _with_headroom(seats: list[Seat], headroom: regroup.Headroom) -> list[Seat]:
+    first = seats[0]
+    return [Seat(first.train_rank, first.leaving, first.node, first.host, first.port, headroom), *seats[1:]]
+
+
+def test_a_noticed_group_re_forms_wider_when_taking_idle_nodes_pays_for_the_dearer_re_form():
+    seats = [_seat(0, node="a"), _seat(1, True, "b"), _seat(2, node="c")]  # 2 survivors
+    valid = [1, 2, 3, 4]
+    # 600 worker-s per loss: the next loss in 300 s for 2 workers; 2 idle workers added gain 2 x 300 s
+    pays = regroup.Headroom(idle_workers=2, worker_s_per_loss=600.0, extra_cost_s=20.0)
+    assert regroup.plan(_with_headroom(seats, pays), True, 1, valid) is None, "re-forms with the idle nodes"
+    # ... against (2 + 2) x 200 s: not worth a re-form 200 s dearer
+    dear = regroup.Headroom(idle_workers=2, worker_s_per_loss=600.0, extra_cost_s=200.0)
+    assert isinstance(regroup.plan(_with_headroom(seats, dear), True, 1, valid), InPlace)
+    unmeasured = regroup.Headroom(idle_workers=1, worker_s_per_loss=None, extra_cost_s=None)
+    assert regroup.plan(_with_headroom(seats, unmeasured), True, 1, valid) is None, "as a grow would, at once"
+    # idle workers that no valid size can take (the batch rule): nothing to gain, stay in place
+    assert isinstance(regroup.plan(_with_headroom(seats, pays), True, 1, [1, 2]), InPlace)
+    assert regroup.Headroom(3, 600.0, 20.0).added(2, [1, 2, 4, 8]) == 2
+
+
+def test_the_journal_prices_a_wider_re_form_by_the_difference_of_the_two_costs():
+    from orchestrator.train.driver.elastic import ResizeJournal
+
+    journal = ResizeJournal()
+    assert journal.widen_terms(10.0) == (None, None), "no loss, no re-form yet"
+    journal.formed(3, 0, 0.0, 1.0, 2.0)
+    journal.reformed_in_place(10, 3, last_step_at=52.0, decided_at=52.5, departed=[2])
+    journal.formed(2, 10, 53.0, 54.0, 54.5)  # in place: re-form 0.5 + load 1 + first step 0.5 = 2 s
+    assert journal.widen_terms(54.5) == (pytest.approx(150.0), None), "no re-form with new processes yet"
+    journal.left("shrink_notice", 20, 2, last_step_at=104.5)
+    journal.failed(105.0, noticed=True)
+    journal.formed(1, 20, 112.0, 122.0, 124.0)  # new processes: 7 + 10 + 2 = 19 s
+    per_loss, extra = journal.widen_terms(124.0)
+    assert per_loss == pytest.approx((3 * 50 + 2 * 50) / 2)  # worker-seconds to the stops, 2 losses
+    assert extra == pytest.approx(19.0 - 2.0)

@@ -24,7 +24,7 @@ import os
 
 from orchestrator.contract import ENV_MTBP_S
 from orchestrator.errors import PermanentError
-from orchestrator.spot.planner_model import PRIOR_MTBP_S, young_daly_interval_s
+from orchestrator.spot.rules import PRIOR_MTBP_S, young_daly_interval_s
 # Weight of the newest measurement: recent saves predict the next one (storage load drifts).
 EWMA_ALPHA = 0.3
 

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from orchestrator.contract import ExitCode
-from orchestrator.spot.planner_model import grow_pays
+from orchestrator.spot.rules import grow_pays
 from orchestrator.train.driver import node_probe
 from orchestrator.train.worker.errors import NodeLost
 
@@ -78,6 +78,7 @@ class ResizeJournal:
         self.gave_up: str | None = None  # why the controller stopped re-forming on a capacity loss
         self.departed: set[int] = set()  # Ray Train ranks that left a group re-formed in place
         self.restart_costs: list[float] = []  # what each re-form with new worker processes cost
+        self.in_place_costs: list[float] = []  # what each re-form in place cost
         self.complete = False  # the running group committed max_steps
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
@@ -165,9 +166,9 @@ class ResizeJournal:
         if pending is not None:
             self.records.append(_record(len(self.records) + 1, pending, world, resumed_from_step, started_at,
                                         loaded_at, first_step_at))
-            cost = None if pending.get("in_place") else _reform_cost(self.records[-1])
+            cost = _reform_cost(self.records[-1])
             if cost is not None:
-                self.restart_costs.append(cost)
+                (self.in_place_costs if pending.get("in_place") else self.restart_costs).append(cost)
         return self.records[-_KEEP_RECORDS:]
 
     def work_loss_mtbp_s(self, now: float) -> float | None:
@@ -176,6 +177,20 @@ class ResizeJournal:
         notice lost nothing, so it does not count (`every_steps: auto`, checkpoint/interval.py)."""
         lossy = sum(1 for r in self.records if _redid_steps(r))
         return max(0.0, now - self.created_at) / lossy if lossy else None
+
+    def widen_terms(self, now: float) -> tuple[float | None, float | None]:
+        """Under a notice, with idle capacity (worker/regroup.py ``Headroom``): this attempt's
+        worker-seconds per capacity loss, and how much dearer a re-form with new processes has been
+        than one in place (None where nothing is measured yet)."""
+        per_loss = self._worker_s(now) / self.losses if self.losses else None
+        if not self.restart_costs:
+            return per_loss, None
+        in_place = statistics.median_high(self.in_place_costs) if self.in_place_costs else 0.0
+        return per_loss, max(0.0, statistics.median_high(self.restart_costs) - in_place)
+
+    def _worker_s(self, now: float) -> float:
+        running = self.world * max(0.0, now - self.running_since) if self.running_since and self.world else 0.0
+        return self.worker_s + running
 
     def should_grow(self, world: int, added: int, now: float) -> tuple[bool, str]:
         """Whether the running group of ``world`` should re-form now with ``added`` more workers:

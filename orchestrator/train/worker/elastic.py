@@ -129,6 +129,24 @@ class ElasticSide:
         self._declined = not grow
         return grow
 
+    def headroom(self) -> "regroup.Headroom | None":
+        """Rank 0, under a notice: idle capacity the cluster holds beyond the group and the journal's
+        terms for re-forming wider (None on other ranks, with no idle capacity, or when it cannot say:
+        then the survivors re-form in place)."""
+        if self.journal is None:
+            return None
+        import ray
+
+        try:
+            idle = self._workers_that_fit()
+            if idle < 1:
+                return None
+            per_loss, extra = ray.get(self.journal.widen_terms.remote(time.time()), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - advisory: in place is always safe
+            log.warning("cannot judge whether to re-form wider: %s", exc)
+            return None
+        return regroup.Headroom(idle, per_loss, extra)
+
     def work_loss_mtbp_s(self) -> float | None:
         """Rank 0: this attempt's seconds per re-form that redid steps, as the journal counts them
         (None on other ranks, before such a re-form, or when the journal cannot say)."""
@@ -183,12 +201,13 @@ def _own_bundles_on(nodes: set[str]) -> int:
     return sum(1 for node in placed.values() if node in nodes)
 
 
-def in_place_plan(job, train_rank: int, leaving: bool, committed: bool) -> "regroup.InPlace | None":
+def in_place_plan(job, train_rank: int, leaving: bool, committed: bool,
+                  headroom: "regroup.Headroom | None" = None) -> "regroup.InPlace | None":
     """Collective after a node's notice: the group the survivors form in place, or None when the
     group ends and Ray Train re-forms it (worker/regroup.py ``plan``)."""
     t, workers = job.spec.training, job.spec.resources.workers
     valid = valid_worker_counts(t.global_batch_size, t.micro_batch_size, range(workers.min, workers.max + 1))
-    return regroup.plan(regroup.take_seats(train_rank, leaving), committed, workers.min, valid)
+    return regroup.plan(regroup.take_seats(train_rank, leaving, headroom), committed, workers.min, valid)
 
 
 def _fits(free: dict[str, Any], per_worker: dict[str, float]) -> int:

@@ -251,7 +251,8 @@ class Worker:
         """Collective after a node's notice: the survivors re-form without ending (raises
         ``ReformedInPlace`` there, ``LeftGroup`` on the noticed node), or nothing happens and
         the group ends to re-form through Ray Train (worker/regroup.py)."""
-        plan = in_place_plan(self.job, self.member.train_rank, self.drain() is not None, committed)
+        headroom = self.elastic.headroom() if committed else None
+        plan = in_place_plan(self.job, self.member.train_rank, self.drain() is not None, committed, headroom)
         if plan is None:
             return
         decided, member = time.time(), plan.membership_of(self.member.train_rank)

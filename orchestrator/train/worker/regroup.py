@@ -12,7 +12,11 @@ second on this machine, against 15-20 s for a new group (bench/reform_in_place.p
 
 Only when it can keep its promises (``plan``): the checkpoint of the step committed inside the
 notice, and the survivors are at least ``min`` and keep the global batch. Otherwise every rank
-ends and Ray Train re-forms the group from the newest commit, as before.
+ends and Ray Train re-forms the group from the newest commit, as before. And only when it pays:
+a group re-formed in place is its survivors alone, while one re-formed with new processes takes in
+the nodes the cluster holds idle (returned capacity the group has not grown into). When there are
+such nodes, rank 0 puts the attempt's record in its seat (``Headroom``) and every rank applies the
+grow rule to the difference of the two re-forms' costs.
 
 What it takes around it (docs/spot.md, "Elastic inside an attempt"):
 
@@ -34,6 +38,8 @@ import socket
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+
+from orchestrator.spot.rules import grow_pays
 
 log = logging.getLogger("bertctl.train.elastic")
 
@@ -78,6 +84,32 @@ class Membership:
 
 
 @dataclass(frozen=True)
+class Headroom:
+    """Rank 0's look at the cluster and the attempt's record, in its seat: what the choice between
+    re-forming in place and re-forming wider is judged on (every rank judges it the same)."""
+
+    idle_workers: int                 # workers the cluster could add now, beyond the group's own
+    worker_s_per_loss: float | None   # the attempt's worker-seconds per capacity loss (None: no loss yet)
+    extra_cost_s: float | None        # a re-form with new processes minus one in place (None: not measured)
+
+    def added(self, survivors: int, valid_counts: list[int]) -> int:
+        """Workers a re-form with new processes would add to the survivors: it takes idle nodes in."""
+        wider = [n for n in valid_counts if survivors < n <= survivors + self.idle_workers]
+        return max(wider) - survivors if wider else 0
+
+    def widen(self, survivors: int, valid_counts: list[int]) -> bool:
+        """Re-form wider (new processes, idle nodes taken in) rather than in place: the planner's grow
+        rule on the difference of the two costs. Before anything is measured it widens, as a grow
+        does: the idle nodes would be taken in at the next checkpoint anyway, with a pause of their own."""
+        added = self.added(survivors, valid_counts)
+        if added < 1:
+            return False
+        if self.worker_s_per_loss is None or self.extra_cost_s is None:
+            return True
+        return grow_pays(self.worker_s_per_loss / survivors, survivors, added, self.extra_cost_s)
+
+
+@dataclass(frozen=True)
 class Seat:
     """What each rank tells the others in the gather."""
 
@@ -86,6 +118,7 @@ class Seat:
     node: str
     host: str
     port: int  # free on this host now: used if this rank becomes the new rank 0
+    headroom: Headroom | None = None  # rank 0's only
 
 
 @dataclass(frozen=True)
@@ -104,13 +137,13 @@ class InPlace:
         return None
 
 
-def take_seats(train_rank: int, leaving: bool) -> list[Seat]:
+def take_seats(train_rank: int, leaving: bool, headroom: Headroom | None = None) -> list[Seat]:
     """Collective over the current group: every rank's seat, in rank order."""
     import ray
     import torch.distributed as dist
 
     seat = Seat(train_rank, leaving, ray.get_runtime_context().get_node_id(),
-                ray.util.get_node_ip_address(), free_port())
+                ray.util.get_node_ip_address(), free_port(), headroom)
     seats: list = [None] * dist.get_world_size()
     dist.all_gather_object(seats, seat)
     return seats
@@ -123,6 +156,11 @@ def plan(seats: list[Seat], committed: bool, min_workers: int, valid_counts: lis
     if not committed or not survivors or len(survivors) == len(seats):
         return None
     if len(survivors) < min_workers or len(survivors) not in valid_counts:
+        return None
+    headroom = next((s.headroom for s in seats if s.headroom is not None), None)
+    if headroom is not None and headroom.widen(len(survivors), valid_counts):
+        log.info("the group re-forms with new processes, taking %d idle worker(s) in, rather than in place "
+                 "(%s)", headroom.added(len(survivors), valid_counts), headroom)
         return None
     return InPlace(survivors, tuple(s.train_rank for s in seats if s.leaving))
 

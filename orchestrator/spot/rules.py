@@ -1,0 +1,35 @@
+"""The decision rules the trainer and the planner share, so that the planner predicts what the
+trainer does: when a notice fits a checkpoint, the Young-Daly interval, and when adding workers
+pays for the pause it costs (a grow at a checkpoint, or a wider re-form under a notice)."""
+
+from __future__ import annotations
+
+import math
+
+NOTICE_MARGIN = 1.25  # a preemption save starts only when 1.25 x its cost fits in the notice
+# The trainer's mean time between work-losing interruptions before it has observed one
+# (checkpoint/interval.py explains the choice).
+PRIOR_MTBP_S = 2 * 3600.0
+
+
+def notice_fits(notice_s: float, checkpoint_s: float) -> bool:
+    """A loss with this notice checkpoints inside it and loses no step (the trainer's own rule)."""
+    return notice_s > 0 and notice_s >= NOTICE_MARGIN * checkpoint_s
+
+
+def young_daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
+    """Young (1974) / Daly (2006), first order: the interval sqrt(2 C M) between checkpoints."""
+    return math.sqrt(2.0 * checkpoint_s * mtbf_s)
+
+
+def grow_pays(next_loss_s: float, world: int, added: int, grow_s: float) -> bool:
+    """Whether adding ``added`` workers to a group of ``world`` now gains more work than its pause.
+
+    A grow stops every worker for ``grow_s``; the next loss re-forms the group anyway, and that
+    re-form takes in the waiting capacity for free. Until then (``next_loss_s`` away, on average)
+    the grown group does (world + added) * (next_loss_s - grow_s) worker-seconds of work against
+    world * next_loss_s without it: the grow pays when added * next_loss_s > (world + added) * grow_s.
+    The nodes are paid for either way, so the same rule minimises cost per step."""
+    if added < 1:
+        return False
+    return added * next_loss_s > (world + added) * grow_s
