@@ -14,8 +14,8 @@ Two policies:
   waits for capacity) and keeps that size until the next loss. A loss among the nodes it starts on
   while it starts fails it too: the relaunch begins again.
 - ``elastic``: a noticed loss checkpoints inside the notice and the survivors re-form in place
-  (``checkpoint_s + reform_s``, nothing lost; idle capacity waits for a grow), or, when the
-  survivors alone would break the batch rule or fall below ``min_workers``, or when the pool holds
+  (``checkpoint_s + reform_s``, nothing lost; as many of them as the batch rule allows, and idle
+  capacity waits for a grow), or, when they would fall below ``min_workers``, or when the pool holds
   idle nodes worth the dearer re-form (the grow rule on the difference of the two costs), the group
   re-forms with new processes on every node the pool holds (``checkpoint_s + reform_s + load_s``); a loss
   without notice re-forms from the newest commit on every node the pool holds (``detect_s +
@@ -247,9 +247,9 @@ class Run:
             self.out.steps_lost += self.step - self.committed
             self.step, self.pending_work = self.committed, 0.0
         self.next_ckpt = self.step + self.sc.interval_steps
-        if noticed and self.sc.policy == "elastic" and 0 < self.sc.fit(self.w - hit) == self.w - hit \
-                and not self._widen_pays(self.w - hit):
-            return self._shrink_in_place(self.w - hit)
+        kept = self.sc.fit(self.w - hit)  # survivors the batch rule lets the group keep in place
+        if noticed and self.sc.policy == "elastic" and kept > 0 and not self._widen_pays(kept):
+            return self._shrink_in_place(kept)
         # A group re-formed with new processes takes every node the pool holds, idle ones too.
         reformed = self.sc.fit(self.usable)
         if self.sc.policy == "relaunch" or reformed == 0:

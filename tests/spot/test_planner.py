@@ -259,12 +259,25 @@ def test_the_choice_under_a_notice_is_the_grow_rule_on_the_difference_of_the_cos
     assert not run._widen_pays(3), "no idle node: nothing to take in"
 
 
-def test_a_noticed_loss_whose_survivors_break_the_batch_rule_re_forms_with_new_processes():
+def test_a_noticed_loss_whose_survivors_break_the_batch_rule_keeps_as_many_as_it_may_in_place():
     comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=2.0, load_s=5.0)
-    sc = Scenario("elastic", 5, 1, 100_000, 20, notice_s=30.0, sizes=(1, 2, 4))  # a group of 4, one node idle
+    sc = Scenario("elastic", 4, 1, 100_000, 20, notice_s=30.0, sizes=(1, 2, 4))  # a group of 4, no idle node
+    run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=4)
+    run.advance(10.0)
+    run.lose(1, noticed=True)  # 3 survivors break the batch: 2 of them go on in place
+    assert run.w == 2 and run.resume_at == 13.0 and run.reform_costs == []
+    assert not run.grow_pending, "3 nodes hold no larger group: nothing to grow into until a 4th returns"
+    run.gain(1)
+    run.advance(60.0)
+    assert run.w == 4 and run.out.recoveries["grow"] == 1
+
+
+def test_a_noticed_loss_below_min_re_forms_with_new_processes_on_what_the_pool_holds():
+    comp = Components(step_s_one=4.0, checkpoint_s=1.0, reform_s=2.0, load_s=5.0)
+    sc = Scenario("elastic", 5, 4, 100_000, 20, notice_s=30.0, sizes=(4,))  # a group of 4 and an idle node
     run = Run(sc, comp, _LossHitsTheGroup(), start_nodes=5)
     run.advance(10.0)
-    run.lose(1, noticed=True)  # 3 survivors break the batch; 4 nodes remain: a group of 4 with new processes
+    run.lose(1, noticed=True)  # 3 survivors are below min; the pool's 4 nodes: a group of 4, new processes
     assert run.w == 4 and run.resume_at == 18.0 and run.reform_costs == [7.0]
 
 

@@ -75,7 +75,9 @@ def test_a_plan_only_where_the_group_keeps_its_promises():
     assert plan.membership_of(2).local_rank == 0 and plan.membership_of(1) is None
     assert regroup.plan(seats, committed=False, min_workers=1, valid_counts=[3]) is None, "no commit: no resume point"
     assert regroup.plan(seats, committed=True, min_workers=4, valid_counts=[3]) is None, "below min"
-    assert regroup.plan(seats, committed=True, min_workers=1, valid_counts=[2, 4]) is None, "3 breaks the batch"
+    kept = regroup.plan(seats, committed=True, min_workers=1, valid_counts=[2, 4])  # 3 would break the batch
+    assert [s.train_rank for s in kept.survivors] == [0, 2] and kept.departed == (1, 3), "rank 3 is released"
+    assert regroup.plan(seats, committed=True, min_workers=3, valid_counts=[2, 4]) is None, "2 would be below min"
     assert regroup.plan([_seat(0), _seat(1)], committed=True, min_workers=1, valid_counts=[2]) is None, "none leaves"
     assert regroup.plan([_seat(0, True)], committed=True, min_workers=1, valid_counts=[1]) is None, "none stays"
 

@@ -258,8 +258,9 @@ class Worker:
         decided, member = time.time(), plan.membership_of(self.member.train_rank)
         if member is None:
             regroup.leave_group()
-            log.info("this node is under notice: rank %d leaves; %d rank(s) go on in place from step %d",
-                     self.rank, len(plan.survivors), step)
+            log.info("rank %d leaves (%s); %d rank(s) go on in place from step %d", self.rank,
+                     "its node is under notice" if self.drain() is not None else "released: the batch rule",
+                     len(plan.survivors), step)
             raise regroup.LeftGroup()
         old_world, self.engine = self.world_size, None
         regroup.rejoin(member, plan.survivors[0], regroup.process_group_backend(self.on_gpu))

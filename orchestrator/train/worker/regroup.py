@@ -36,7 +36,7 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from orchestrator.spot.rules import grow_pays
@@ -151,18 +151,24 @@ def take_seats(train_rank: int, leaving: bool, headroom: Headroom | None = None)
 
 def plan(seats: list[Seat], committed: bool, min_workers: int, valid_counts: list[int]) -> InPlace | None:
     """The in-place group, or None when the group must end and re-form through Ray Train (every
-    rank decides the same from the same seats)."""
+    rank decides the same from the same seats). When the survivors' count breaks the batch rule,
+    the group keeps the largest count that holds it (the first survivors, in rank order) and the
+    others are released: a group re-formed with new processes could use no more of them either."""
     survivors = tuple(s for s in seats if not s.leaving)
     if not committed or not survivors or len(survivors) == len(seats):
         return None
-    if len(survivors) < min_workers or len(survivors) not in valid_counts:
+    fits = [n for n in valid_counts if min_workers <= n <= len(survivors)]
+    if not fits:
         return None
+    group, released = survivors[:max(fits)], survivors[max(fits):]
     headroom = next((s.headroom for s in seats if s.headroom is not None), None)
-    if headroom is not None and headroom.widen(len(survivors), valid_counts):
-        log.info("the group re-forms with new processes, taking %d idle worker(s) in, rather than in place "
-                 "(%s)", headroom.added(len(survivors), valid_counts), headroom)
-        return None
-    return InPlace(survivors, tuple(s.train_rank for s in seats if s.leaving))
+    if headroom is not None:
+        headroom = replace(headroom, idle_workers=headroom.idle_workers + len(released))
+        if headroom.widen(len(group), valid_counts):
+            log.info("the group re-forms with new processes, taking %d idle worker(s) in, rather than in "
+                     "place (%s)", headroom.added(len(group), valid_counts), headroom)
+            return None
+    return InPlace(group, tuple(s.train_rank for s in seats if s.leaving or s in released))
 
 
 def rejoin(membership: Membership, master: Seat, backend: str) -> None:
