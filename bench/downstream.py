@@ -299,8 +299,8 @@ def finetune_seeds(model: Path, task: str, split: tuple[Path, Path], arm: str, l
 def report(scores: dict, pre: dict, mb: float, seconds: float, args: argparse.Namespace) -> None:
     (args.work / "result.json").write_text(json.dumps({"scores": scores, "pretrain": pre, "corpus_mb": mb,
                                                        "seconds": seconds, "args": vars(args)}, default=str, indent=1))
-    print(f"\n| task (validation) | metric | pretrained | scratch | difference | lr pretrained / scratch | "
-          f"seeds: low-high |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| task (validation) | metric | pretrained | scratch | difference | lr pretrained / scratch | "
+          "seeds: low-high |\n| --- | --- | --- | --- | --- | --- | --- |")
     for task, name in (("ner", "CoNLL-2003 NER, entity F1"), ("rt", "Rotten Tomatoes, accuracy")):
         if task not in args.tasks:
             continue

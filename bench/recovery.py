@@ -197,7 +197,7 @@ def preempted_job(jobs: Jobs, shards: Path, tmp: Path, steps: int, every_n: int,
             shutil.copytree(jobs.em.data_dir / "jobs", keep / "jobs", dirs_exist_ok=True)
             print(f"# SIGTERM at step >= {target} did not end attempt {n}: {exc} (logs in {keep})", flush=True)
             break
-        prev, cur = j["attempts"][-2], j["attempts"][-1]
+        prev = j["attempts"][-2]
         t = jobs.timings(job_id, n + 1)
         rec = j["goodput"]["attempts"][-1]["recovery_s"] or 0.0  # previous end -> first new step (manager)
         splits.append({"detect": prev["ended_at"] - killed_at, "relaunch": t["load_start"] - prev["ended_at"],
