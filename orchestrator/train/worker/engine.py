@@ -119,6 +119,17 @@ def _jit_friendly_arch_list() -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d)[af]\b", r"\1", archs)
 
 
+def _no_shared_memory_all_reduce(deepspeed) -> None:
+    """On CPU, DeepSpeed compiles its shared-memory all-reduce kernel when its communication backend
+    starts: 35-120 s on a 2-core machine, at the first engine build of every install, under a file
+    lock that the other workers wait on. Only ``inference_all_reduce`` (tensor-parallel inference)
+    calls it; training's collectives go through torch.distributed. Marking the op incompatible (the
+    dict DeepSpeed itself consults; its comment says edits to it persist) skips the build."""
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool, load_universal: bool = False):
     """deepspeed.initialize on the process group Ray Train already set up.
 
@@ -131,6 +142,8 @@ def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool, load_un
     t = job.spec.training
     if on_gpu:
         _jit_friendly_arch_list()
+    else:
+        _no_shared_memory_all_reduce(deepspeed)
     multiplier = lr_multiplier(t.schedule, t.warmup_steps, t.max_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
