@@ -102,7 +102,10 @@ def main() -> None:
     import deepspeed
     import torch.distributed as dist
 
+    from orchestrator.train.worker.engine import skip_shared_memory_all_reduce
+
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    skip_shared_memory_all_reduce()  # as the trainer does on CPU
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     for stage in args["stages"]:
         run_stage(args, stage, rank, world)

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ds_worker import build_model, ds_config, train_step  # noqa: E402
 
 from orchestrator.train.checkpoint import snapshot  # noqa: E402
+from orchestrator.train.worker.engine import skip_shared_memory_all_reduce  # noqa: E402
 from tests.train_units.state_dump import full_state  # noqa: E402
 
 
@@ -27,6 +28,7 @@ def main() -> None:
 
     args = json.loads(sys.argv[1])
     rank, world, stage = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args["stage"]
+    skip_shared_memory_all_reduce()  # as the trainer does on CPU (worker/engine.py)
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     model = build_model(seed=0)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),

@@ -119,12 +119,13 @@ def _jit_friendly_arch_list() -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d)[af]\b", r"\1", archs)
 
 
-def _no_shared_memory_all_reduce(deepspeed) -> None:
+def skip_shared_memory_all_reduce() -> None:
     """On CPU, DeepSpeed compiles its shared-memory all-reduce kernel when its communication backend
     starts: 35-120 s on a 2-core machine, at the first engine build of every install, under a file
     lock that the other workers wait on. Only ``inference_all_reduce`` (tensor-parallel inference)
     calls it; training's collectives go through torch.distributed. Marking the op incompatible (the
     dict DeepSpeed itself consults; its comment says edits to it persist) skips the build."""
+    import deepspeed
     from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
 
     deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
@@ -143,7 +144,7 @@ def build_engine(job: PretrainJob, model, world_size: int, on_gpu: bool, load_un
     if on_gpu:
         _jit_friendly_arch_list()
     else:
-        _no_shared_memory_all_reduce(deepspeed)
+        skip_shared_memory_all_reduce()
     multiplier = lr_multiplier(t.schedule, t.warmup_steps, t.max_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
