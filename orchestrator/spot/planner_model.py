@@ -37,7 +37,7 @@ import numpy as np
 
 from orchestrator.errors import PermanentError
 from orchestrator.spot.capacity import Timeline
-from orchestrator.spot.rules import grow_pays, notice_fits
+from orchestrator.spot.rules import grow_pays, notice_fits, widen_pays
 
 POLICIES = ("elastic", "relaunch")
 
@@ -265,14 +265,11 @@ class Run:
         processes, taking the idle nodes in, when the grow rule says the added workers gain more than
         that re-form costs beyond one in place; judged on the losses before this one, and taken
         before anything is measured, as a grow is."""
-        added = self.sc.fit(self.usable) - survivors
-        if added < 1:
-            return False
         losses_before = self.losses - 1
-        if not losses_before or not self.reform_costs:
-            return True
-        extra_s = max(0.0, statistics.median_high(self.reform_costs) - self.comp.reform_s)
-        return grow_pays(self.worker_s / losses_before / survivors, survivors, added, extra_s)
+        per_loss = self.worker_s / losses_before if losses_before else None
+        extra_s = (max(0.0, statistics.median_high(self.reform_costs) - self.comp.reform_s)
+                   if self.reform_costs else None)
+        return widen_pays(per_loss, survivors, self.sc.fit(self.usable) - survivors, extra_s)
 
     def _shrink_in_place(self, survivors: int) -> None:
         """The trainer's survivors re-form in place (worker/regroup.py): no new process, so the

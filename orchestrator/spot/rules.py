@@ -33,3 +33,15 @@ def grow_pays(next_loss_s: float, world: int, added: int, grow_s: float) -> bool
     if added < 1:
         return False
     return added * next_loss_s > (world + added) * grow_s
+
+
+def widen_pays(worker_s_per_loss: float | None, survivors: int, added: int, extra_cost_s: float | None) -> bool:
+    """Under a notice with idle nodes: re-form with new processes, taking ``added`` workers in, rather
+    than keep the ``survivors`` in place. The grow rule on the difference of the two re-forms' costs,
+    with the next loss expected ``worker_s_per_loss / survivors`` away. Before either is measured
+    (None) it widens, as a grow would at the next checkpoint anyway, with a pause of its own."""
+    if added < 1:
+        return False
+    if worker_s_per_loss is None or extra_cost_s is None:
+        return True
+    return grow_pays(worker_s_per_loss / survivors, survivors, added, extra_cost_s)

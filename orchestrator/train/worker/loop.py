@@ -251,15 +251,15 @@ class Worker:
         """Collective after a node's notice: the survivors re-form without ending (raises
         ``ReformedInPlace`` there, ``LeftGroup`` on the noticed node), or nothing happens and
         the group ends to re-form through Ray Train (worker/regroup.py)."""
-        headroom = self.elastic.headroom() if committed else None
-        plan = in_place_plan(self.job, self.member.train_rank, self.drain() is not None, committed, headroom)
+        headroom, noticed = self.elastic.headroom() if committed else None, self.drain() is not None
+        plan = in_place_plan(self.job, self.member.train_rank, noticed, committed, headroom)
         if plan is None:
             return
         decided, member = time.time(), plan.membership_of(self.member.train_rank)
         if member is None:
             regroup.leave_group()
             log.info("rank %d leaves (%s); %d rank(s) go on in place from step %d", self.rank,
-                     "its node is under notice" if self.drain() is not None else "released: the batch rule",
+                     "its node is under notice" if noticed else "released: the batch rule",
                      len(plan.survivors), step)
             raise regroup.LeftGroup()
         old_world, self.engine = self.world_size, None

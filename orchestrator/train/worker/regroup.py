@@ -39,7 +39,7 @@ import threading
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from orchestrator.spot.rules import grow_pays
+from orchestrator.spot.rules import widen_pays
 
 log = logging.getLogger("bertctl.train.elastic")
 
@@ -98,15 +98,9 @@ class Headroom:
         return max(wider) - survivors if wider else 0
 
     def widen(self, survivors: int, valid_counts: list[int]) -> bool:
-        """Re-form wider (new processes, idle nodes taken in) rather than in place: the planner's grow
-        rule on the difference of the two costs. Before anything is measured it widens, as a grow
-        does: the idle nodes would be taken in at the next checkpoint anyway, with a pause of their own."""
-        added = self.added(survivors, valid_counts)
-        if added < 1:
-            return False
-        if self.worker_s_per_loss is None or self.extra_cost_s is None:
-            return True
-        return grow_pays(self.worker_s_per_loss / survivors, survivors, added, self.extra_cost_s)
+        """Re-form wider (new processes, idle nodes taken in) rather than in place (rules.widen_pays)."""
+        return widen_pays(self.worker_s_per_loss, survivors, self.added(survivors, valid_counts),
+                          self.extra_cost_s)
 
 
 @dataclass(frozen=True)
