@@ -37,13 +37,26 @@ def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> in
     return global_batch // (micro_batch * world_size)
 
 
+def usable_worker_count(global_batch: int, micro_batch: int, lowest: int, available: int) -> int | None:
+    """The largest worker count from ``lowest`` to ``available`` that keeps the global batch (None:
+    none does). An elastic group runs at such a count only: with room for 3 workers and a batch that
+    1, 2 and 4 divide, it forms 2 and leaves the third node to a grow."""
+    counts = valid_worker_counts(global_batch, micro_batch, range(lowest, available + 1))
+    return max(counts) if counts else None
+
+
 def _batch(job: "PretrainJob") -> Problems:
+    """A fixed count must keep the global batch; an elastic range must at its ``min`` and ``max``
+    (the counts between that do not are skipped: the group runs at the largest one that does)."""
     t, r = job.spec.training, job.spec.resources
     counts = r.worker_counts()
+    if not counts:
+        return []  # min above max: _workers_range says so
+    ends = sorted({counts[0], counts[-1]})
     good = valid_worker_counts(t.global_batch_size, t.micro_batch_size, counts)
-    if len(good) == len(counts):
+    bad = [w for w in ends if w not in good]
+    if not bad:
         return []
-    bad = [w for w in counts if w not in good]
     hint = f"worker counts that work: {good}" if good else "no worker count in the range works"
     return [("spec.training.global_batch_size",
              f"{t.global_batch_size} is not divisible by micro_batch_size ({t.micro_batch_size}) x workers "

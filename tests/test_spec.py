@@ -149,6 +149,20 @@ def test_elastic_range_where_every_count_keeps_the_global_batch():
     assert list(job.spec.resources.worker_counts()) == [1, 2, 3, 4]
 
 
+def test_an_elastic_range_needs_the_batch_rule_at_its_ends_only():
+    from orchestrator.spec_rules import usable_worker_count
+
+    doc = mutate("spec.resources.workers", {"min": 1, "max": 4})  # global 8, micro 2: 1, 2 and 4 keep it
+    job = parse_manifest(doc)
+    assert list(job.spec.resources.worker_counts()) == [1, 2, 3, 4]
+    assert [usable_worker_count(8, 2, 1, n) for n in (1, 2, 3, 4, 5)] == [1, 2, 2, 4, 4], "3 nodes form 2"
+    assert usable_worker_count(8, 2, 3, 3) is None, "no count from 3 to 3 keeps the batch"
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(mutate("spec.resources.workers", {"min": 3, "max": 4}))
+    [(path, message)] = info.value.problems
+    assert path == "spec.training.global_batch_size" and "workers=[3]" in message and "[4]" in message
+
+
 def test_every_problem_is_reported_at_once():
     doc = mutate("spec.training.precision", "bf16")
     doc["spec"]["training"]["global_batch_size"] = 10

@@ -208,7 +208,7 @@ class Run:
         cost_s = statistics.median_high(self.reform_costs) if self.reform_costs else 0.0
         if target <= self.w:
             self.grow_pending = False
-        elif grow_pays(next_loss_s, self.w, target - self.w, cost_s):
+        elif grow_pays(next_loss_s, self.w, target - self.w, cost_s, self._gain(self.w, target)):
             self.grow_pending = False
             self.out.recoveries["grow"] += 1
             self.w = target
@@ -269,7 +269,13 @@ class Run:
         per_loss = self.worker_s / losses_before if losses_before else None
         extra_s = (max(0.0, statistics.median_high(self.reform_costs) - self.comp.reform_s)
                    if self.reform_costs else None)
-        return widen_pays(per_loss, survivors, self.sc.fit(self.usable) - survivors, extra_s)
+        wider = self.sc.fit(self.usable)
+        return widen_pays(per_loss, survivors, wider - survivors, extra_s, self._gain(survivors, wider))
+
+    def _gain(self, world: int, grown: int) -> float | None:
+        """How many times faster a group of ``grown`` steps than one of ``world``, by the step-time
+        model (the trainer measures it on the sizes its groups ran at; rules.speedup)."""
+        return self.comp.step_s(world) / self.comp.step_s(grown) if grown > world else None
 
     def _shrink_in_place(self, survivors: int) -> None:
         """The trainer's survivors re-form in place (worker/regroup.py): no new process, so the

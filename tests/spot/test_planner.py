@@ -17,7 +17,7 @@ from orchestrator.errors import PermanentError
 from orchestrator.spot.capacity import Timeline, from_rate, from_trace
 from orchestrator.spot.planner import PlanInputs, best_interval, work_loss_mtbf_s, young_daly_steps
 from orchestrator.spot.planner_model import Components, Run, Scenario, components_from, simulate
-from orchestrator.spot.rules import PRIOR_MTBP_S, grow_pays, young_daly_interval_s
+from orchestrator.spot.rules import PRIOR_MTBP_S, grow_pays, speedup, widen_pays, young_daly_interval_s
 from orchestrator.spot.traces import load_trace
 from orchestrator.train.checkpoint.interval import young_daly_interval_steps
 
@@ -310,6 +310,27 @@ def test_a_grow_pays_when_the_added_work_before_the_next_loss_beats_its_pause():
     assert not grow_pays(next_loss_s=60.0, world=3, added=1, grow_s=20.0)    # 60 < 80
     assert grow_pays(next_loss_s=60.0, world=3, added=3, grow_s=20.0)        # 180 > 120: many back at once
     assert not grow_pays(next_loss_s=1e9, world=3, added=0, grow_s=0.0)
+
+
+def test_a_grow_pays_only_for_a_group_that_steps_faster():
+    assert speedup({3: 0.30}, 3, 4) == pytest.approx(4 / 3), "one size measured: in proportion to the workers"
+    assert speedup({3: 0.30, 4: 0.24}, 3, 4) == pytest.approx(1.25), "both measured: their ratio"
+    # gain 4/3 is the rule in worker-seconds: (1/3) x 100 > (4/3) x 20
+    assert grow_pays(100.0, 3, 1, 20.0, gain=4 / 3) == grow_pays(100.0, 3, 1, 20.0)
+    assert not grow_pays(math.inf, 2, 1, 0.0, gain=0.9), "a slower group never pays, even before a loss"
+    assert not grow_pays(100.0, 3, 1, 20.0, gain=1.1), "0.1 x 100 < 1.1 x 20"
+    assert not widen_pays(None, 2, 1, None, gain=1.0) and widen_pays(None, 2, 1, None, gain=1.5)
+
+
+def test_the_planner_grows_no_group_that_its_step_times_say_is_slower():
+    # Workers on shared cores: 2 workers step in 0.16 s, 3 in 0.18 s, 4 in 0.19 s, whatever the batch.
+    slower = Components(step_s_one=0.2, checkpoint_s=0.05, reform_s=1.0, grow_s=20.0, load_s=8.0,
+                        measured_step_s=((2, 0.16), (3, 0.18), (4, 0.19)))
+    faster = replace(slower, measured_step_s=((2, 0.30), (3, 0.20), (4, 0.15)))
+    line = Timeline(4, np.array([10.0, 20.0, 60.0, 70.0]), np.array([-1, -1, 1, 1]), 10_000.0)
+    runs = {name: simulate(Scenario("elastic", 4, 1, 3000, 10, notice_s=30.0), comp, line, np.random.default_rng(0))
+            for name, comp in (("slower", slower), ("faster", faster))}
+    assert runs["slower"].recoveries["grow"] == 0 and runs["faster"].recoveries["grow"] >= 1
 
 
 def test_a_step_time_measured_on_a_world_size_replaces_the_form_there_only():

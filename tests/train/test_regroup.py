@@ -91,30 +91,54 @@ def test_a_noticed_group_re_forms_wider_when_taking_idle_nodes_pays_for_the_dear
     seats = [_seat(0, node="a"), _seat(1, True, "b"), _seat(2, node="c")]  # 2 survivors
     valid = [1, 2, 3, 4]
     # 600 worker-s per loss: the next loss in 300 s for 2 workers; 2 idle workers added gain 2 x 300 s
-    pays = regroup.Headroom(idle_workers=2, worker_s_per_loss=600.0, extra_cost_s=20.0)
+    pays = regroup.Headroom(free_workers=2, own_bundles=2, worker_s_per_loss=600.0, extra_cost_s=20.0)
     assert regroup.plan(_with_headroom(seats, pays), True, 1, valid) is None, "re-forms with the idle nodes"
     # ... against (2 + 2) x 200 s: not worth a re-form 200 s dearer
-    dear = regroup.Headroom(idle_workers=2, worker_s_per_loss=600.0, extra_cost_s=200.0)
+    dear = regroup.Headroom(free_workers=2, own_bundles=2, worker_s_per_loss=600.0, extra_cost_s=200.0)
     assert isinstance(regroup.plan(_with_headroom(seats, dear), True, 1, valid), InPlace)
-    unmeasured = regroup.Headroom(idle_workers=1, worker_s_per_loss=None, extra_cost_s=None)
+    unmeasured = regroup.Headroom(free_workers=1, own_bundles=2, worker_s_per_loss=None, extra_cost_s=None)
     assert regroup.plan(_with_headroom(seats, unmeasured), True, 1, valid) is None, "as a grow would, at once"
     # idle workers that no valid size can take (the batch rule): nothing to gain, stay in place
     assert isinstance(regroup.plan(_with_headroom(seats, pays), True, 1, [1, 2]), InPlace)
-    assert regroup.Headroom(3, 600.0, 20.0).added(2, [1, 2, 4, 8]) == 2
+    assert regroup.Headroom(3, 2, 600.0, 20.0).added(2, [1, 2, 4, 8]) == 2
+
+
+def test_a_noticed_group_stays_in_place_when_the_wider_size_stepped_no_faster():
+    seats = [_seat(0, node="a"), _seat(1, True, "b"), _seat(2, node="c")]  # 2 survivors, 1 idle node
+    slower = regroup.Headroom(1, 2, worker_s_per_loss=None, extra_cost_s=None, step_s=((2, 0.16), (3, 0.18)))
+    assert isinstance(regroup.plan(_with_headroom(seats, slower), True, 1, [1, 2, 3]), InPlace)
+    faster = regroup.Headroom(1, 2, worker_s_per_loss=None, extra_cost_s=None, step_s=((2, 0.16), (3, 0.11)))
+    assert regroup.plan(_with_headroom(seats, faster), True, 1, [1, 2, 3]) is None
+
+
+def test_spare_bundles_of_the_group_count_as_idle_once_the_plan_knows_who_stays():
+    # Node b is under notice; rank 0 saw no free resources but 3 of the group's bundles on usable
+    # nodes: ranks 0 and 2's, and one a rank released earlier still holds on its node.
+    seats = [_seat(0, node="a"), _seat(1, True, "b"), _seat(2, node="c")]
+    spare = regroup.Headroom(free_workers=0, own_bundles=3, worker_s_per_loss=None, extra_cost_s=None)
+    assert spare.idle(2) == 1 and spare.added(2, [1, 2, 4]) == 0, "3 breaks the batch: nothing to add"
+    assert isinstance(regroup.plan(_with_headroom(seats, spare), True, 1, [1, 2, 4]), InPlace)
+    assert regroup.plan(_with_headroom(seats, spare), True, 1, [1, 2, 3]) is None, "3 keeps it: re-form wider"
+    # Survivors released by the batch rule free their bundles too: 3 stay of 4, 2 fit, 2 go idle.
+    four = [_seat(0, node="a"), _seat(1, True, "b"), _seat(2, node="c"), _seat(3, node="d")]
+    released = regroup.Headroom(free_workers=0, own_bundles=3, worker_s_per_loss=None, extra_cost_s=None)
+    assert released.added(2, [1, 2, 4]) == 0 and released.added(1, [1, 2, 4]) == 1
+    kept = regroup.plan(_with_headroom(four, released), True, 1, [1, 2, 4])
+    assert isinstance(kept, InPlace) and kept.departed == (1, 3), "no count above 2 fits the 3 usable bundles"
 
 
 def test_the_journal_prices_a_wider_re_form_by_the_difference_of_the_two_costs():
     from orchestrator.train.driver.elastic import ResizeJournal
 
     journal = ResizeJournal()
-    assert journal.widen_terms(10.0) == (None, None), "no loss, no re-form yet"
+    assert journal.widen_terms(10.0) == (None, None, ()), "no loss, no re-form, no step time yet"
     journal.formed(3, 0, 0.0, 1.0, 2.0)
     journal.reformed_in_place(10, 3, last_step_at=52.0, decided_at=52.5, departed=[2])
     journal.formed(2, 10, 53.0, 54.0, 54.5)  # in place: re-form 0.5 + load 1 + first step 0.5 = 2 s
-    assert journal.widen_terms(54.5) == (pytest.approx(150.0), None), "no re-form with new processes yet"
+    assert journal.widen_terms(54.5)[:2] == (pytest.approx(150.0), None), "no re-form with new processes yet"
     journal.left("shrink_notice", 20, 2, last_step_at=104.5)
     journal.failed(105.0, noticed=True)
     journal.formed(1, 20, 112.0, 122.0, 124.0)  # new processes: 7 + 10 + 2 = 19 s
-    per_loss, extra = journal.widen_terms(124.0)
+    per_loss, extra, _ = journal.widen_terms(124.0)
     assert per_loss == pytest.approx((3 * 50 + 2 * 50) / 2)  # worker-seconds to the stops, 2 losses
     assert extra == pytest.approx(19.0 - 2.0)

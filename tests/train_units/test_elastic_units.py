@@ -288,3 +288,26 @@ def test_a_failure_with_every_node_answering_is_a_crash_without_waiting_for_a_ve
     failure = WorkerGroupFailure(RuntimeError("gloo: connection reset by peer"))
     assert capacity_lost(failure, set(), wait_s=3600.0) is lost
     assert cluster.rounds == rounds
+
+
+@pytest.mark.parametrize("fit, room", [(0, 0), (1, 0), (2, 2), (5, 2)])
+def test_a_grow_adds_workers_only_up_to_a_count_that_keeps_the_global_batch(monkeypatch, fit, room):
+    from orchestrator.train.worker.elastic import ElasticSide
+
+    # A group of 2 of {min 1, max 4}, global batch 8, micro 2: 3 workers would break the batch rule.
+    side = ElasticSide("journal", rank=1, world_size=2, max_workers=4, worker_resources={"CPU": 1.0}, batch=(8, 2))
+    monkeypatch.setattr(side, "_workers_that_fit", lambda: fit)
+    assert side._room() == room
+
+
+def test_no_grow_to_a_size_whose_groups_stepped_no_faster_even_before_a_loss():
+    journal = ResizeJournal()
+    journal.formed(2, 0, 0.0, 1.0, 2.0)
+    assert journal.should_grow(2, 1, now=10.0)[0], "nothing measured: grow"
+    journal.measured(2, 0.16)
+    journal.measured(3, 0.18)  # e.g. workers sharing cores: 3 step slower than 2
+    grow, why = journal.should_grow(2, 1, now=10.0)
+    assert not grow and "no faster" in why, why
+    journal.measured(3, 0.10)  # the latest word on a size counts
+    assert journal.should_grow(2, 1, now=10.0)[0]
+    assert journal.widen_terms(10.0) == (None, None, ((2, 0.16), (3, 0.10)))

@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from orchestrator.contract import ExitCode
-from orchestrator.spot.rules import grow_pays
+from orchestrator.spot.rules import grow_pays, speedup
 from orchestrator.train.driver import node_probe
 from orchestrator.train.worker.errors import NodeLost
 
@@ -80,6 +80,7 @@ class ResizeJournal:
         self.restart_costs: list[float] = []  # what each re-form with new worker processes cost
         self.in_place_costs: list[float] = []  # what each re-form in place cost
         self.complete = False  # the running group committed max_steps
+        self.step_s: dict[int, float] = {}  # seconds per step measured by groups of each size
 
     def left(self, kind: str, step: int, world: int, last_step_at: float) -> None:
         """The old group's rank 0, right before its workers end to re-form (after any checkpoint)."""
@@ -102,6 +103,10 @@ class ResizeJournal:
 
     def finish(self) -> None:
         self.complete = True
+
+    def measured(self, world: int, step_s: float) -> None:
+        """A group's rank 0, at its checkpoints: how long its steps take (the latest word per size)."""
+        self.step_s[world] = step_s
 
     def in_place_state(self) -> tuple[set[int], bool]:
         """For the controller's failure policy: the ranks that left in place, and whether the run is complete."""
@@ -178,15 +183,16 @@ class ResizeJournal:
         lossy = sum(1 for r in self.records if _redid_steps(r))
         return max(0.0, now - self.created_at) / lossy if lossy else None
 
-    def widen_terms(self, now: float) -> tuple[float | None, float | None]:
+    def widen_terms(self, now: float) -> tuple[float | None, float | None, tuple[tuple[int, float], ...]]:
         """Under a notice, with idle capacity (worker/regroup.py ``Headroom``): this attempt's
-        worker-seconds per capacity loss, and how much dearer a re-form with new processes has been
-        than one in place (None where nothing is measured yet)."""
+        worker-seconds per capacity loss, how much dearer a re-form with new processes has been
+        than one in place (None where nothing is measured yet), and the step times of each size."""
         per_loss = self._worker_s(now) / self.losses if self.losses else None
+        step_s = tuple(sorted(self.step_s.items()))
         if not self.restart_costs:
-            return per_loss, None
+            return per_loss, None, step_s
         in_place = statistics.median_high(self.in_place_costs) if self.in_place_costs else 0.0
-        return per_loss, max(0.0, statistics.median_high(self.restart_costs) - in_place)
+        return per_loss, max(0.0, statistics.median_high(self.restart_costs) - in_place), step_s
 
     def _worker_s(self, now: float) -> float:
         running = self.world * max(0.0, now - self.running_since) if self.running_since and self.world else 0.0
@@ -194,17 +200,22 @@ class ResizeJournal:
 
     def should_grow(self, world: int, added: int, now: float) -> tuple[bool, str]:
         """Whether the running group of ``world`` should re-form now with ``added`` more workers:
-        the planner's ``grow_pays`` rule on this attempt's own loss rate and the cost of its re-forms
+        the planner's ``grow_pays`` rule on this attempt's own loss rate, the cost of its re-forms
         that started new worker processes, as a grow does (an in-place re-form is far cheaper and
-        says nothing of it). Before the attempt has lost capacity, and before it has measured such
-        a re-form, it grows."""
+        says nothing of it), and how much faster the larger group steps. Before the attempt has
+        lost capacity, and before it has measured such a re-form, it grows, unless a group of the
+        larger size was measured no faster."""
+        gain = speedup(self.step_s, world, world + added)
+        if gain <= 1:
+            return False, (f"a group of {world + added} took {self.step_s[world + added]:.3f} s a step here, "
+                           f"one of {world} {self.step_s[world]:.3f} s: no faster, so no grow pays its pause")
         worker_s = self.worker_s + (world * max(0.0, now - self.running_since) if self.running_since else 0.0)
         if not self.losses or not self.restart_costs:
             return True, "no loss, or no re-form with new worker processes, measured in this attempt yet"
         next_loss_s, cost_s = worker_s / self.losses / world, statistics.median_high(self.restart_costs)
-        grow = grow_pays(next_loss_s, world, added, cost_s)
-        return grow, (f"{added} more worker(s) {'gain' if grow else 'would not gain'} more than a "
-                      f"{cost_s:.1f} s re-form before the next loss (expected in {next_loss_s:.0f} s: "
+        grow = grow_pays(next_loss_s, world, added, cost_s, gain)
+        return grow, (f"{added} more worker(s) ({gain:.2f} x as fast) {'gain' if grow else 'would not gain'} "
+                      f"more than a {cost_s:.1f} s re-form before the next loss (expected in {next_loss_s:.0f} s: "
                       f"{self.losses} loss(es) in {worker_s:.0f} worker-seconds)")
 
 

@@ -173,6 +173,7 @@ class PretrainTrainer(TorchTrainer):
     resize_journal = None  # set by build_trainer for an elastic attempt
     metrics_relay = None
     capacity_wait_s = 0.0
+    batch = (1, 1)  # (global, micro): set by build_trainer for an elastic attempt
 
     def _create_default_callbacks(self):
         callbacks = _without_blind_placement_group_cleaner(super()._create_default_callbacks())
@@ -186,7 +187,8 @@ class PretrainTrainer(TorchTrainer):
         if self.resize_journal is not None:
             from orchestrator.train.driver.ray_policies import CapacityRecovery, CheckpointBoundaryElastic
 
-            scaling = CheckpointBoundaryElastic(self.scaling_config, self.resize_journal, self.capacity_wait_s)
+            scaling = CheckpointBoundaryElastic(self.scaling_config, self.resize_journal, self.batch,
+                                                self.capacity_wait_s)
             controller_init_kwargs["scaling_policy"] = scaling
             controller_init_kwargs["failure_policy"] = CapacityRecovery(
                 self.run_config.failure_config, self.resize_journal, keep_asking=scaling.keep_asking)
@@ -218,6 +220,7 @@ def build_trainer(job: PretrainJob, loop_config: dict[str, Any], storage_path: P
         from orchestrator.train.driver.elastic import capacity_wait_s
 
         trainer.capacity_wait_s = capacity_wait_s(job.spec.recovery.heartbeat_timeout_s)
+        trainer.batch = (job.spec.training.global_batch_size, job.spec.training.micro_batch_size)
     return trainer
 
 

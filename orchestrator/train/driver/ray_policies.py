@@ -13,6 +13,7 @@ from ray.train.v2._internal.execution.failure_handling import DefaultFailurePoli
 from ray.train.v2._internal.execution.scaling_policy import ElasticScalingPolicy, NoopDecision
 from ray.train.v2.api.exceptions import ControllerError, PreemptionError
 
+from orchestrator.spec_rules import usable_worker_count
 from orchestrator.train.driver.elastic import (
     CAPACITY_WAIT_S, GROW_SETTLE_S, MAX_RECOVERIES, InsufficientCapacity, capacity_lost, dead_nodes,
     draining_nodes,
@@ -97,9 +98,10 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
     """Ray's elastic sizing for a new group; a running group is never resized here (it grows at its
     next checkpoint, worker/elastic.py); below min for ``wait_s`` after a loss, the attempt ends."""
 
-    def __init__(self, scaling_config, journal, wait_s: float = CAPACITY_WAIT_S) -> None:
+    def __init__(self, scaling_config, journal, batch: tuple[int, int], wait_s: float = CAPACITY_WAIT_S) -> None:
         super().__init__(scaling_config)
         self.journal, self.wait_s = journal, wait_s
+        self.global_batch, self.micro_batch = batch
         self.formed_once = False
         self.short_since: float | None = None
         self.reforming_since: float | None = None
@@ -119,7 +121,11 @@ class CheckpointBoundaryElastic(ElasticScalingPolicy):
         # it would form a group that waits for its placement until the node is gone.
         draining = _draining_nodes()
         usable = {node: res for node, res in reserved_resources.items() if node not in draining}
-        return super()._count_possible_workers(usable)
+        possible = super()._count_possible_workers(usable)
+        # Only counts that keep the global batch form a group (spec_rules.usable_worker_count); with
+        # none from min up, the count stays below min and the group waits as it would short of nodes.
+        return usable_worker_count(self.global_batch, self.micro_batch, self.scaling_config.min_workers,
+                                   possible) or possible
 
     def keep_asking(self) -> None:
         """Ask the autoscaler for max workers (rate-limited by Ray's policy)."""

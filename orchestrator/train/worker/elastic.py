@@ -25,7 +25,8 @@ import time
 from typing import Any
 
 from orchestrator.contract import Resize
-from orchestrator.spec_rules import valid_worker_counts
+from orchestrator.spec_rules import usable_worker_count, valid_worker_counts
+from orchestrator.train.checkpoint.interval import Ewma
 from orchestrator.train.worker import regroup
 from orchestrator.train.worker.errors import NodePreempted, PreemptedError
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, max_over_ranks
@@ -39,22 +40,27 @@ def elastic_side(config: dict[str, Any], job, rank: int, world_size: int) -> "El
         return None
     r = job.spec.resources
     per_worker = {"CPU": float(r.cpus_per_worker), **({"GPU": float(r.gpus_per_worker)} if r.gpus_per_worker else {})}
-    return ElasticSide(config["resize_journal"], rank, world_size, r.workers.max, per_worker)
+    batch = (job.spec.training.global_batch_size, job.spec.training.micro_batch_size)
+    return ElasticSide(config["resize_journal"], rank, world_size, r.workers.max, per_worker, batch)
 
 
 class ElasticSide:
     """One rank's view; ``None`` of it is used by a fixed-size attempt."""
 
-    def __init__(self, journal_name: str, rank: int, world_size: int, max_workers: int, worker_resources: dict):
+    def __init__(self, journal_name: str, rank: int, world_size: int, max_workers: int, worker_resources: dict,
+                 batch: tuple[int, int]):
         import ray
 
         self.rank, self.world_size, self.max_workers = rank, world_size, max_workers
+        self.global_batch, self.micro_batch = batch
         self.worker_resources = worker_resources
         self.journal = ray.get_actor(journal_name) if rank == 0 else None
         self.started_at = time.time()
         self.loaded_at: float | None = None
         self.resizes: list[Resize] = []
         self._declined = False  # the last look found room but judged a grow not worth its pause
+        self.step_time = Ewma()  # rank 0: this group's seconds per step, its first step left out
+        self._steps = 0
 
     def loaded(self) -> None:
         self.loaded_at = time.time()
@@ -107,12 +113,33 @@ class ElasticSide:
             except Exception as exc:  # noqa: BLE001 - the journal is advisory: the group re-forms anyway
                 log.warning("cannot tell the resize journal that this group ends before its first step: %s", exc)
 
+    def stepped(self, seconds: float) -> None:
+        """After every step: its time (the group's first step, which loads and warms up, is left out)."""
+        self._steps += 1
+        if self.journal is not None and self._steps > 1 and seconds > 0:
+            self.step_time.add(seconds)
+
     def grow_now(self) -> bool:
-        """Collective (call on every rank at the same step): rank 0 sees room for more workers, and
-        the journal judges that growing now pays for its pause (driver/elastic.py ``should_grow``)."""
+        """Collective (call on every rank at the same step, at a checkpoint): rank 0 tells the journal
+        its step time, sees room for more workers, and the journal judges that growing now pays for
+        its pause (driver/elastic.py ``should_grow``)."""
+        self._tell_step_time()
         grow = (self.rank == 0 and self.world_size < self.max_workers  # at max: no look at the cluster
-                and self._grow_pays(min(self.max_workers - self.world_size, self._workers_that_fit())))
+                and self._grow_pays(self._room()))
         return max_over_ranks([1.0 if grow else 0.0])[0] > 0
+
+    def _tell_step_time(self) -> None:
+        """Rank 0: the journal's word on this group's size, sent before any question that uses it
+        (calls from one caller reach an actor in order)."""
+        if self.journal is not None and self.step_time.value is not None:
+            self.journal.measured.remote(self.world_size, self.step_time.value)
+
+    def _room(self) -> int:
+        """Workers a grow would add now: up to the largest count that fits the cluster and keeps the
+        global batch (a grow to a count that breaks it would re-form no larger)."""
+        fits = min(self.max_workers, self.world_size + self._workers_that_fit())
+        target = usable_worker_count(self.global_batch, self.micro_batch, self.world_size + 1, fits)
+        return target - self.world_size if target else 0
 
     def _grow_pays(self, added: int) -> bool:
         if added < 1:
@@ -130,22 +157,22 @@ class ElasticSide:
         return grow
 
     def headroom(self) -> "regroup.Headroom | None":
-        """Rank 0, under a notice: idle capacity the cluster holds beyond the group and the journal's
-        terms for re-forming wider (None on other ranks, with no idle capacity, or when it cannot say:
-        then the survivors re-form in place)."""
+        """Rank 0, under a notice: the capacity the cluster holds beyond the group and the journal's
+        terms for re-forming wider (None on other ranks or when it cannot say: then the survivors
+        re-form in place). The plan counts what is idle once it knows who stays (regroup.Headroom)."""
         if self.journal is None:
             return None
         import ray
 
         try:
-            idle = self._workers_that_fit()
-            if idle < 1:
-                return None
-            per_loss, extra = ray.get(self.journal.widen_terms.remote(time.time()), timeout=10)
+            self._tell_step_time()
+            nodes = _usable_nodes()
+            free, bundles = self._free_workers(nodes), _own_bundles_on(nodes)
+            per_loss, extra, step_s = ray.get(self.journal.widen_terms.remote(time.time()), timeout=10)
         except Exception as exc:  # noqa: BLE001 - advisory: in place is always safe
             log.warning("cannot judge whether to re-form wider: %s", exc)
             return None
-        return regroup.Headroom(idle, per_loss, extra)
+        return regroup.Headroom(free, bundles, per_loss, extra, step_s)
 
     def work_loss_mtbp_s(self) -> float | None:
         """Rank 0: this attempt's seconds per re-form that redid steps, as the journal counts them
@@ -163,14 +190,24 @@ class ElasticSide:
     def _workers_that_fit(self) -> int:
         """Workers that fit the free resources of live nodes not under notice, and the group's own
         placement bundles beyond its size on such nodes: after ranks left in place, Ray places
-        their bundles again on returned capacity, which then shows as reserved, not free."""
+        their bundles again on returned capacity, which then shows as reserved, not free. (Only
+        without a notice: a member on a noticed node would make the spare bundles look fewer.)"""
+        nodes = _usable_nodes()
+        return self._free_workers(nodes) + max(0, _own_bundles_on(nodes) - self.world_size)
+
+    def _free_workers(self, nodes: set[str]) -> int:
         import ray
 
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        alive -= set(ray._private.state.state.get_draining_nodes())
         free = ray._private.state.available_resources_per_node()
-        fits = sum(_fits(res, self.worker_resources) for node, res in free.items() if node in alive)
-        return fits + max(0, _own_bundles_on(alive) - self.world_size)
+        return sum(_fits(res, self.worker_resources) for node, res in free.items() if node in nodes)
+
+
+def _usable_nodes() -> set[str]:
+    """Live nodes not under notice."""
+    import ray
+
+    alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    return alive - set(ray._private.state.state.get_draining_nodes())
 
 
 def leave_if_noticed(watcher: PreemptionWatcher, elastic: "ElasticSide | None", resumes_step: int) -> None:

@@ -223,6 +223,8 @@ class Worker:
         run.advance(m, batch.cursor.to_dict())
         self._raise_on_stop_flags(m, run.step)
         self.interval.record_step(m.seconds)
+        if self.elastic:
+            self.elastic.stepped(m.seconds)
         # Agreed in the step's collective (every rank the same answer), decided after the step is counted.
         request = self.watcher.decide(m.noticed, m.time_left_s, m.attempt_wide, self._save_cost())
         saved = self._checkpoint_if_due(m, run, request)
@@ -258,8 +260,8 @@ class Worker:
         decided, member = time.time(), plan.membership_of(self.member.train_rank)
         if member is None:
             regroup.leave_group()
-            log.info("rank %d leaves (%s); %d rank(s) go on in place from step %d", self.rank,
-                     "its node is under notice" if noticed else "released: the batch rule",
+            log.info("rank %d leaves node %s (%s); %d rank(s) go on in place from step %d", self.rank,
+                     regroup.this_node(), "its node is under notice" if noticed else "released: the batch rule",
                      len(plan.survivors), step)
             raise regroup.LeftGroup()
         old_world, self.engine = self.world_size, None

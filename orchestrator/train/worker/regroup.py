@@ -11,12 +11,13 @@ cursor for the exact sample order. No process starts and nothing is imported aga
 second on this machine, against 15-20 s for a new group (bench/reform_in_place.py).
 
 Only when it can keep its promises (``plan``): the checkpoint of the step committed inside the
-notice, and the survivors are at least ``min`` and keep the global batch. Otherwise every rank
-ends and Ray Train re-forms the group from the newest commit, as before. And only when it pays:
-a group re-formed in place is its survivors alone, while one re-formed with new processes takes in
-the nodes the cluster holds idle (returned capacity the group has not grown into). When there are
-such nodes, rank 0 puts the attempt's record in its seat (``Headroom``) and every rank applies the
-grow rule to the difference of the two re-forms' costs.
+notice, and at least ``min`` survivors at a count that keeps the global batch (the survivors
+beyond the largest such count are released). Otherwise every rank ends and Ray Train re-forms the
+group from the newest commit, as before. And only when it pays: a group re-formed in place is its
+survivors alone, while one re-formed with new processes takes in the nodes the cluster holds idle
+(returned capacity the group has not grown into, and the nodes of released ranks). Rank 0 puts
+what the cluster holds and the attempt's record in its seat (``Headroom``) and every rank applies
+the grow rule to the difference of the two re-forms' costs.
 
 What it takes around it (docs/spot.md, "Elastic inside an attempt"):
 
@@ -36,10 +37,10 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 
-from orchestrator.spot.rules import widen_pays
+from orchestrator.spot.rules import speedup, widen_pays
 
 log = logging.getLogger("bertctl.train.elastic")
 
@@ -88,19 +89,28 @@ class Headroom:
     """Rank 0's look at the cluster and the attempt's record, in its seat: what the choice between
     re-forming in place and re-forming wider is judged on (every rank judges it the same)."""
 
-    idle_workers: int                 # workers the cluster could add now, beyond the group's own
+    free_workers: int                 # workers the free resources of live nodes not under notice hold
+    own_bundles: int                  # the group's placement bundles on those nodes, held or spare
     worker_s_per_loss: float | None   # the attempt's worker-seconds per capacity loss (None: no loss yet)
     extra_cost_s: float | None        # a re-form with new processes minus one in place (None: not measured)
+    step_s: tuple[tuple[int, float], ...] = ()  # (group size, seconds per step) measured in the attempt
 
-    def added(self, survivors: int, valid_counts: list[int]) -> int:
-        """Workers a re-form with new processes would add to the survivors: it takes idle nodes in."""
-        wider = [n for n in valid_counts if survivors < n <= survivors + self.idle_workers]
-        return max(wider) - survivors if wider else 0
+    def idle(self, staying: int) -> int:
+        """Workers the cluster could add to a group of ``staying``: free resources, and the group's own
+        bundles that nobody staying holds (ranks released, or left earlier, whose nodes are still up).
+        Only the plan knows ``staying``: rank 0 cannot tell which bundles sit on noticed nodes."""
+        return self.free_workers + max(0, self.own_bundles - staying)
 
-    def widen(self, survivors: int, valid_counts: list[int]) -> bool:
+    def added(self, staying: int, valid_counts: list[int]) -> int:
+        """Workers a re-form with new processes would add to those staying: it takes idle nodes in."""
+        wider = [n for n in valid_counts if staying < n <= staying + self.idle(staying)]
+        return max(wider) - staying if wider else 0
+
+    def widen(self, staying: int, valid_counts: list[int]) -> bool:
         """Re-form wider (new processes, idle nodes taken in) rather than in place (rules.widen_pays)."""
-        return widen_pays(self.worker_s_per_loss, survivors, self.added(survivors, valid_counts),
-                          self.extra_cost_s)
+        added = self.added(staying, valid_counts)
+        gain = speedup(dict(self.step_s), staying, staying + added) if added else None
+        return widen_pays(self.worker_s_per_loss, staying, added, self.extra_cost_s, gain)
 
 
 @dataclass(frozen=True)
@@ -136,7 +146,7 @@ def take_seats(train_rank: int, leaving: bool, headroom: Headroom | None = None)
     import ray
     import torch.distributed as dist
 
-    seat = Seat(train_rank, leaving, ray.get_runtime_context().get_node_id(),
+    seat = Seat(train_rank, leaving, this_node(),
                 ray.util.get_node_ip_address(), free_port(), headroom)
     seats: list = [None] * dist.get_world_size()
     dist.all_gather_object(seats, seat)
@@ -156,12 +166,10 @@ def plan(seats: list[Seat], committed: bool, min_workers: int, valid_counts: lis
         return None
     group, released = survivors[:max(fits)], survivors[max(fits):]
     headroom = next((s.headroom for s in seats if s.headroom is not None), None)
-    if headroom is not None:
-        headroom = replace(headroom, idle_workers=headroom.idle_workers + len(released))
-        if headroom.widen(len(group), valid_counts):
-            log.info("the group re-forms with new processes, taking %d idle worker(s) in, rather than in "
-                     "place (%s)", headroom.added(len(group), valid_counts), headroom)
-            return None
+    if headroom is not None and headroom.widen(len(group), valid_counts):  # released ranks' bundles are idle
+        log.info("the group re-forms with new processes, taking %d idle worker(s) in, rather than in "
+                 "place (%s)", headroom.added(len(group), valid_counts), headroom)
+        return None
     return InPlace(group, tuple(s.train_rank for s in seats if s.leaving or s in released))
 
 
@@ -176,6 +184,13 @@ def rejoin(membership: Membership, master: Seat, backend: str) -> None:
     dist.init_process_group(backend, init_method=f"tcp://{_url_host(master.host)}:{master.port}",
                             rank=membership.rank, world_size=membership.world_size,
                             timeout=timedelta(seconds=REJOIN_TIMEOUT_S))
+
+
+def this_node() -> str:
+    """Ray's id of the node this process runs on (hex, as `bertctl spot nodes` shows it)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def leave_group() -> None:
