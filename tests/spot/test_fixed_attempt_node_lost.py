@@ -15,7 +15,7 @@ import yaml
 
 from orchestrator.contract import ExitCode
 from tests.manager.procs import terminal
-from tests.spot.test_elastic_attempt import _cluster_with_nodes, _spot, submit_at_step
+from tests.spot.elastic_helpers import cluster_with_nodes, spot, submit_at_step
 from tests.train.conftest import build_corpus, manifest
 
 pytestmark = pytest.mark.chaos
@@ -24,7 +24,7 @@ MAX_STEPS = 100_000  # out of reach: the test cancels the job once the relaunch 
 
 @pytest.fixture
 def cluster(tmp_path):
-    sim = _cluster_with_nodes(tmp_path, nodes=2)
+    sim = cluster_with_nodes(tmp_path, nodes=2)
     yield sim
     sim.down()
 
@@ -40,7 +40,7 @@ def _job(tmp_path) -> str:
 def test_a_fixed_attempt_that_loses_a_node_ends_as_node_lost_and_is_relaunched(server, cluster, tmp_path):
     job_id = submit_at_step(server, cluster, _job(tmp_path), nodes=2, step=2)
 
-    _spot(cluster, "kill")
+    spot(cluster, "kill")
     job = server.wait(job_id, lambda j: j["attempts"][0]["state"] == "ended", 180)
     first = job["attempts"][0]
     assert (first["end_reason"], first["exit_code"]) == ("node_lost", ExitCode.INFRASTRUCTURE), first

@@ -20,7 +20,7 @@ from orchestrator.spot.sim_cluster import SimCluster, session_members
 from orchestrator.train.checkpoint import CheckpointStore
 from tests.manager.procs import terminal
 from tests.spot.scenario import until
-from tests.spot.test_elastic_attempt import _live_nodes, _resizes, _spot, submit_at_step
+from tests.spot.elastic_helpers import live_nodes, resizes, spot, submit_at_step
 from tests.train.conftest import build_corpus, manifest
 
 pytestmark = pytest.mark.chaos
@@ -60,13 +60,13 @@ def test_a_node_noticed_while_the_group_re_forms_is_left_out_at_once(server, clu
     log = tmp_path / "data" / "jobs" / job_id / "attempt-1" / "trainer.log"
     assert GROUP_OF_TWO_STARTS not in log.read_text()
 
-    first, second = [n["node_id"] for n in _live_nodes(cluster)][:2]
-    _spot(cluster, "kill", "--node", first)
+    first, second = [n["node_id"] for n in live_nodes(cluster)][:2]
+    spot(cluster, "kill", "--node", first)
     until("the group of two starting", lambda: GROUP_OF_TWO_STARTS in log.read_text(), 120)
-    notices = [_spot(cluster, "preempt", "--notice", str(NOTICE_S), "--node", second, wait=False)]
-    until("a group of one", lambda: any(r["to_world"] == 1 for r in _resizes(server, job_id)), 300)
+    notices = [spot(cluster, "preempt", "--notice", str(NOTICE_S), "--node", second, wait=False)]
+    until("a group of one", lambda: any(r["to_world"] == 1 for r in resizes(server, job_id)), 300)
 
-    [resize] = _resizes(server, job_id)
+    [resize] = resizes(server, job_id)
     assert (resize["kind"], resize["from_world"], resize["to_world"]) == ("shrink_lost", 3, 1), resize
     committed = [c.step for c in CheckpointStore(str(tmp_path / "ckpt")).committed()]
     assert resize["resumed_from_step"] in committed, resize
