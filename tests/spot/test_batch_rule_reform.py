@@ -16,11 +16,10 @@ import re
 
 import pytest
 
-from orchestrator.spot.sim_cluster import session_members
 from tests.manager.procs import terminal
 from tests.spot.elastic_helpers import (
-    bertctl, cluster_with_nodes, elastic_job, live_nodes, resizes, spot, submit_at_step, trainer_log, wait_until,
-    worker_pids,
+    bertctl, elastic_job, live_nodes, resizes, running_cluster, spot, submit_at_step, trainer_log,
+    wait_until, worker_pids,
 )
 
 pytestmark = pytest.mark.chaos
@@ -30,11 +29,8 @@ NODES = 4
 
 @pytest.fixture
 def cluster(tmp_path):
-    sim = cluster_with_nodes(tmp_path, NODES)
-    leader = sim.state()["pid"]
-    yield sim
-    sim.down()
-    assert session_members(leader) == [], "the cluster's processes outlived down()"
+    with running_cluster(tmp_path, NODES) as sim:
+        yield sim
 
 
 def _nth_resize(server, job_id: str, n: int) -> dict:

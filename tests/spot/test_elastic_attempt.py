@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.spot.sim_cluster import session_members
 from orchestrator.train.checkpoint import CheckpointStore
 from tests.manager.procs import terminal
 from tests.spot.elastic_helpers import (
-    bertctl, cluster_with_nodes, elastic_job, resized, spot, submit_at_step, wait_until, worker_pids,
+    bertctl, elastic_job, resized, running_cluster, spot, submit_at_step, wait_until, worker_pids,
 )
 
 pytestmark = pytest.mark.chaos
@@ -34,11 +33,8 @@ NODES = 3
 
 @pytest.fixture
 def cluster(tmp_path):
-    sim = cluster_with_nodes(tmp_path, NODES)
-    leader = sim.state()["pid"]
-    yield sim
-    sim.down()
-    assert session_members(leader) == [], "the cluster's processes outlived down()"
+    with running_cluster(tmp_path, NODES) as sim:
+        yield sim
 
 
 def test_an_elastic_attempt_grows_shrinks_and_survives_a_kill_without_a_relaunch(server, cluster, tmp_path):
