@@ -308,6 +308,31 @@ def test_no_grow_to_a_size_whose_groups_stepped_no_faster_even_before_a_loss():
     journal.measured(3, 0.18)  # e.g. workers sharing cores: 3 step slower than 2
     grow, why = journal.should_grow(2, 1, now=10.0)
     assert not grow and "no faster" in why, why
-    journal.measured(3, 0.10)  # the latest word on a size counts
+    journal.measured(3, 0.10)  # a group of 3 that ran unhindered: each size keeps its best figure
+    journal.measured(3, 0.40)  # ... not one slowed by a node starting beside it
     assert journal.should_grow(2, 1, now=10.0)[0]
     assert journal.widen_terms(10.0) == (None, None, ((2, 0.16), (3, 0.10)))
+
+
+def test_a_group_reports_the_median_of_its_recent_steps_once_it_has_enough(monkeypatch):
+    from orchestrator.train.worker import elastic as worker_elastic
+
+    told = []
+
+    class Journal:
+        class measured:
+            @staticmethod
+            def remote(world, step_s):
+                told.append((world, step_s))
+
+    side = worker_elastic.ElasticSide("journal", rank=1, world_size=2, max_workers=4,
+                                      worker_resources={"CPU": 1.0}, batch=(8, 2))
+    side.journal = Journal()
+    side.stepped(9.0)  # the group's first step (loading, warming up) is left out
+    for seconds in [0.2] * 8 + [3.0]:  # one slow step among them: a checkpoint, a node starting
+        side.stepped(seconds)
+    side._tell_step_time()
+    assert told == [], "9 steps are too few to judge a pause on"
+    side.stepped(0.2)
+    side._tell_step_time()
+    assert told == [(2, 0.2)]

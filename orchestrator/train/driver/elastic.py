@@ -105,8 +105,10 @@ class ResizeJournal:
         self.complete = True
 
     def measured(self, world: int, step_s: float) -> None:
-        """A group's rank 0, at its checkpoints: how long its steps take (the latest word per size)."""
-        self.step_s[world] = step_s
+        """A group's rank 0, at its checkpoints: the median of its recent steps. Each size keeps
+        its best sustained figure: a group slowed for a while by its neighbours (a node starting
+        beside it, another job) does not make that size look slow for the rest of the attempt."""
+        self.step_s[world] = min(step_s, self.step_s.get(world, step_s))
 
     def in_place_state(self) -> tuple[set[int], bool]:
         """For the controller's failure policy: the ranks that left in place, and whether the run is complete."""

@@ -21,17 +21,20 @@
 from __future__ import annotations
 
 import logging
+import statistics
 import time
+from collections import deque
 from typing import Any
 
 from orchestrator.contract import Resize
 from orchestrator.spec_rules import usable_worker_count, valid_worker_counts
-from orchestrator.train.checkpoint.interval import Ewma
 from orchestrator.train.worker import regroup
 from orchestrator.train.worker.errors import NodePreempted, PreemptedError
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest, max_over_ranks
 
 log = logging.getLogger("bertctl.train.elastic")
+STEP_WINDOW = 100  # the steps a group's speed is judged on (the latest)
+MIN_STEPS_MEASURED = 10  # fewer say too little to weigh a pause on
 
 
 def elastic_side(config: dict[str, Any], job, rank: int, world_size: int) -> "ElasticSide | None":
@@ -59,7 +62,7 @@ class ElasticSide:
         self.loaded_at: float | None = None
         self.resizes: list[Resize] = []
         self._declined = False  # the last look found room but judged a grow not worth its pause
-        self.step_time = Ewma()  # rank 0: this group's seconds per step, its first step left out
+        self.step_times: deque[float] = deque(maxlen=STEP_WINDOW)  # rank 0: this group's recent steps
         self._steps = 0
 
     def loaded(self) -> None:
@@ -117,7 +120,7 @@ class ElasticSide:
         """After every step: its time (the group's first step, which loads and warms up, is left out)."""
         self._steps += 1
         if self.journal is not None and self._steps > 1 and seconds > 0:
-            self.step_time.add(seconds)
+            self.step_times.append(seconds)
 
     def grow_now(self) -> bool:
         """Collective (call on every rank at the same step, at a checkpoint): rank 0 tells the journal
@@ -129,10 +132,11 @@ class ElasticSide:
         return max_over_ranks([1.0 if grow else 0.0])[0] > 0
 
     def _tell_step_time(self) -> None:
-        """Rank 0: the journal's word on this group's size, sent before any question that uses it
-        (calls from one caller reach an actor in order)."""
-        if self.journal is not None and self.step_time.value is not None:
-            self.journal.measured.remote(self.world_size, self.step_time.value)
+        """Rank 0: the median of this group's recent steps, once it has enough of them, sent before
+        any question that uses it (calls from one caller reach an actor in order). A median, since
+        a few slow steps (a checkpoint, a node starting beside it) say nothing of the group's speed."""
+        if self.journal is not None and len(self.step_times) >= MIN_STEPS_MEASURED:
+            self.journal.measured.remote(self.world_size, statistics.median(self.step_times))
 
     def _room(self) -> int:
         """Workers a grow would add now: up to the largest count that fits the cluster and keeps the
