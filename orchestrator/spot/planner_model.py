@@ -147,6 +147,7 @@ class Run:
         # what each re-form with new worker processes cost (a grow's price: their median). A noticed
         # loss re-forms in place in the trainer and is not one of them.
         self.losses, self.worker_s, self.reform_costs = 0, 0.0, []
+        self.sizes_run: set[int] = set()  # the group sizes this attempt has trained at (their speed is known)
 
     # -- training between events ----------------------------------------------------------------
 
@@ -168,6 +169,7 @@ class Run:
 
     def _train(self, t_end: float) -> None:
         step_s = self.comp.step_s(self.w)
+        self.sizes_run.add(self.w)
         boundary = min(self.next_ckpt, float(self.sc.max_steps))
         needed = (boundary - self.step) * step_s
         dt = min(needed, t_end - self.t)
@@ -273,9 +275,12 @@ class Run:
         return widen_pays(per_loss, survivors, wider - survivors, extra_s, self._gain(survivors, wider))
 
     def _gain(self, world: int, grown: int) -> float | None:
-        """How many times faster a group of ``grown`` steps than one of ``world``, by the step-time
-        model (the trainer measures it on the sizes its groups ran at; rules.speedup)."""
-        return self.comp.step_s(world) / self.comp.step_s(grown) if grown > world else None
+        """How many times faster a group of ``grown`` steps than one of ``world``: as the trainer
+        knows it (rules.speedup), by the step-time model where the attempt has trained at both
+        sizes, else None (in proportion to the workers)."""
+        if grown <= world or not {world, grown} <= self.sizes_run:
+            return None
+        return self.comp.step_s(world) / self.comp.step_s(grown)
 
     def _shrink_in_place(self, survivors: int) -> None:
         """The trainer's survivors re-form in place (worker/regroup.py): no new process, so the
