@@ -18,19 +18,13 @@ import pytest
 
 from tests.manager.procs import terminal
 from tests.spot.elastic_helpers import (
-    bertctl, elastic_job, live_nodes, resizes, running_cluster, spot, submit_at_step, trainer_log,
+    bertctl, elastic_job, live_nodes, resizes, spot, submit_at_step, trainer_log,
     wait_until, worker_pids,
 )
 
 pytestmark = pytest.mark.chaos
 NOTICE_S = 30.0
 NODES = 4
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    with running_cluster(tmp_path, NODES) as sim:
-        yield sim
 
 
 def _nth_resize(server, job_id: str, n: int) -> dict:

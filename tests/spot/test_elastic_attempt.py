@@ -23,18 +23,12 @@ import pytest
 from orchestrator.train.checkpoint import CheckpointStore
 from tests.manager.procs import terminal
 from tests.spot.elastic_helpers import (
-    bertctl, elastic_job, resized, running_cluster, spot, submit_at_step, wait_until, worker_pids,
+    bertctl, elastic_job, resized, spot, submit_at_step, wait_until, worker_pids,
 )
 
 pytestmark = pytest.mark.chaos
 NOTICE_S = 30.0
 NODES = 3
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    with running_cluster(tmp_path, NODES) as sim:
-        yield sim
 
 
 def test_an_elastic_attempt_grows_shrinks_and_survives_a_kill_without_a_relaunch(server, cluster, tmp_path):
