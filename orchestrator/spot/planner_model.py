@@ -37,7 +37,7 @@ import numpy as np
 
 from orchestrator.errors import PermanentError
 from orchestrator.spot.capacity import Timeline
-from orchestrator.spot.rules import grow_pays, notice_fits, widen_pays
+from orchestrator.spot.rules import grow_pays, notice_fits, speedup, widen_pays
 
 POLICIES = ("elastic", "relaunch")
 
@@ -275,12 +275,11 @@ class Run:
         return widen_pays(per_loss, survivors, wider - survivors, extra_s, self._gain(survivors, wider))
 
     def _gain(self, world: int, grown: int) -> float | None:
-        """How many times faster a group of ``grown`` steps than one of ``world``: as the trainer
-        knows it (rules.speedup), by the step-time model where the attempt has trained at both
-        sizes, else None (in proportion to the workers)."""
-        if grown <= world or not {world, grown} <= self.sizes_run:
+        """How many times faster a group of ``grown`` steps than one of ``world``, as the trainer
+        knows it (rules.speedup): the step-time model of the sizes this attempt has trained at."""
+        if grown <= world:
             return None
-        return self.comp.step_s(world) / self.comp.step_s(grown)
+        return speedup({n: self.comp.step_s(n) for n in self.sizes_run}, world, grown)
 
     def _shrink_in_place(self, survivors: int) -> None:
         """The trainer's survivors re-form in place (worker/regroup.py): no new process, so the
