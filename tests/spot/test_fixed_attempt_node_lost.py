@@ -15,18 +15,12 @@ import yaml
 
 from orchestrator.contract import ExitCode
 from tests.manager.procs import terminal
-from tests.spot.elastic_helpers import cluster_with_nodes, spot, submit_at_step
+from tests.spot.elastic_helpers import spot, submit_at_step
 from tests.train.conftest import build_corpus, manifest
 
 pytestmark = pytest.mark.chaos
+NODES = 2  # the conftest's cluster: two 1-CPU spot nodes
 MAX_STEPS = 100_000  # out of reach: the test cancels the job once the relaunch is decided
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    sim = cluster_with_nodes(tmp_path, nodes=2)
-    yield sim
-    sim.down()
 
 
 def _job(tmp_path) -> str:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator.spot.config import parse_config
-from orchestrator.spot.sim_cluster import SimCluster, session_members
 from orchestrator.train.checkpoint import CheckpointStore
 from tests.manager.procs import terminal
 from tests.spot.scenario import until
@@ -26,22 +24,8 @@ from tests.train.conftest import build_corpus, manifest
 pytestmark = pytest.mark.chaos
 NOTICE_S = 30.0
 MAX_STEPS = 100_000  # out of reach: the test cancels the job once the scenario is through
-CONFIG = {"head": {"resources": {"CPU": 0}}, "provisioning_delay_s": 1.0, "idle_timeout_s": 600,
-          "node_types": {"spot-cpu": {"resources": {"CPU": 1}, "min_workers": 3, "max_workers": 3}}}
+NODES = 3  # the conftest's cluster: three 1-CPU spot nodes
 GROUP_OF_TWO_STARTS = "Attempting to start training worker group of size 2"  # Ray Train's controller log
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    sim = SimCluster(tmp_path / "spot", parse_config(CONFIG))
-    sim.up()
-    leader = sim.state()["pid"]
-    try:
-        until("three spot nodes joined", lambda: sum(e["kind"] == "joined" for e in sim.events()) >= 3, 180)
-        yield sim
-    finally:
-        sim.down()
-    assert session_members(leader) == [], "the cluster's processes outlived down()"
 
 
 def _job(tmp_path) -> str:
