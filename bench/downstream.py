@@ -55,19 +55,23 @@ def bertctl(*args: str, log: Path) -> None:
 
 # ----- 1. the corpus ---------------------------------------------------------------------------------
 def corpus(work: Path, slice_bytes: int | None, weights: dict[str, int]) -> tuple[Path, float]:
-    """The cached corpus directory, its sources repeated (``--weight``), or a slice of each of its files
-    (``--quick``); returns (dir, MB)."""
+    """The cached corpus directory, or a slice of each of its files (``--quick``), with its sources
+    repeated (``--weight``); returns (dir, MB)."""
     from orchestrator.finetune.registry_data import fetch
 
-    full = fetch("pretrain-corpus").directory
-    if slice_bytes is None and not weights:
-        return full, sum(p.stat().st_size for p in full.glob("*.jsonl")) / 1e6
-    if slice_bytes is None:
-        return weighted(full, work / "corpus-weighted", weights)
-    part = work / "corpus-slice"
+    source = fetch("pretrain-corpus").directory
+    if slice_bytes is not None:
+        source = sliced(source, work / "corpus-slice", slice_bytes)
+    if weights:
+        source = weighted(source, work / "corpus-weighted", weights)
+    return source, sum(p.stat().st_size for p in source.glob("*.jsonl")) / 1e6
+
+
+def sliced(full: Path, part: Path, slice_bytes: int) -> Path:
+    """The first documents of every source, so each kind of text is in the slice."""
     part.mkdir(parents=True, exist_ok=True)
     files = sorted(full.glob("*.jsonl"))
-    for path in files:  # the first documents of every source, so each kind of text is in the slice
+    for path in files:
         taken, lines = 0, []
         with path.open(encoding="utf-8") as f:
             for line in f:
@@ -76,10 +80,10 @@ def corpus(work: Path, slice_bytes: int | None, weights: dict[str, int]) -> tupl
                 lines.append(line)
                 taken += len(line.encode())
         (part / path.name).write_text("".join(lines), encoding="utf-8")
-    return part, sum(p.stat().st_size for p in part.glob("*.jsonl")) / 1e6
+    return part
 
 
-def weighted(full: Path, dest: Path, weights: dict[str, int]) -> tuple[Path, float]:
+def weighted(full: Path, dest: Path, weights: dict[str, int]) -> Path:
     """The corpus with source NAME present ``weights[NAME]`` times (copies: prepare makes each its own
     units and shards, so the shuffle window meets the copies at different steps and masks them afresh)."""
     sources = {p.stem: p for p in sorted(full.glob("*.jsonl"))}
@@ -91,7 +95,7 @@ def weighted(full: Path, dest: Path, weights: dict[str, int]) -> tuple[Path, flo
     for name, path in sources.items():
         for copy in range(weights.get(name, 1)):
             shutil.copyfile(path, dest / (path.name if copy == 0 else f"{name}.copy{copy + 1}.jsonl"))
-    return dest, sum(p.stat().st_size for p in dest.glob("*.jsonl")) / 1e6
+    return dest
 
 
 # ----- 2. pretraining ----------------------------------------------------------------------------------
