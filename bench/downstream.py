@@ -54,12 +54,22 @@ def bertctl(*args: str, log: Path) -> None:
 
 
 # ----- 1. the corpus ---------------------------------------------------------------------------------
-def corpus(work: Path, slice_bytes: int | None, weights: dict[str, int]) -> tuple[Path, float]:
-    """The cached corpus directory, or a slice of each of its files (``--quick``), with its sources
-    repeated (``--weight``); returns (dir, MB)."""
+def corpus_source(weights: dict[str, int]) -> Path:
+    """The cached corpus directory (fetched and verified), with every ``--weight`` source name checked
+    against it: before ``main`` empties the work directory, so a typo costs no earlier run."""
     from orchestrator.finetune.registry_data import fetch
 
-    source = fetch("pretrain-corpus").directory
+    full = fetch("pretrain-corpus").directory
+    names = sorted(p.stem for p in full.glob("*.jsonl"))
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise SystemExit(f"--weight {','.join(unknown)}: no such corpus source; the sources are {', '.join(names)}")
+    return full
+
+
+def corpus(work: Path, source: Path, slice_bytes: int | None, weights: dict[str, int]) -> tuple[Path, float]:
+    """``source`` (corpus_source), or a slice of each of its files (``--quick``), with its sources
+    repeated (``--weight``); returns (dir, MB)."""
     if slice_bytes is not None:
         source = sliced(source, work / "corpus-slice", slice_bytes)
     if weights:
@@ -87,10 +97,6 @@ def weighted(full: Path, dest: Path, weights: dict[str, int]) -> Path:
     """The corpus with source NAME present ``weights[NAME]`` times (copies: prepare makes each its own
     units and shards, so the shuffle window meets the copies at different steps and masks them afresh)."""
     sources = {p.stem: p for p in sorted(full.glob("*.jsonl"))}
-    unknown = sorted(set(weights) - set(sources))
-    if unknown:
-        raise SystemExit(f"--weight {','.join(unknown)}: no such corpus source; the sources are "
-                         f"{', '.join(sources)}")
     dest.mkdir(parents=True, exist_ok=True)
     for name, path in sources.items():
         for copy in range(weights.get(name, 1)):
@@ -282,11 +288,12 @@ def main() -> None:
         args.work = args.work.with_name(args.work.name + "-quick")
     if args.pretrained and args.work.resolve() == args.pretrained.resolve().parent:
         raise SystemExit("--pretrained must not lie inside --work, which a run empties first; copy it or pick --work")
+    source = None if args.pretrained else corpus_source(args.weights)
     if args.work.exists():  # a fresh run: a leftover checkpoint would resume instead of pretraining
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
     t0 = time.perf_counter()
-    export, pre, mb = pretrained_model(args, steps)
+    export, pre, mb = pretrained_model(args, steps, source)
     models = {"pretrained": export, "scratch": scratch_copy(export, args.work / "scratch", seed=0)}
     files = data_files(args.work, args.quick)
     scores = {f"{task}-{arm}": best_lr(model, task, files[task], arm, args)
@@ -294,7 +301,7 @@ def main() -> None:
     report(scores, pre, mb, time.perf_counter() - t0, args)
 
 
-def pretrained_model(args: argparse.Namespace, steps: int) -> tuple[Path, dict, float]:
+def pretrained_model(args: argparse.Namespace, steps: int, source: Path | None) -> tuple[Path, dict, float]:
     """The export to fine-tune: pretrained now, or the one ``--pretrained`` names (its run's record)."""
     if args.pretrained:
         record = args.pretrained.parent / "result.json"
@@ -302,7 +309,7 @@ def pretrained_model(args: argparse.Namespace, steps: int) -> tuple[Path, dict, 
         print(f"pretrained: {args.pretrained} (not pretrained again)", flush=True)
         return args.pretrained, {**earlier.get("pretrain", {}), "reused": str(args.pretrained)}, earlier.get(
             "corpus_mb", float("nan"))
-    corpus_dir, mb = corpus(args.work, 2_000_000 if args.quick else None, args.weights)
+    corpus_dir, mb = corpus(args.work, source, 2_000_000 if args.quick else None, args.weights)
     print(f"corpus: {corpus_dir} ({mb:.1f} MB)", flush=True)
     export, pre = pretrain(args.work, corpus_dir, steps, args)
     print(f"pretrain: {pre}", flush=True)

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.spot.sim_cluster import session_members
 from tests.manager.procs import ServerProcess, free_port
-from tests.spot.elastic_helpers import running_cluster
+from tests.spot.elastic_helpers import cluster_with_nodes
 
 
 @pytest.fixture
 def cluster(request, tmp_path):
-    with running_cluster(tmp_path, request.module.NODES) as sim:
-        yield sim
+    """The cluster with the module's NODES up, taken down afterwards with nothing of it left running."""
+    sim = cluster_with_nodes(tmp_path, request.module.NODES)
+    leader = sim.state()["pid"]
+    yield sim
+    sim.down()
+    assert session_members(leader) == [], "the cluster's processes outlived down()"
 
 
 @pytest.fixture

@@ -7,12 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import yaml
 
 from orchestrator.spot.config import parse_config
-from orchestrator.spot.sim_cluster import SimCluster, session_members
+from orchestrator.spot.sim_cluster import SimCluster
 from tests.manager.procs import ADMIN
 from tests.spot.scenario import until
 from tests.train.conftest import build_corpus, manifest
@@ -42,17 +41,6 @@ def cluster_with_nodes(tmp_path, nodes: int) -> SimCluster:
             print(f"cluster try {tries}: its nodes did not join; provider events {sim.events()}")
             sim.down()
     raise AssertionError(f"the simulated spot cluster never brought up its {nodes} nodes")
-
-
-@contextmanager
-def running_cluster(tmp_path, nodes: int):
-    """A module's ``cluster`` fixture: the cluster with its nodes up, taken down afterwards with
-    nothing of it left running."""
-    sim = cluster_with_nodes(tmp_path, nodes)
-    leader = sim.state()["pid"]
-    yield sim
-    sim.down()
-    assert session_members(leader) == [], "the cluster's processes outlived down()"
 
 
 def spot(cluster, *args: str, wait: bool = True):
