@@ -142,6 +142,9 @@ class TrainingSpec(_Strict):
     log_every_steps: int = Field(1, ge=1)
     compile: bool = Field(False, description="Run the BERT encoder through torch.compile (static shapes); "
                                              "the first step pays the compilation.")
+    unpad: bool = Field(False, description="Pack each micro-batch's real tokens into one sequence so the encoder "
+                                           "does no work on padding (variable-length attention); needs "
+                                           "model.overrides.attention_probs_dropout_prob: 0.")
 
 
 class DeepSpeedSpec(_Strict):

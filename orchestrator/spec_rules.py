@@ -160,6 +160,15 @@ def _compile(job: "PretrainJob") -> Problems:
     return []
 
 
+def _unpad(job: "PretrainJob") -> Problems:
+    if not job.spec.training.unpad or job.spec.model.overrides.get("attention_probs_dropout_prob") == 0:
+        return []
+    # The variable-length attention kernel has no dropout on the attention probabilities (MosaicBERT
+    # and ModernBERT train with it off); leaving it on would silently change the model trained.
+    return [("spec.training.unpad", "the variable-length attention kernel has no attention dropout: set "
+                                    "model.overrides.attention_probs_dropout_prob: 0.0, or unpad: false")]
+
+
 def _deepspeed_overrides(job: "PretrainJob") -> Problems:
     # These keys are derived from the manifest; letting the raw config set them would break
     # the constant-global-batch invariant on resume.
@@ -180,7 +189,7 @@ def _deadline(job: "PretrainJob") -> Problems:
 
 RULES: list[Callable[["PretrainJob"], Problems]] = [
     _workers_range, _batch, _precision, _optimizer, _positions, _heads, _nsp, _tokenizer, _warmup,
-    _offload, _compile, _deepspeed_overrides, _deadline,
+    _offload, _compile, _unpad, _deepspeed_overrides, _deadline,
 ]
 
 

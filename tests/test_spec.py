@@ -104,6 +104,9 @@ BAD = [
     ("compile not a bool", mutate("spec.training.compile", "sometimes"), "spec.training.compile"),
     ("compile under ZeRO-3", mutate("spec.deepspeed.zero_stage", 3, base=mutate("spec.training.compile", True)),
      "spec.training.compile"),
+    ("unpad with attention dropout", mutate("spec.training.unpad", True), "spec.training.unpad"),
+    ("unpad with attention dropout 0.1", mutate("spec.model.overrides", {"attention_probs_dropout_prob": 0.1},
+                                                base=mutate("spec.training.unpad", True)), "spec.training.unpad"),
     ("raw config sets the batch", mutate("spec.deepspeed.config", {"train_batch_size": 16}), "spec.deepspeed.config"),
     ("vocab and vocab_size both", mutate("spec.tokenizer", {"vocab": "v.txt", "vocab_size": 1000}), "spec.tokenizer"),
     ("neither vocab nor vocab_size", mutate("spec.tokenizer", {"lowercase": True}), "spec.tokenizer"),
@@ -139,6 +142,9 @@ def test_good_manifest_parses_with_defaults():
     assert job.spec.training.precision == "fp32"
     assert job.spec.training.compile is False
     assert parse_manifest(mutate("spec.training.compile", True)).spec.training.compile is True  # at ZeRO-2
+    assert job.spec.training.unpad is False
+    packed = mutate("spec.model.overrides", {"attention_probs_dropout_prob": 0.0}, base=mutate("spec.training.unpad", True))
+    assert parse_manifest(packed).spec.training.unpad is True
     assert job.spec.model.bert_config(vocab_size=1000)["hidden_size"] == PRESETS["bert-tiny"]["hidden_size"]
 
 

@@ -48,7 +48,7 @@ def ray_cluster():
 
 def manifest(path: Path, shards: Path, ckpt: Path, *, steps: int = 8, zero: int = 2, every: int = 4,
              keep_last: int = 3, workers: int = 2, schedule: str = "constant", lr: float = 2e-3,
-             nsp: bool = True, overrides: dict | None = None, name: str = "t") -> Path:
+             nsp: bool = True, overrides: dict | None = None, name: str = "t", unpad: bool = False) -> Path:
     """A tiny PretrainJob manifest (2 layers, hidden 64, seq_len 64) written as YAML."""
     model = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128,
              "max_position_embeddings": 64, **(overrides or {})}
@@ -59,7 +59,7 @@ def manifest(path: Path, shards: Path, ckpt: Path, *, steps: int = 8, zero: int 
             "tokenizer": {"vocab_size": 1000},
             "data": {"shards": str(shards), "seq_len": 64, "seed": 7, "nsp": nsp},
             "training": {"max_steps": steps, "global_batch_size": 16, "micro_batch_size": 4, "lr": lr,
-                         "warmup_steps": 2, "schedule": schedule},
+                         "warmup_steps": 2, "schedule": schedule, "unpad": unpad},
             "deepspeed": {"zero_stage": zero},
             "resources": {"workers": workers, "cpus_per_worker": 1},
             "checkpoint": {"uri": str(ckpt), "every_steps": every, "keep_last": keep_last},

@@ -15,6 +15,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from orchestrator.model import build_model
+from orchestrator.train.worker import unpad as unpad_inputs
 from orchestrator.train.worker.heads import IGNORE, MaskedPositionsPretraining, compile_encoder, device_inputs
 
 FIELDS = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -48,12 +49,13 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def head(compiled: bool, dropout: float) -> MaskedPositionsPretraining:
+def head(compiled: bool, dropout: float, unpad: bool = False) -> MaskedPositionsPretraining:
     fields = {**FIELDS, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": 0.0}
     torch.manual_seed(0)
-    model = MaskedPositionsPretraining(build_model(fields, nsp=True), nsp=True)
+    attention = unpad_inputs.ATTENTION if unpad else "sdpa"
+    model = MaskedPositionsPretraining(build_model(fields, nsp=True, attention=attention), nsp=True)
     if compiled:
-        compile_encoder(model)
+        compile_encoder(model, dynamic=unpad)
     return model
 
 
@@ -61,13 +63,13 @@ def adamw(model: MaskedPositionsPretraining) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
 
 
-def train(model: MaskedPositionsPretraining, optimizer=None, steps=range(STEPS)) -> list[float]:
+def train(model: MaskedPositionsPretraining, optimizer=None, steps=range(STEPS), unpad: bool = False) -> list[float]:
     """The loss of each step: forward, backward and an AdamW step per batch, seeded per step."""
     optimizer = optimizer or adamw(model)
     losses = []
     for step in steps:
         torch.manual_seed(100 + step)
-        out = model(**device_inputs(BATCHES[step], "cpu", CAPACITY))
+        out = model(**device_inputs(BATCHES[step], "cpu", CAPACITY, unpad))
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
@@ -100,6 +102,19 @@ def test_compiled_encoder_trains_to_the_eager_losses_with_the_eager_keys():
     assert eager_losses[0] > 1.0 and eager_losses[0] != eager_losses[-1]  # real, changing losses
     assert list(compiled.state_dict()) == list(eager.state_dict())
     assert not [k for k in compiled.state_dict() if "_orig_mod" in k]
+
+
+def test_compiled_packed_encoder_is_one_graph_over_every_token_count():
+    # Packed micro-batches (spec.training.unpad) have as many tokens as their rows hold, so the
+    # encoder compiles with a symbolic length: one graph for every batch, no recompile, and the
+    # eager packed model's losses (the same dropout masks, as above).
+    unpad_inputs.register()
+    assert len({int(b["attention_mask"].sum()) for b in BATCHES}) > 1  # the token counts do differ
+    with torch._inductor.config.patch(fallback_random=True):
+        compiled_losses = train(head(compiled=True, dropout=0.1, unpad=True), unpad=True)
+    assert_compiled_whole()
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert_close(compiled_losses, train(head(compiled=False, dropout=0.1, unpad=True), unpad=True))
 
 
 def loss(model: MaskedPositionsPretraining, inputs: dict) -> float:

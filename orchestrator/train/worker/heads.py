@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from orchestrator.train.worker import unpad as unpad_inputs
+
 PREFIX = "model."
 IGNORE = -100
 CAPACITY_MULTIPLE = 64  # capacities are rounded up to this, for tensor-core friendly shapes
@@ -57,16 +59,30 @@ def masked_index(labels: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndar
     return padded_positions, padded_targets
 
 
-def device_inputs(micro: dict, device, capacity: int) -> dict:
+def device_inputs(micro: dict, device, capacity: int, unpad: bool = False) -> dict:
     """A stream micro-batch (numpy) as the head's inputs on ``device``, labels replaced by the
-    static-size index; copied from pinned memory without blocking the host on a GPU."""
+    static-size index; copied from pinned memory without blocking the host on a GPU. ``unpad``:
+    the real tokens packed into one sequence (``unpad.pack``)."""
     positions, targets = masked_index(np.asarray(micro["labels"]), capacity)
-    host = {k: v for k, v in micro.items() if k != "labels"}
-    host.update(mlm_positions=positions, mlm_targets=targets)
+    if unpad:
+        host = unpad_inputs.pack(micro, positions)
+        seq_len = int(np.asarray(micro["attention_mask"]).shape[1])
+    else:
+        host = {k: v for k, v in micro.items() if k != "labels"}
+        host["mlm_positions"] = positions
+    host["mlm_targets"] = targets
+    out = _on_device(host, device)
+    if unpad:
+        out["max_length_q"] = seq_len  # an upper bound of the row lengths, constant for the run
+    return out
+
+
+def _on_device(host: dict, device) -> dict:
     pin = torch.device(device).type == "cuda"
     out = {}
     for key, value in host.items():
-        tensor = torch.as_tensor(np.asarray(value), dtype=torch.long)
+        dtype = torch.int32 if key == "cu_seq_lens_q" else torch.long  # the varlen kernel's type
+        tensor = torch.as_tensor(np.asarray(value), dtype=dtype)
         out[key] = (tensor.pin_memory() if pin else tensor).to(device, non_blocking=pin)
     return out
 
@@ -77,20 +93,34 @@ class MaskedPositionsPretraining(torch.nn.Module):
         self.model = model
         self.nsp = nsp
 
-    def forward(self, input_ids, attention_mask, token_type_ids, labels=None, next_sentence_label=None,
-                mlm_positions=None, mlm_targets=None):
-        """``labels`` (the reference) or ``mlm_positions`` + ``mlm_targets`` (``device_inputs``)."""
-        out = self.model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        sequence, pooled = out[0], (out[1] if len(out) > 1 else None)
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, next_sentence_label=None,
+                mlm_positions=None, mlm_targets=None, **packed):
+        """``labels`` (the reference) or ``mlm_positions`` + ``mlm_targets`` (``device_inputs``);
+        ``packed``: the arguments of a packed micro-batch (``unpad.pack``), without an attention mask."""
+        sequence, pooled = self._encode(input_ids, attention_mask, token_type_ids, packed)
         if mlm_positions is not None:
             result = self._mlm_static(sequence, mlm_positions, mlm_targets)
         else:
             result = self._mlm_boolean(sequence, labels)
         with torch.no_grad():
-            result["tokens"] = attention_mask.sum()
+            result["tokens"] = attention_mask.sum() if attention_mask is not None else \
+                packed["cu_seq_lens_q"][-1].long()
         if self.nsp and next_sentence_label is not None:
             self._add_nsp(result, pooled, next_sentence_label)
         return result
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, packed: dict):
+        """(sequence, pooled): the encoder's output, and the pooled [CLS] of every row."""
+        if not packed:
+            out = self.model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out[0], (out[1] if len(out) > 1 else None)
+        cls_index = packed.pop("cls_index")
+        sequence = self.model.bert(input_ids=input_ids, token_type_ids=token_type_ids, **packed)[0]
+        pooler = self.model.bert.pooler
+        # The pooler reads position 0 of each row; here the rows' [CLS] tokens are spread along one
+        # packed sequence, so it is given them as rows of length 1.
+        pooled = pooler(sequence[0].index_select(0, cls_index).unsqueeze(1)) if pooler is not None else None
+        return sequence, pooled
 
     def _mlm_boolean(self, sequence, labels) -> dict:
         selected = labels != IGNORE
@@ -126,15 +156,27 @@ class MaskedPositionsPretraining(torch.nn.Module):
             result["nsp_n"] = torch.tensor(nsp_labels.numel())
 
 
-def compile_encoder(head: MaskedPositionsPretraining) -> None:
+def attention_for(training) -> str:
+    """The model's attention implementation for ``spec.training``: the packed-rows one under
+    ``unpad`` (registered with transformers first), else the project's default."""
+    from orchestrator.model import ATTENTION
+
+    if not training.unpad:
+        return ATTENTION
+    unpad_inputs.register()
+    return unpad_inputs.ATTENTION
+
+
+def compile_encoder(head: MaskedPositionsPretraining, dynamic: bool = False) -> None:
     """``spec.training.compile``: the transformers encoder (``head.model.bert``) runs through
     ``torch.compile``. ``Module.compile`` compiles the module's call in place instead of wrapping
     it in an ``OptimizedModule``, so parameter names and state_dict keys (checkpoints, export) stay
     the eager model's: a checkpoint of a compiled run loads into an eager one and back. Only the
     encoder: the head's row count can change between micro-batches (an overflowing one grows the
-    index), which would recompile a static graph. ``dynamic=False``: every micro-batch the stream
-    yields is (micro_batch_size, seq_len), so one static graph serves the whole run."""
-    head.model.bert.compile(dynamic=False)
+    index), which would recompile a static graph. ``dynamic=False``: every padded micro-batch the
+    stream yields is (micro_batch_size, seq_len), so one static graph serves the whole run; a
+    packed one (``unpad``) has as many tokens as its rows hold, so its length is symbolic."""
+    head.model.bert.compile(dynamic=dynamic)
 
 
 def unwrap_state_dict(weights: dict) -> dict:

@@ -29,7 +29,9 @@ from orchestrator.train.worker import metrics as M, regroup
 from orchestrator.train.worker.engine import build_engine, scheduler_state
 from orchestrator.train.worker.elastic import elastic_side, in_place_plan, leave_if_noticed
 from orchestrator.train.worker.errors import FencedError, GrowRequested, NanLossError, NodePreempted, PreemptedError
-from orchestrator.train.worker.heads import MaskedPositionsPretraining, compile_encoder, device_inputs, mlm_capacity
+from orchestrator.train.worker.heads import (
+    MaskedPositionsPretraining, attention_for, compile_encoder, device_inputs, mlm_capacity,
+)
 from orchestrator.train.worker.inputs import job_stream, tokenizer_files
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest
 from orchestrator.train.worker.progress import Progress
@@ -170,11 +172,11 @@ class Worker:
         rng.seed_everything(spec.data.seed)  # the same initial weights on every rank
         self.model_config = spec.model.bert_config(index.vocab_size)
         pad_id = int((getattr(index, "special_tokens", None) or {}).get("[PAD]", 0))
-        model = MaskedPositionsPretraining(build_model(self.model_config, spec.data.nsp, pad_token_id=pad_id),
-                                           spec.data.nsp)
+        model = MaskedPositionsPretraining(build_model(self.model_config, spec.data.nsp, pad_token_id=pad_id,
+                                                       attention=attention_for(spec.training)), spec.data.nsp)
         model.to(self.device)
         if spec.training.compile:  # in place, so the engine wraps it compiled (heads.compile_encoder)
-            compile_encoder(model)
+            compile_encoder(model, dynamic=spec.training.unpad)
         rng.seed_rank(spec.data.seed, self.rank)  # then per-rank streams (dropout) that a resume restores
         return model
 
@@ -323,7 +325,7 @@ class Worker:
         acc = M.StepAccumulator(started=self.step_end)
         lr = float(self.engine.get_lr()[0])
         for micro in batch.micro_batches:
-            out = self.engine(**device_inputs(micro, self.device, self.mlm_capacity))
+            out = self.engine(**device_inputs(micro, self.device, self.mlm_capacity, self.job.spec.training.unpad))
             self.engine.backward(out["loss"])
             self.engine.step()
             acc.add_outputs(out)
