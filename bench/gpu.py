@@ -31,9 +31,15 @@ differ from the eager row's (inductor draws its own dropout masks); ours and pla
     python bench/gpu.py [--steps 30] [--warmup 5] [--configs base-128,large-128,base-512]
     python bench/gpu.py --tiny     # CPU check of the whole script (automatic without CUDA)
 
-The last line: ``ratios: mfu_base=<x> mfu_large=<x> bertctl/plain_torch=<x> resume_equal=<0|1>``,
-where ``bertctl/plain_torch`` is the lowest of the per-configuration throughput ratios; all four
-come from the eager rows only, so the line means what it meant before the compiled rows.
+After each of those rows, a ``+unpad`` row runs bertctl's path with ``spec.training.unpad`` (the
+encoder on real tokens only, attention dropout off as the switch requires) against the same
+plain-loop figures (its peer is unchanged, so it is not run again); ``--no-unpad`` skips them.
+
+The last line: ``ratios: mfu_base=<x> mfu_large=<x> bertctl/plain_torch=<x> resume_equal=<0|1>
+unpad/padded=<x>``, where ``bertctl/plain_torch`` is the lowest of the per-configuration throughput
+ratios; the first four come from the eager padded rows only, so they mean what they meant before
+the other rows; ``unpad/padded`` is the lowest per-configuration ratio of the eager unpad row's
+throughput to the eager padded row's.
 """
 
 from __future__ import annotations
@@ -54,20 +60,18 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from orchestrator.data.prepare import PrepareConfig, prepare  # noqa: E402
-from orchestrator.data.stream import BatchStream  # noqa: E402
 from orchestrator.flops import flops_per_token, mfu, peak_flops  # noqa: E402
 from orchestrator.model import build_model  # noqa: E402
 from orchestrator.spec import parse_manifest  # noqa: E402
 from orchestrator.train.checkpoint import Checkpointer, CheckpointStore, TrainState  # noqa: E402
 from orchestrator.train.worker import PreemptionWatcher, StopRequest  # noqa: E402
 from orchestrator.train.worker import metrics as M  # noqa: E402
-from orchestrator.train.worker.engine import build_engine, lr_multiplier  # noqa: E402
+from orchestrator.train.worker.engine import build_engine  # noqa: E402
 from orchestrator.train.worker.heads import (  # noqa: E402
-    MaskedPositionsPretraining, compile_encoder, device_inputs, mlm_capacity,
+    MaskedPositionsPretraining, attention_for, compile_encoder, device_inputs, mlm_capacity,
 )
+from bench.gpu_peer import LR, SEED, WARMUP_LR_STEPS, open_stream, run_plain, sync  # noqa: E402
 
-SEED = 7
-LR, WARMUP_LR_STEPS = 1e-4, 2
 
 
 @dataclass(frozen=True)
@@ -92,18 +96,21 @@ TINY = {
 }
 
 
-def manifest(args, cfg: Config, shards: str, ckpt: str, compiled: bool = False) -> dict:
+def manifest(args, cfg: Config, shards: str, ckpt: str, compiled: bool = False, unpad: bool = False) -> dict:
     ds: dict = {"zero_stage": 0 if args.optimizer == "lamb" else args.zero_stage}
+    # The variable-length kernel has no attention dropout, so the manifest asks for it off.
+    overrides = {"attention_probs_dropout_prob": 0.0} if unpad else {}
     if args.adamw == "torch-fused":  # DeepSpeed builds torch.optim.AdamW(fused=True) from these params
         ds["config"] = {"optimizer": {"params": {"torch_adam": True, "fused": True}}}
     return {
         "apiVersion": "bertctl/v1", "kind": "PretrainJob", "metadata": {"name": "gpu-check"},
         "spec": {
-            "model": {"preset": cfg.preset},
+            "model": {"preset": cfg.preset, "overrides": overrides},
             "data": {"shards": shards, "seq_len": cfg.seq_len, "nsp": True, "seed": SEED},
             "training": {"max_steps": args.warmup + args.steps, "global_batch_size": cfg.micro,
                          "micro_batch_size": cfg.micro, "optimizer": args.optimizer, "lr": LR,
-                         "warmup_steps": WARMUP_LR_STEPS, "precision": args.precision, "compile": compiled},
+                         "warmup_steps": WARMUP_LR_STEPS, "precision": args.precision, "compile": compiled,
+                         "unpad": unpad},
             "deepspeed": ds,
             "resources": {"workers": 1, "gpus_per_worker": 1 if args.device.type == "cuda" else 0},
             "checkpoint": {"uri": ckpt, "every_steps": args.warmup + args.steps},
@@ -111,30 +118,21 @@ def manifest(args, cfg: Config, shards: str, ckpt: str, compiled: bool = False) 
     }
 
 
-def open_stream(shards: str, cfg: Config) -> BatchStream:
-    return BatchStream(shards, global_batch_size=cfg.micro, micro_batch_size=cfg.micro, rank=0, world_size=1,
-                       seed=SEED)
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def build_bertctl(job, index, device):
     fields = job.spec.model.bert_config(index.vocab_size)
     torch.manual_seed(SEED)
-    model = MaskedPositionsPretraining(build_model(fields, nsp=True), nsp=True).to(device)
+    model = MaskedPositionsPretraining(build_model(fields, nsp=True, attention=attention_for(job.spec.training)),
+                                       nsp=True).to(device)
     if job.spec.training.compile:  # as the worker does (loop._build_model)
-        compile_encoder(model)
+        compile_encoder(model, dynamic=job.spec.training.unpad)
     return build_engine(job, model, world_size=1, on_gpu=device.type == "cuda"), fields
 
 
-def bertctl_step(engine, batch, device, capacity: int, watcher, step: int) -> M.StepMetrics:
+def bertctl_step(engine, batch, device, capacity: int, watcher, step: int, unpad: bool) -> M.StepMetrics:
     """One optimizer step as the worker runs it, inputs through the static-size head index."""
     acc = M.StepAccumulator(started=time.perf_counter())
     for micro in batch.micro_batches:
-        out = engine(**device_inputs(micro, device, capacity))
+        out = engine(**device_inputs(micro, device, capacity, unpad))
         engine.backward(out["loss"])
         engine.step()
         acc.add_outputs(out)
@@ -146,9 +144,10 @@ def bertctl_step(engine, batch, device, capacity: int, watcher, step: int) -> M.
     return m
 
 
-def run_bertctl(args, cfg: Config, shards: str, index, work: Path, resume_check: bool, compiled: bool) -> dict:
-    ckpt = work / f"ckpt-{cfg.name}{'-compiled' if compiled else ''}"
-    job = parse_manifest(manifest(args, cfg, shards, str(ckpt), compiled))
+def run_bertctl(args, cfg: Config, shards: str, index, work: Path, resume_check: bool, compiled: bool,
+                unpad: bool) -> dict:
+    ckpt = work / f"ckpt-{cfg.name}{'-compiled' if compiled else ''}{'-unpad' if unpad else ''}"
+    job = parse_manifest(manifest(args, cfg, shards, str(ckpt), compiled, unpad))
     engine, fields = build_bertctl(job, index, args.device)
     stream = open_stream(shards, cfg)
     watcher = PreemptionWatcher(25.0, str(work / "notice"))
@@ -159,7 +158,7 @@ def run_bertctl(args, cfg: Config, shards: str, index, work: Path, resume_check:
             sync(args.device)
             counts.start()
         batch = next(batches)
-        losses.append(bertctl_step(engine, batch, args.device, capacity, watcher, step).loss)
+        losses.append(bertctl_step(engine, batch, args.device, capacity, watcher, step, unpad).loss)
         counts.add(batch, timed=step > args.warmup)
         counts.first_step(step == 1)
     sync(args.device)
@@ -220,66 +219,6 @@ def checkpoint_roundtrip(job, engine, index, fields, device, work: Path, cursor:
     return same and restored.step == step
 
 
-# ----- the plain PyTorch loop
-def staged_batches(shards: str, cfg: Config, device, count: int) -> list[dict]:
-    """The same batches bertctl's path trained on, on the device before the clock starts."""
-    stream = open_stream(shards, cfg)
-    batches = iter(stream)
-    staged = []
-    for _ in range(count):
-        for micro in next(batches).micro_batches:
-            staged.append({k: torch.as_tensor(np.asarray(v), dtype=torch.long).to(device) for k, v in micro.items()})
-    stream.close()
-    return staged
-
-
-def plain_model(fields: dict, device, compiled: bool):
-    from transformers import BertConfig, BertForPreTraining
-
-    torch.manual_seed(SEED)
-    model = BertForPreTraining(BertConfig(**fields, attn_implementation="sdpa")).to(device).train()
-    if compiled:  # the same part bertctl compiles: the encoder, with static shapes
-        model.bert.compile(dynamic=False)
-    return model
-
-
-def plain_optimizer(model, steps: int, fused: bool):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
-                                  fused=fused)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier("linear", WARMUP_LR_STEPS, steps))
-
-
-def run_plain(args, cfg: Config, shards: str, fields: dict, compiled: bool) -> dict:
-    device, cuda = args.device, args.device.type == "cuda"
-    staged = staged_batches(shards, cfg, device, args.warmup + args.steps)
-    model = plain_model(fields, device, compiled)
-    created = time.perf_counter()
-    optimizer, scheduler = plain_optimizer(model, args.warmup + args.steps, fused=cuda)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and args.precision == "bf16")
-    losses = torch.zeros(len(staged), device=device)
-    for step, inputs in enumerate(staged):
-        if step == args.warmup:
-            sync(device)
-            began = time.perf_counter()
-        with amp:
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses[step] = loss.detach()
-        if step == 0:
-            sync(device)
-            step1_s = time.perf_counter() - created
-    sync(device)
-    seconds = time.perf_counter() - began
-    tokens = sum(int(b["attention_mask"].sum()) for b in staged[args.warmup:])
-    del model, optimizer, staged
-    return {"tokens_per_s": tokens / seconds, "first_loss": float(losses[0]), "last_loss": float(losses[-1]),
-            "step1_s": step1_s}
-
-
 # ----- driver
 def device_peak(args) -> float | None:
     if args.peak_tflops:
@@ -287,15 +226,18 @@ def device_peak(args) -> float | None:
     return peak_flops(args.device_name, args.precision) if args.device.type == "cuda" else None
 
 
-def measure(args, cfg: Config, shards: str, index, work: Path, first: bool, compiled: bool = False) -> dict:
-    """One row: bertctl's path and the plain loop, both eager or both with the encoder compiled."""
-    ours = run_bertctl(args, cfg, shards, index, work, resume_check=first, compiled=compiled)
+def measure(args, cfg: Config, shards: str, index, work: Path, first: bool, compiled: bool = False,
+            unpad: bool = False, plain: dict | None = None) -> dict:
+    """One row: bertctl's path and the plain loop, both eager or both with the encoder compiled.
+    An ``unpad`` row is given the padded row's plain loop (its peer does not change)."""
+    ours = run_bertctl(args, cfg, shards, index, work, resume_check=first, compiled=compiled, unpad=unpad)
     free(args.device)
-    plain = run_plain(args, cfg, shards, ours["fields"], compiled)
-    free(args.device)
+    if plain is None:
+        plain = run_plain(args, cfg, shards, ours["fields"], compiled)
+        free(args.device)
     per_token = flops_per_token(ours["fields"], cfg.seq_len, ours["masked_fraction"], nsp=True).total
     peak = device_peak(args)
-    return {"cfg": cfg, "flops": per_token, "ours": ours, "plain": plain, "compiled": compiled,
+    return {"cfg": cfg, "flops": per_token, "ours": ours, "plain": plain, "compiled": compiled, "unpad": unpad,
             "mfu": mfu(ours["tokens_per_s"], per_token, peak),
             "plain_mfu": mfu(plain["tokens_per_s"], per_token, peak),
             "ratio": ours["tokens_per_s"] / plain["tokens_per_s"]}
@@ -315,8 +257,8 @@ def pct(value: float | None) -> str:
 
 def print_row(r: dict) -> None:
     c, ours, plain = r["cfg"], r["ours"], r["plain"]
-    name = f"{c.name}+compile" if r["compiled"] else c.name
-    print(f"{name:<18}{c.preset:<11}{c.seq_len:>5}{c.micro:>7}{r['flops'] / 1e9:>11.4g}"
+    name = c.name + ("+unpad" if r["unpad"] else "") + ("+compile" if r["compiled"] else "")
+    print(f"{name:<24}{c.preset:<11}{c.seq_len:>5}{c.micro:>7}{r['flops'] / 1e9:>11.4g}"
           f"{ours['masked_fraction']:>8.3f}{ours['tokens_per_s']:>15,.0f}{pct(r['mfu']):>8}"
           f"{plain['tokens_per_s']:>13,.0f}{pct(r['plain_mfu']):>8}{r['ratio']:>7.2f}"
           f"{ours['losses'][0]:>8.3f}{plain['first_loss']:>8.3f}{ours['losses'][-1]:>8.3f}{plain['last_loss']:>8.3f}"
@@ -324,9 +266,12 @@ def print_row(r: dict) -> None:
 
 
 def last_line(rows: list[dict]) -> str:
-    """Of the eager rows only, so its meaning is the same with or without the compiled ones."""
-    rows = [r for r in rows if not r["compiled"]]
+    """Of the eager padded rows only, so its meaning is the same with or without the other rows;
+    ``unpad/padded``: the lowest of the configurations' eager unpad-to-padded throughput ratios."""
+    unpadded = {r["cfg"].name: r["ours"]["tokens_per_s"] for r in rows if r["unpad"] and not r["compiled"]}
+    rows = [r for r in rows if not r["compiled"] and not r["unpad"]]
     by_name = {r["cfg"].name: r for r in rows}
+    gains = [unpadded[r["cfg"].name] / r["ours"]["tokens_per_s"] for r in rows if r["cfg"].name in unpadded]
 
     def mfu_of(name: str) -> str:
         value = by_name[name]["mfu"] if name in by_name else None
@@ -334,7 +279,8 @@ def last_line(rows: list[dict]) -> str:
 
     equal = [r["ours"]["resume_equal"] for r in rows if r["ours"]["resume_equal"] is not None]
     return (f"ratios: mfu_base={mfu_of('base-128')} mfu_large={mfu_of('large-128')} "
-            f"bertctl/plain_torch={min(r['ratio'] for r in rows):.2f} resume_equal={int(bool(equal) and all(equal))}")
+            f"bertctl/plain_torch={min(r['ratio'] for r in rows):.2f} resume_equal={int(bool(equal) and all(equal))} "
+            f"unpad/padded={f'{min(gains):.2f}' if gains else 'n/a'}")
 
 
 def prepared(args, seq_len: int, work: Path, cache: dict):
@@ -379,6 +325,7 @@ def parse_args():
     p.add_argument("--vocab-size", type=int, default=None, help="WordPiece vocabulary (30522 GPU, 4000 tiny)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense peak to use instead of the table")
     p.add_argument("--no-compile", action="store_true", help="skip the rows with the encoder through torch.compile")
+    p.add_argument("--no-unpad", action="store_true", help="skip the rows with spec.training.unpad")
     return p.parse_args()
 
 
@@ -411,12 +358,16 @@ def main() -> None:
     for n, cfg in enumerate(configs):
         shards, index = prepared(args, cfg.seq_len, work, cache)
         if n == 0:
-            print(f"{'config':<18}{'preset':<11}{'seq':>5}{'micro':>7}{'GFLOP/tok':>11}{'masked':>8}"
+            print(f"{'config':<24}{'preset':<11}{'seq':>5}{'micro':>7}{'GFLOP/tok':>11}{'masked':>8}"
                   f"{'bertctl tok/s':>15}{'MFU':>8}{'plain tok/s':>13}{'MFU':>8}{'ratio':>7}"
                   f"{'loss0':>8}{'plain0':>8}{'lossN':>8}{'plainN':>8}{'step1 s':>9}")
         for compiled in (False, True) if args.compile else (False,):
             rows.append(measure(args, cfg, shards, index, work, first=n == 0 and not compiled, compiled=compiled))
             print_row(rows[-1])
+            if not args.no_unpad:
+                rows.append(measure(args, cfg, shards, index, work, False, compiled, unpad=True,
+                                    plain=rows[-1]["plain"]))
+                print_row(rows[-1])
     dist.destroy_process_group()
     print(last_line(rows))
 
