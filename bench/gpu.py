@@ -4,9 +4,10 @@ For each configuration (bert-base seq 128, bert-large seq 128, bert-base seq 512
 one process and without Ray:
 
 - **bertctl's path**, the pieces a Ray Train worker runs: the data stream, the masked-positions
-  BERT head fed by the static-size index (``heads.device_inputs``), the DeepSpeed engine from a
-  manifest (NCCL for CUDA collectives, gloo for CPU ones), the per-step metric all-reduce and the
-  preemption poll; after the first configuration, a transactional checkpoint save + restore
+  BERT head fed by the static-size index (``heads.device_inputs``), the next batch staged before
+  each step's host sync (``inputs.StagedBatches``), the DeepSpeed engine from a manifest (NCCL for
+  CUDA collectives, gloo for CPU ones), the step's one collective of metrics and preemption
+  notice; after the first configuration, a transactional checkpoint save + restore
   into a fresh engine, compared parameter by parameter;
 - **plain PyTorch** on the same batches (a second stream with the same seed), staged on the
   device before timing: transformers' ``BertForPreTraining`` with SDPA attention and its own
@@ -45,6 +46,7 @@ throughput to the eager padded row's.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import sys
@@ -67,6 +69,7 @@ from orchestrator.train.checkpoint import Checkpointer, CheckpointStore, TrainSt
 from orchestrator.train.worker import PreemptionWatcher, StopRequest  # noqa: E402
 from orchestrator.train.worker import metrics as M  # noqa: E402
 from orchestrator.train.worker.engine import build_engine  # noqa: E402
+from orchestrator.train.worker.inputs import StagedBatches  # noqa: E402
 from orchestrator.train.worker.heads import (  # noqa: E402
     MaskedPositionsPretraining, attention_for, compile_encoder, device_inputs, mlm_capacity,
 )
@@ -128,14 +131,17 @@ def build_bertctl(job, index, device):
     return build_engine(job, model, world_size=1, on_gpu=device.type == "cuda"), fields
 
 
-def bertctl_step(engine, batch, device, capacity: int, watcher, step: int, unpad: bool) -> M.StepMetrics:
-    """One optimizer step as the worker runs it, inputs through the static-size head index."""
+def bertctl_step(engine, inputs: list[dict], batches: StagedBatches, last: bool, watcher, step: int) -> M.StepMetrics:
+    """One optimizer step as the worker runs it: inputs through the static-size head index, the
+    next batch staged before the step's one host sync."""
     acc = M.StepAccumulator(started=time.perf_counter())
-    for micro in batch.micro_batches:
-        out = engine(**device_inputs(micro, device, capacity, unpad))
+    for micro_inputs in inputs:
+        out = engine(**micro_inputs)
         engine.backward(out["loss"])
         engine.step()
         acc.add_outputs(out)
+    if not last:
+        batches.stage_next()
     acc.set_notice(*watcher.local_view())
     acc.set_grad_norm(M.global_grad_norm(engine))
     m = M.sync_step(acc, step, float(engine.get_lr()[0]))  # the step's one host copy and one gather (gloo)
@@ -152,13 +158,14 @@ def run_bertctl(args, cfg: Config, shards: str, index, work: Path, resume_check:
     stream = open_stream(shards, cfg)
     watcher = PreemptionWatcher(25.0, str(work / "notice"))
     capacity = mlm_capacity(cfg.micro * cfg.seq_len, job.spec.data.mlm_probability)
-    batches, counts, losses = iter(stream), Counts(), []
-    for step in range(1, args.warmup + args.steps + 1):
+    to_device = functools.partial(device_inputs, device=args.device, capacity=capacity, unpad=unpad)
+    batches, counts, losses, total = StagedBatches(iter(stream), to_device), Counts(), [], args.warmup + args.steps
+    for step in range(1, total + 1):
         if step == args.warmup + 1:
             sync(args.device)
             counts.start()
-        batch = next(batches)
-        losses.append(bertctl_step(engine, batch, args.device, capacity, watcher, step, unpad).loss)
+        batch, inputs = batches.take()
+        losses.append(bertctl_step(engine, inputs, batches, step == total, watcher, step).loss)
         counts.add(batch, timed=step > args.warmup)
         counts.first_step(step == 1)
     sync(args.device)

@@ -31,3 +31,32 @@ def tokenizer_files(index, scratch: Path) -> Path | None:
         uri = index.tokenizer_uri(role)
         st.storage_for(uri).download_file(uri, str(dest / Path(files[role]).name))
     return dest
+
+
+class StagedBatches:
+    """The stream's batches, each with its micro-batches' device inputs (``to_device``: numpy in,
+    tensors on the device out).
+
+    ``stage_next`` pulls the next batch and starts its copies while the device is still busy with
+    the current step (the loop calls it after the step's last backward is queued, before the step's
+    one host sync): the host's share of the next step — reading, masking, indexing, pinning — then
+    overlaps the device's work instead of following it with the device idle. A staged batch that
+    is never trained (the attempt stops, the group re-forms) is dropped; the cursor a checkpoint
+    keeps is the trained batch's own, so dropping one loses no sample."""
+
+    def __init__(self, batches, to_device):
+        self._batches, self._to_device, self._staged = batches, to_device, None
+
+    def take(self):
+        """(batch, its micro-batches' device inputs): the staged one, else the next one now."""
+        staged = self._staged or self._stage()
+        self._staged = None
+        return staged
+
+    def stage_next(self) -> None:
+        if self._staged is None:
+            self._staged = self._stage()
+
+    def _stage(self):
+        batch = next(self._batches)
+        return batch, [self._to_device(micro) for micro in batch.micro_batches]

@@ -2,14 +2,15 @@
 
 Order matters for exact resume: pick the checkpoint first (its data cursor opens the stream),
 then build the model with the same seed on every rank, build the engine, restore the
-DeepSpeed shards and this rank's RNG states. Every optimizer step ends in two small collectives,
-so all ranks stop at the same step: the metrics all-reduce (``metrics.sync_step``) also carries
-the NaN-loss, fenced, report and checkpoint-due flags, and the preemption poll
-(``PreemptionWatcher.poll``) all-reduces the notice flag and the time left.
+DeepSpeed shards and this rank's RNG states. Every optimizer step ends in one small collective,
+so all ranks stop at the same step: ``metrics.sync_step`` gathers the metrics with the NaN-loss,
+fenced, report and checkpoint-due flags and the preemption notice (its flag and time left); the
+next batch is staged before it (``inputs.StagedBatches``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ from orchestrator.train.worker.errors import FencedError, GrowRequested, NanLoss
 from orchestrator.train.worker.heads import (
     MaskedPositionsPretraining, attention_for, compile_encoder, device_inputs, mlm_capacity,
 )
-from orchestrator.train.worker.inputs import job_stream, tokenizer_files
+from orchestrator.train.worker.inputs import StagedBatches, job_stream, tokenizer_files
 from orchestrator.train.worker.preemption import PreemptionWatcher, StopRequest
 from orchestrator.train.worker.progress import Progress
 from orchestrator.train.worker.reports import heartbeat, step_row
@@ -212,15 +213,16 @@ class Worker:
             if self.scalars:  # this rank's file of the group it had before an in-place re-form
                 self.scalars.close()
             self.scalars = ScalarLog(self.job.spec.checkpoint.uri, run.step + 1, self.identity.attempt, self.scratch)
-        batches = iter(stream)
+        self.batches = StagedBatches(iter(stream), functools.partial(
+            device_inputs, device=self.device, capacity=self.mlm_capacity, unpad=self.job.spec.training.unpad))
         self.step_end = time.perf_counter()
         while run.step < self.job.spec.training.max_steps:
-            self._train_step(next(batches), run)
+            self._train_step(*self.batches.take(), run)
         self._finish(run)
 
-    def _train_step(self, batch, run: Progress) -> None:
+    def _train_step(self, batch, inputs: list[dict], run: Progress) -> None:
         """One optimizer step and what follows it: stop checks, checkpoint, report."""
-        m = self._step(batch, run.step + 1)
+        m = self._step(batch, inputs, run.step + 1)
         step_done = time.time()
         run.advance(m, batch.cursor.to_dict())
         self._raise_on_stop_flags(m, run.step)
@@ -321,14 +323,16 @@ class Worker:
         every = self.job.spec.checkpoint.every_steps
         return step % every == 0 if isinstance(every, int) else self.interval.due(step)
 
-    def _step(self, batch, step: int) -> M.StepMetrics:
+    def _step(self, batch, inputs: list[dict], step: int) -> M.StepMetrics:
         acc = M.StepAccumulator(started=self.step_end)
         lr = float(self.engine.get_lr()[0])
-        for micro in batch.micro_batches:
-            out = self.engine(**device_inputs(micro, self.device, self.mlm_capacity, self.job.spec.training.unpad))
+        for micro_inputs in inputs:
+            out = self.engine(**micro_inputs)
             self.engine.backward(out["loss"])
             self.engine.step()
             acc.add_outputs(out)
+        if step < self.job.spec.training.max_steps:  # the next batch's host work overlaps this step's device work
+            self.batches.stage_next()
         acc.add_samples(batch.sample_ids)
         if (self.heartbeats and self.heartbeats.fenced.is_set()) or self.ckpts.stale:
             acc.raise_flag(M.FLAG_FENCED)
@@ -353,13 +357,8 @@ class Worker:
         return result
 
     def _train_state(self, run: Progress) -> TrainState:
-        spec = self.job.spec
-        return TrainState(
-            step=run.step, tokens_seen=run.tokens, cursor=run.cursor, world_size=self.world_size, ledger=run.ledger,
-            attempt=self.identity.attempt, zero_stage=spec.deepspeed.zero_stage,
-            global_batch_size=spec.training.global_batch_size, job_id=self.identity.job_id,
-            lr_scheduler=scheduler_state(self.engine.lr_scheduler), model_config=self.model_config,
-            nsp=spec.data.nsp)
+        return run.train_state(self.job.spec, self.identity, self.world_size, scheduler_state(self.engine.lr_scheduler),
+                               self.model_config)
 
     # ----- reporting
     def _report(self, m: M.StepMetrics, run: Progress, batch, saved, force_flush: bool = False) -> None:

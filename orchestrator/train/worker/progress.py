@@ -30,3 +30,11 @@ class Progress:
     def advance(self, m: M.StepMetrics, cursor: dict[str, int]) -> None:
         self.step, self.tokens, self.cursor = self.step + 1, self.tokens + m.tokens, cursor
         self.ledger = ledger_link(self.ledger, self.step, m.sample_sum) if self.ledger else ""
+
+    def train_state(self, spec, identity, world_size: int, lr_scheduler: dict, model_config: dict) -> TrainState:
+        """What a checkpoint of this point keeps (``spec``: the job's; ``identity``: the attempt's)."""
+        return TrainState(
+            step=self.step, tokens_seen=self.tokens, cursor=self.cursor, world_size=world_size, ledger=self.ledger,
+            attempt=identity.attempt, zero_stage=spec.deepspeed.zero_stage,
+            global_batch_size=spec.training.global_batch_size, job_id=identity.job_id, lr_scheduler=lr_scheduler,
+            model_config=model_config, nsp=spec.data.nsp)
