@@ -1,7 +1,9 @@
-"""``spec.training.unpad`` through the whole worker (2 Ray workers, DeepSpeed ZeRO-2, CPU fp32):
-a packed run trains exactly as the padded one on the same samples, and a packed run stopped at a
-checkpoint resumes exactly on another worker count (2 -> 1, through the universal format). Dropout is off in both runs, because its draws follow the tensor's
-shape, which packing changes by design (tests/train_units/test_unpad.py holds the unit check)."""
+"""``spec.training.unpad`` through the whole worker (2 Ray workers, DeepSpeed, CPU fp32): a packed
+run trains exactly as the padded one on the same samples, and a packed run stopped at a checkpoint
+resumes exactly on another worker count (2 -> 1, through the universal format), at ZeRO-2; at
+ZeRO-3 a packed run trains as the padded one too. Dropout is off in both runs, because its draws
+follow the tensor's shape, which packing changes by design (tests/train_units/test_unpad.py holds
+the unit check)."""
 
 from __future__ import annotations
 
@@ -35,3 +37,18 @@ def test_packed_run_and_its_elastic_resume_equal_the_padded_run(tmp_path, shards
         assert mine["sample_ids"] == theirs["sample_ids"]
     [state] = (tmp_path / "ckpt-packed" / "step-00000006").glob("attempt-*/state.json")
     assert json.loads(state.read_text())["world_size"] == 1  # the resumed part really ran on one worker
+
+
+def test_packed_run_under_zero3_equals_the_padded_run(tmp_path, shards, ray_cluster):
+    # ZeRO-3 gathers each module's parameters in its forward hooks; the packed path calls the NSP
+    # pooler itself, on the rows' [CLS] tokens, outside BertModel's forward.
+    rows = {}
+    for unpad in (False, True):
+        m = manifest(tmp_path / f"{unpad}.yaml", shards, tmp_path / f"ckpt-{unpad}", steps=4, every=2, zero=3,
+                     overrides=NO_DROPOUT, unpad=unpad)
+        code, rows[unpad] = train(m, tmp_path / f"work-{unpad}")
+        assert code == ExitCode.SUCCEEDED
+    assert [r["step"] for r in rows[True]] == [1, 2, 3, 4]
+    for packed, padded in zip(rows[True], rows[False]):
+        for key in ("loss", "nsp_loss", "nsp_accuracy"):
+            assert abs(packed[key] - padded[key]) <= 1e-5, (packed["step"], key, packed[key], padded[key])
