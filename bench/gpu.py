@@ -127,7 +127,7 @@ def build_bertctl(job, index, device):
     model = MaskedPositionsPretraining(build_model(fields, nsp=True, attention=attention_for(job.spec.training)),
                                        nsp=True).to(device)
     if job.spec.training.compile:  # as the worker does (loop._build_model)
-        compile_encoder(model, dynamic=job.spec.training.unpad)
+        compile_encoder(model, packed=job.spec.training.unpad)
     return build_engine(job, model, world_size=1, on_gpu=device.type == "cuda"), fields
 
 

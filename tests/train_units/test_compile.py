@@ -55,7 +55,7 @@ def head(compiled: bool, dropout: float, unpad: bool = False) -> MaskedPositions
     attention = unpad_inputs.ATTENTION if unpad else "sdpa"
     model = MaskedPositionsPretraining(build_model(fields, nsp=True, attention=attention), nsp=True)
     if compiled:
-        compile_encoder(model, dynamic=unpad)
+        compile_encoder(model, packed=unpad)
     return model
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from orchestrator.model import ATTENTION
 from orchestrator.train.worker import unpad as unpad_inputs
 
 PREFIX = "model."
@@ -66,21 +67,21 @@ def device_inputs(micro: dict, device, capacity: int, unpad: bool = False) -> di
     positions, targets = masked_index(np.asarray(micro["labels"]), capacity)
     if unpad:
         host = unpad_inputs.pack(micro, positions)
-        seq_len = int(np.asarray(micro["attention_mask"]).shape[1])
     else:
         host = {k: v for k, v in micro.items() if k != "labels"}
         host["mlm_positions"] = positions
     host["mlm_targets"] = targets
-    out = _on_device(host, device)
-    if unpad:
-        out["max_length_q"] = seq_len  # an upper bound of the row lengths, constant for the run
-    return out
+    return _on_device(host, device)
 
 
 def _on_device(host: dict, device) -> dict:
+    """Arrays become tensors on ``device``; plain Python numbers (``max_length_q``) pass as they are."""
     pin = torch.device(device).type == "cuda"
     out = {}
     for key, value in host.items():
+        if isinstance(value, int):
+            out[key] = value
+            continue
         dtype = torch.int32 if key == "cu_seq_lens_q" else torch.long  # the varlen kernel's type
         tensor = torch.as_tensor(np.asarray(value), dtype=dtype)
         out[key] = (tensor.pin_memory() if pin else tensor).to(device, non_blocking=pin)
@@ -159,15 +160,13 @@ class MaskedPositionsPretraining(torch.nn.Module):
 def attention_for(training) -> str:
     """The model's attention implementation for ``spec.training``: the packed-rows one under
     ``unpad`` (registered with transformers first), else the project's default."""
-    from orchestrator.model import ATTENTION
-
     if not training.unpad:
         return ATTENTION
     unpad_inputs.register()
     return unpad_inputs.ATTENTION
 
 
-def compile_encoder(head: MaskedPositionsPretraining, dynamic: bool = False) -> None:
+def compile_encoder(head: MaskedPositionsPretraining, packed: bool = False) -> None:
     """``spec.training.compile``: the transformers encoder (``head.model.bert``) runs through
     ``torch.compile``. ``Module.compile`` compiles the module's call in place instead of wrapping
     it in an ``OptimizedModule``, so parameter names and state_dict keys (checkpoints, export) stay
@@ -175,8 +174,9 @@ def compile_encoder(head: MaskedPositionsPretraining, dynamic: bool = False) -> 
     encoder: the head's row count can change between micro-batches (an overflowing one grows the
     index), which would recompile a static graph. ``dynamic=False``: every padded micro-batch the
     stream yields is (micro_batch_size, seq_len), so one static graph serves the whole run; a
-    packed one (``unpad``) has as many tokens as its rows hold, so its length is symbolic."""
-    head.model.bert.compile(dynamic=dynamic)
+    ``packed`` one (``spec.training.unpad``) has as many tokens as its rows hold, so its length is
+    symbolic."""
+    head.model.bert.compile(dynamic=packed)
 
 
 def unwrap_state_dict(weights: dict) -> dict:

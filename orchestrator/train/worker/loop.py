@@ -177,7 +177,7 @@ class Worker:
                                                        attention=attention_for(spec.training)), spec.data.nsp)
         model.to(self.device)
         if spec.training.compile:  # in place, so the engine wraps it compiled (heads.compile_encoder)
-            compile_encoder(model, dynamic=spec.training.unpad)
+            compile_encoder(model, packed=spec.training.unpad)
         rng.seed_rank(spec.data.seed, self.rank)  # then per-rank streams (dropout) that a resume restores
         return model
 

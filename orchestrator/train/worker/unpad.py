@@ -95,6 +95,7 @@ def pack(micro: dict, positions: np.ndarray) -> dict:
         "cu_seq_lens_q": starts.astype(np.int32),
         "cls_index": starts[:-1],
         "mlm_positions": packed_of[positions],
+        "max_length_q": int(seq_len),  # an upper bound of the row lengths, constant for the run
     }
     if "next_sentence_label" in micro:
         out["next_sentence_label"] = np.asarray(micro["next_sentence_label"])
